@@ -1,0 +1,356 @@
+/*
+ * shoal.h - header-only C99/C++ client for the shoal sidecar's local API.
+ *
+ * The sidecar listens on a Unix datagram socket. Each datagram is 1..64
+ * concatenated 64-byte records, all integers little-endian (layout in
+ * wire/src/record.rs, protocol in docs/local-api.md). Linux only: the
+ * client socket is autobound to an abstract address so that the sidecar
+ * can reply to queries.
+ *
+ * Threads: shoal_send() may be shared by threads (one send(2) per call).
+ * shoal_query() reads replies from the socket, so give each querying
+ * thread its own fd.
+ *
+ * Under strict ISO C (-std=c99) the timeout clock is gettimeofday(); define
+ * _POSIX_C_SOURCE >= 199309L (or _GNU_SOURCE) before any include to get
+ * CLOCK_MONOTONIC.
+ */
+#ifndef SHOAL_H
+#define SHOAL_H
+
+#include <errno.h>
+#include <poll.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Framing. */
+#define SHOAL_RECORD_LEN 64     /* bytes per record */
+#define SHOAL_MAX_RECORDS 64    /* records per datagram */
+
+/* Codes: ingest. */
+#define SHOAL_CODE_LOAD 0x0001u          /* f0 resource, f1 rate req/s, f2 window ms */
+#define SHOAL_CODE_MODE 0x0002u          /* f0 resource, f1 level (0 withdraws); ttl_ms */
+#define SHOAL_CODE_SESSION_MARK 0x0003u  /* f0 session key, f1 SHOAL_MARK_*; ttl_ms */
+/* Codes: queries (f0 = key), answers in f1..f3 of the reply. */
+#define SHOAL_CODE_QUERY_LOAD 0x0101u    /* f1 cluster total, f2 own, f3 nodes */
+#define SHOAL_CODE_QUERY_MODE 0x0102u    /* f1 level, f2 remaining ms, f3 origin */
+#define SHOAL_CODE_QUERY_SESSION 0x0103u /* f1 mark, f2 remaining ms, f3 origin */
+#define SHOAL_CODE_REPLY_ERROR 0x01ffu   /* f0 SHOAL_ERR_*, f1 record index */
+/* Codes 0x8000..0xffff: application-defined, relayed as is. */
+#define SHOAL_CODE_EXTENSION_FIRST 0x8000u
+
+/* Ops (bit flags; 0 is treated as SEND). */
+#define SHOAL_OP_SEND 0x01u      /* multicast to the cluster */
+#define SHOAL_OP_SAVE 0x02u      /* persist */
+#define SHOAL_OP_SEND_SAVE 0x03u
+
+/* Session marks (f1 of SESSION_MARK, answer f1 of QUERY_SESSION). */
+#define SHOAL_MARK_NONE 0u
+#define SHOAL_MARK_LEGITIMATE 1u
+#define SHOAL_MARK_SUSPICIOUS 2u
+
+/* Error reasons (f0 of a SHOAL_CODE_REPLY_ERROR record). */
+#define SHOAL_ERR_LENGTH 1u       /* datagram empty or not a multiple of 64 */
+#define SHOAL_ERR_MALFORMED 2u    /* non-zero reserved bytes or bad op */
+#define SHOAL_ERR_UNKNOWN_CODE 3u /* code not known to the sidecar */
+#define SHOAL_ERR_TOO_MANY 4u     /* more than 64 records */
+
+/* One record, fields in host order. */
+struct shoal_record {
+    uint64_t timing_us; /* us since the Unix epoch; 0 = sidecar stamps now */
+    uint64_t seq;       /* stamped by the sidecar; request id in queries */
+    uint32_t origin;    /* stamped by the sidecar (its node id) */
+    uint32_t ttl_ms;    /* lifetime of MODE / SESSION_MARK */
+    uint16_t code;      /* SHOAL_CODE_* */
+    uint8_t op;         /* SHOAL_OP_* */
+    uint64_t fields[4]; /* f0..f3, meaning depends on code */
+};
+
+/* Zeroes *r and sets code and op. */
+static inline void shoal_record_init(struct shoal_record *r, uint16_t code, uint8_t op)
+{
+    memset(r, 0, sizeof *r);
+    r->code = code;
+    r->op = op;
+}
+
+static inline void shoal__put_le(unsigned char *p, uint64_t v, int len)
+{
+    int i;
+    for (i = 0; i < len; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static inline uint64_t shoal__get_le(const unsigned char *p, int len)
+{
+    uint64_t v = 0;
+    int i;
+    for (i = 0; i < len; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* Writes r into exactly 64 bytes (reserved bytes 27..31 zeroed). */
+static inline void shoal_encode(const struct shoal_record *r, unsigned char out[SHOAL_RECORD_LEN])
+{
+    int i;
+    shoal__put_le(out + 0, r->timing_us, 8);
+    shoal__put_le(out + 8, r->seq, 8);
+    shoal__put_le(out + 16, r->origin, 4);
+    shoal__put_le(out + 20, r->ttl_ms, 4);
+    shoal__put_le(out + 24, r->code, 2);
+    out[26] = r->op;
+    memset(out + 27, 0, 5);
+    for (i = 0; i < 4; i++)
+        shoal__put_le(out + 32 + 8 * i, r->fields[i], 8);
+}
+
+/* Reads 64 bytes into *r. Returns 0, or -1 (errno EBADMSG) when the
+ * reserved bytes are non-zero or op has bits other than 0x03. */
+static inline int shoal_decode(const unsigned char in[SHOAL_RECORD_LEN], struct shoal_record *r)
+{
+    int i;
+    if ((in[27] | in[28] | in[29] | in[30] | in[31]) != 0 || (in[26] & ~0x03u) != 0) {
+        errno = EBADMSG;
+        return -1;
+    }
+    r->timing_us = shoal__get_le(in + 0, 8);
+    r->seq = shoal__get_le(in + 8, 8);
+    r->origin = (uint32_t)shoal__get_le(in + 16, 4);
+    r->ttl_ms = (uint32_t)shoal__get_le(in + 20, 4);
+    r->code = (uint16_t)shoal__get_le(in + 24, 2);
+    r->op = in[26];
+    for (i = 0; i < 4; i++)
+        r->fields[i] = shoal__get_le(in + 32 + 8 * i, 8);
+    return 0;
+}
+
+/* Connects fd to the sidecar socket at path (also to re-target after a
+ * sidecar restart, see shoal_send). Returns 0, or -1 with errno. */
+static inline int shoal_connect(int fd, const char *path)
+{
+    struct sockaddr_un sa;
+    size_t len = strlen(path);
+    if (len == 0 || len >= sizeof sa.sun_path) {
+        errno = len ? ENAMETOOLONG : EINVAL;
+        return -1;
+    }
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, path, len + 1);
+    return connect(fd, (const struct sockaddr *)&sa,
+                   (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1));
+}
+
+/* Opens a datagram socket, autobinds it to an abstract address (Linux) so
+ * replies can reach it, and connects it to path. Returns the fd, or -1 with
+ * errno. Close it with close(2). */
+static inline int shoal_open(const char *path)
+{
+    struct sockaddr_un self;
+    int fd, e;
+    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    memset(&self, 0, sizeof self);
+    self.sun_family = AF_UNIX;
+    /* addrlen == sizeof(sa_family_t): the kernel picks an abstract name. */
+    if (bind(fd, (const struct sockaddr *)&self, (socklen_t)sizeof(sa_family_t)) < 0
+        || shoal_connect(fd, path) < 0) {
+        e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+#ifdef MSG_NOSIGNAL
+#define SHOAL__SEND_FLAGS (MSG_DONTWAIT | MSG_NOSIGNAL)
+#else
+#define SHOAL__SEND_FLAGS MSG_DONTWAIT
+#endif
+
+/* Sends n (1..64) records as one datagram, as given (leave timing_us, seq,
+ * origin 0: the sidecar stamps them). Never blocks. Returns 0, or -1 with
+ * errno: EINVAL (n out of range), EAGAIN (sidecar queue full: dropped),
+ * ECONNREFUSED/ENOTCONN (sidecar gone or restarted: shoal_connect again). */
+static inline int shoal_send(int fd, const struct shoal_record *recs, size_t n)
+{
+    unsigned char buf[SHOAL_MAX_RECORDS * SHOAL_RECORD_LEN];
+    size_t i;
+    ssize_t sent;
+    if (n == 0 || n > SHOAL_MAX_RECORDS) {
+        errno = EINVAL;
+        return -1;
+    }
+    for (i = 0; i < n; i++)
+        shoal_encode(&recs[i], buf + i * SHOAL_RECORD_LEN);
+    do
+        sent = send(fd, buf, n * SHOAL_RECORD_LEN, SHOAL__SEND_FLAGS);
+    while (sent < 0 && errno == EINTR);
+    if (sent < 0)
+        return -1;
+    if ((size_t)sent != n * SHOAL_RECORD_LEN) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    return 0;
+}
+
+/* Milliseconds from an arbitrary origin, for timeouts. */
+static inline int64_t shoal__now_ms(void)
+{
+#if defined(CLOCK_MONOTONIC)
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0)
+        return (int64_t)ts.tv_sec * 1000 + (int64_t)(ts.tv_nsec / 1000000);
+#endif
+    {
+        struct timeval tv;
+        gettimeofday(&tv, NULL);
+        return (int64_t)tv.tv_sec * 1000 + (int64_t)(tv.tv_usec / 1000);
+    }
+}
+
+/* A fresh request id (non-zero, ascending per translation unit). */
+static inline uint64_t shoal__next_id(void)
+{
+    static uint64_t counter;
+#if defined(__GNUC__) || defined(__clang__)
+    return __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
+#else
+    return ++counter;
+#endif
+}
+
+/* Sends one query (code SHOAL_CODE_QUERY_*, f0 = key, seq = a fresh
+ * request id) and waits up to timeout_ms (< 0: forever) for the reply
+ * record whose seq matches; other replies are discarded. Returns 0 with the
+ * answer in *reply (f1..f3); -2 with the error record in *reply (f0 =
+ * SHOAL_ERR_*); or -1 with errno (ETIMEDOUT, or from send/poll/recv). */
+static inline int shoal_query(int fd, uint16_t code, uint64_t key,
+                              struct shoal_record *reply, int timeout_ms)
+{
+    unsigned char buf[SHOAL_MAX_RECORDS * SHOAL_RECORD_LEN];
+    struct shoal_record q, r;
+    struct pollfd pfd;
+    int64_t deadline = shoal__now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    uint64_t id = shoal__next_id();
+    ssize_t got;
+    size_t i;
+    int rc, wait_ms;
+
+    shoal_record_init(&q, code, 0);
+    q.seq = id;
+    q.fields[0] = key;
+    shoal_encode(&q, buf);
+    pfd.fd = fd;
+    for (;;) {
+        got = send(fd, buf, SHOAL_RECORD_LEN, SHOAL__SEND_FLAGS);
+        if (got == SHOAL_RECORD_LEN)
+            break;
+        if (got >= 0) {
+            errno = EMSGSIZE;
+            return -1;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -1;
+        pfd.events = POLLOUT; /* sidecar queue full: wait for room */
+        wait_ms = timeout_ms < 0 ? -1 : (int)(deadline - shoal__now_ms());
+        if (timeout_ms >= 0 && wait_ms <= 0) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        if (poll(&pfd, 1, wait_ms) < 0 && errno != EINTR)
+            return -1;
+    }
+
+    pfd.events = POLLIN;
+    for (;;) {
+        wait_ms = -1;
+        if (timeout_ms >= 0) {
+            int64_t left = deadline - shoal__now_ms();
+            wait_ms = left > 0 ? (int)left : 0;
+        }
+        rc = poll(&pfd, 1, wait_ms);
+        if (rc < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (rc == 0) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        got = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (got < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
+                continue;
+            return -1;
+        }
+        /* A reply holds one record per query/error of its request. */
+        for (i = 0; i + SHOAL_RECORD_LEN <= (size_t)got; i += SHOAL_RECORD_LEN) {
+            if (shoal_decode(buf + i, &r) < 0 || r.seq != id)
+                continue;
+            if (r.code == SHOAL_CODE_REPLY_ERROR) {
+                *reply = r;
+                return -2;
+            }
+            if (r.code == code) {
+                *reply = r;
+                return 0;
+            }
+        }
+    }
+}
+
+/* LOAD: this node's current rate (req/s) of a resource; op SEND. */
+static inline int shoal_load(int fd, uint64_t resource, uint64_t rate)
+{
+    struct shoal_record r;
+    shoal_record_init(&r, SHOAL_CODE_LOAD, SHOAL_OP_SEND);
+    r.fields[0] = resource;
+    r.fields[1] = rate;
+    return shoal_send(fd, &r, 1);
+}
+
+/* MODE: claim protection level for ttl_ms (level 0 withdraws); op SEND. */
+static inline int shoal_mode(int fd, uint64_t resource, uint64_t level, uint32_t ttl_ms)
+{
+    struct shoal_record r;
+    shoal_record_init(&r, SHOAL_CODE_MODE, SHOAL_OP_SEND);
+    r.ttl_ms = ttl_ms;
+    r.fields[0] = resource;
+    r.fields[1] = level;
+    return shoal_send(fd, &r, 1);
+}
+
+/* SESSION_MARK: mark a session key (SHOAL_MARK_*) for ttl_ms; op SEND. */
+static inline int shoal_mark(int fd, uint64_t key, uint64_t mark, uint32_t ttl_ms)
+{
+    struct shoal_record r;
+    shoal_record_init(&r, SHOAL_CODE_SESSION_MARK, SHOAL_OP_SEND);
+    r.ttl_ms = ttl_ms;
+    r.fields[0] = key;
+    r.fields[1] = mark;
+    return shoal_send(fd, &r, 1);
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SHOAL_H */

@@ -1,0 +1,153 @@
+//! A client of the local API, as a filter would use it: the `shoal send`
+//! and `shoal query` commands, the tests and the load harness all go
+//! through it. The C equivalent is `node/include/shoal.h`.
+
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use shoal_wire::{Code, Record, RECORD_LEN};
+
+use crate::node::MAX_LOCAL_RECORDS;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("local socket {path}: {source}")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("local socket I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    #[error("the sidecar refused the request: reason {reason} (record {index})")]
+    Refused { reason: u64, index: u64 },
+    #[error("at most {MAX_LOCAL_RECORDS} records per datagram")]
+    TooMany,
+}
+
+/// A connected local-API client with its own (abstract) address, so the
+/// sidecar can reply.
+#[derive(Debug)]
+pub struct LocalClient {
+    sock: UnixDatagram,
+    next_id: u64,
+    buf: Vec<u8>,
+}
+
+static CLIENTS: AtomicU64 = AtomicU64::new(0);
+
+impl LocalClient {
+    pub fn connect(path: &Path) -> Result<LocalClient, ClientError> {
+        let connect_err = |source| ClientError::Connect {
+            path: path.display().to_string(),
+            source,
+        };
+        let name = format!(
+            "shoal-client-{}-{}",
+            std::process::id(),
+            CLIENTS.fetch_add(1, Ordering::Relaxed)
+        );
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(connect_err)?;
+        let sock = UnixDatagram::bind_addr(&addr).map_err(connect_err)?;
+        sock.connect(path).map_err(connect_err)?;
+        Ok(LocalClient {
+            sock,
+            next_id: 1,
+            buf: Vec::with_capacity(MAX_LOCAL_RECORDS * RECORD_LEN),
+        })
+    }
+
+    /// Sends up to 64 records in one datagram (fire and forget).
+    pub fn send(&mut self, records: &[Record]) -> Result<(), ClientError> {
+        if records.len() > MAX_LOCAL_RECORDS {
+            return Err(ClientError::TooMany);
+        }
+        self.buf.clear();
+        for r in records {
+            self.buf.extend_from_slice(&r.to_bytes());
+        }
+        self.sock.send(&self.buf)?;
+        Ok(())
+    }
+
+    /// Sends raw bytes (tests of malformed input).
+    pub fn send_raw(&self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.sock.send(bytes)?;
+        Ok(())
+    }
+
+    /// Asks one query (`Code::QUERY_*`) about `key` and waits for its reply.
+    pub fn query(
+        &mut self,
+        code: Code,
+        key: u64,
+        timeout: Duration,
+    ) -> Result<Record, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut q = Record::new(code, [key, 0, 0, 0]);
+        q.seq = id;
+        self.sock.send(&q.to_bytes())?;
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; MAX_LOCAL_RECORDS * RECORD_LEN];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout(timeout));
+            }
+            self.sock.set_read_timeout(Some(left))?;
+            let n = match self.sock.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ClientError::Timeout(timeout))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            for chunk in buf[..n].chunks_exact(RECORD_LEN) {
+                let Ok(r) = Record::decode_slice(chunk) else {
+                    continue;
+                };
+                if r.seq != id {
+                    continue;
+                }
+                if r.code == Code::REPLY_ERROR {
+                    return Err(ClientError::Refused {
+                        reason: r.fields[0],
+                        index: r.fields[1],
+                    });
+                }
+                return Ok(r);
+            }
+        }
+    }
+
+    /// Waits for any reply datagram (tests of error replies).
+    pub fn recv_raw(&self, timeout: Duration) -> Result<Vec<u8>, ClientError> {
+        self.sock.set_read_timeout(Some(timeout))?;
+        let mut buf = vec![0u8; 65536];
+        match self.sock.recv(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(buf)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(ClientError::Timeout(timeout))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! The TOML configuration: parsing, defaults and validation. Every error
+//! names the offending key, so an operator can fix the file without
+//! reading code.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use shoal_wire::{MacKey, MacKeys, HEADER_LEN, MAX_DATAGRAM};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeSection,
+    pub multicast: MulticastSection,
+    #[serde(default)]
+    pub auth: Option<AuthSection>,
+    pub local: LocalSection,
+    #[serde(default)]
+    pub http: HttpSection,
+    #[serde(default)]
+    pub state: StateSection,
+    #[serde(default)]
+    pub modes: ModesSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Unique within the cluster, non-zero.
+    pub id: u32,
+    pub cluster: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MulticastSection {
+    pub group: Ipv4Addr,
+    pub port: u16,
+    /// Address of the interface to send and join on. Always explicit: the
+    /// host's default route may point elsewhere.
+    pub interface: Ipv4Addr,
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    #[serde(default = "default_true", rename = "loop")]
+    pub loopback: bool,
+    #[serde(default = "default_rcvbuf")]
+    pub rcvbuf: usize,
+    #[serde(default = "default_sndbuf")]
+    pub sndbuf: usize,
+    #[serde(default = "default_max_datagram")]
+    pub max_datagram: usize,
+    /// How long a partly filled datagram may wait for more records.
+    #[serde(default = "default_flush_us")]
+    pub flush_us: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    pub key_id: u8,
+    pub secret: String,
+    #[serde(default)]
+    pub previous_key_id: Option<u8>,
+    #[serde(default)]
+    pub previous_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSection {
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// `host:port` for `/metrics` and `/status`; empty disables it.
+    #[serde(default = "default_http")]
+    pub listen: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: default_http(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    /// A load gauge older than this stops counting in cluster totals.
+    #[serde(default = "default_load_stale_ms")]
+    pub load_stale_ms: u64,
+    #[serde(default = "default_max_resources")]
+    pub max_resources: usize,
+    #[serde(default = "default_max_peers")]
+    pub max_peers: usize,
+    #[serde(default = "default_session_capacity")]
+    pub session_capacity: usize,
+    /// TTL given to a mode or session mark that arrives with `ttl_ms = 0`.
+    #[serde(default = "default_ttl_ms")]
+    pub default_ttl_ms: u64,
+}
+
+impl Default for StateSection {
+    fn default() -> Self {
+        StateSection {
+            load_stale_ms: default_load_stale_ms(),
+            max_resources: default_max_resources(),
+            max_peers: default_max_peers(),
+            session_capacity: default_session_capacity(),
+            default_ttl_ms: default_ttl_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModesSection {
+    /// Rule for every resource without a rule of its own.
+    #[serde(default)]
+    pub default: Option<RuleSection>,
+    #[serde(default)]
+    pub resource: Vec<ResourceRuleSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    #[serde(default = "default_min_hold_ms")]
+    pub min_hold_ms: u64,
+    #[serde(default = "default_claim_ttl_ms")]
+    pub claim_ttl_ms: u64,
+    pub levels: Vec<LevelSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceRuleSection {
+    pub id: u64,
+    #[serde(flatten)]
+    pub rule: RuleSection,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LevelSection {
+    pub level: u8,
+    /// Cluster total (requests/s) at which this level switches on.
+    pub total_up: u64,
+    /// Cluster total below which it may switch off again.
+    pub total_down: u64,
+    /// This node's own rate at which it switches on (a spike seen locally
+    /// first); absent means the local rate alone never raises it.
+    #[serde(default)]
+    pub local_up: Option<u64>,
+    #[serde(default)]
+    pub local_down: Option<u64>,
+}
+
+fn default_ttl() -> u32 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_rcvbuf() -> usize {
+    8 << 20
+}
+fn default_sndbuf() -> usize {
+    1 << 20
+}
+fn default_max_datagram() -> usize {
+    1400
+}
+fn default_flush_us() -> u64 {
+    200
+}
+fn default_http() -> String {
+    "127.0.0.1:9477".to_string()
+}
+fn default_load_stale_ms() -> u64 {
+    2000
+}
+fn default_max_resources() -> usize {
+    100_000
+}
+fn default_max_peers() -> usize {
+    256
+}
+fn default_session_capacity() -> usize {
+    1_000_000
+}
+fn default_ttl_ms() -> u64 {
+    10_000
+}
+fn default_min_hold_ms() -> u64 {
+    5_000
+}
+fn default_claim_ttl_ms() -> u64 {
+    10_000
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.node.id == 0 {
+            return Err(invalid("node.id", "must be non-zero"));
+        }
+        let m = &self.multicast;
+        if !m.group.is_multicast() {
+            return Err(invalid(
+                "multicast.group",
+                format!("{} is not an IPv4 multicast address", m.group),
+            ));
+        }
+        if m.port == 0 {
+            return Err(invalid("multicast.port", "must be non-zero"));
+        }
+        if m.interface.is_unspecified() || m.interface.is_multicast() {
+            return Err(invalid(
+                "multicast.interface",
+                "must be the unicast address of the interface to use (e.g. 127.0.0.1)",
+            ));
+        }
+        if m.ttl == 0 || m.ttl > 255 {
+            return Err(invalid("multicast.ttl", "must be in 1..=255"));
+        }
+        let min = HEADER_LEN + 4 + 16 + shoal_wire::RECORD_LEN;
+        if m.max_datagram < min || m.max_datagram > MAX_DATAGRAM {
+            return Err(invalid(
+                "multicast.max_datagram",
+                format!("must be in {min}..={MAX_DATAGRAM}"),
+            ));
+        }
+        if m.flush_us > 100_000 {
+            return Err(invalid(
+                "multicast.flush_us",
+                "must be at most 100000 (100 ms); sync latency is the point",
+            ));
+        }
+        if m.rcvbuf < 64 << 10 {
+            return Err(invalid("multicast.rcvbuf", "must be at least 65536"));
+        }
+        if let Some(a) = &self.auth {
+            if a.secret.len() < 16 {
+                return Err(invalid("auth.secret", "must be at least 16 bytes"));
+            }
+            match (a.previous_key_id, &a.previous_secret) {
+                (Some(id), Some(s)) => {
+                    if id == a.key_id {
+                        return Err(invalid("auth.previous_key_id", "must differ from key_id"));
+                    }
+                    if s.len() < 16 {
+                        return Err(invalid("auth.previous_secret", "must be at least 16 bytes"));
+                    }
+                }
+                (None, None) => {}
+                (Some(_), None) => {
+                    return Err(invalid(
+                        "auth.previous_secret",
+                        "required with previous_key_id",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        "auth.previous_key_id",
+                        "required with previous_secret",
+                    ))
+                }
+            }
+        }
+        if self.local.socket.as_os_str().is_empty() {
+            return Err(invalid("local.socket", "must be a path"));
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.listen",
+                "must be host:port, e.g. 127.0.0.1:9477",
+            ));
+        }
+        let s = &self.state;
+        if s.load_stale_ms == 0 {
+            return Err(invalid("state.load_stale_ms", "must be non-zero"));
+        }
+        for (key, v) in [
+            ("state.max_resources", s.max_resources),
+            ("state.max_peers", s.max_peers),
+            ("state.session_capacity", s.session_capacity),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be non-zero"));
+            }
+        }
+        if s.default_ttl_ms == 0 || s.default_ttl_ms > u32::MAX as u64 {
+            return Err(invalid("state.default_ttl_ms", "must be in 1..=4294967295"));
+        }
+        if let Some(r) = &self.modes.default {
+            validate_rule("modes.default", r)?;
+        }
+        for (i, r) in self.modes.resource.iter().enumerate() {
+            validate_rule(&format!("modes.resource[{i}]"), &r.rule)?;
+            if self.modes.resource[..i].iter().any(|o| o.id == r.id) {
+                return Err(invalid(
+                    &format!("modes.resource[{i}].id"),
+                    format!("resource {} has two rules", r.id),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The MAC keys, when the cluster authenticates its datagrams.
+    pub fn mac_keys(&self) -> Option<MacKeys> {
+        self.auth.as_ref().map(|a| MacKeys {
+            current: MacKey::derive(a.key_id, a.secret.as_bytes()),
+            previous: a
+                .previous_key_id
+                .zip(a.previous_secret.as_ref())
+                .map(|(id, s)| MacKey::derive(id, s.as_bytes())),
+        })
+    }
+
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_micros(self.multicast.flush_us)
+    }
+}
+
+fn validate_rule(key: &str, r: &RuleSection) -> Result<(), ConfigError> {
+    if r.levels.is_empty() {
+        return Err(invalid(
+            &format!("{key}.levels"),
+            "needs at least one level",
+        ));
+    }
+    if r.claim_ttl_ms == 0 || r.claim_ttl_ms > u32::MAX as u64 {
+        return Err(invalid(
+            &format!("{key}.claim_ttl_ms"),
+            "must be in 1..=4294967295",
+        ));
+    }
+    let mut prev: Option<&LevelSection> = None;
+    for (i, l) in r.levels.iter().enumerate() {
+        let k = format!("{key}.levels[{i}]");
+        if l.level == 0 {
+            return Err(invalid(
+                &format!("{k}.level"),
+                "levels start at 1 (0 is off)",
+            ));
+        }
+        if l.total_down > l.total_up {
+            return Err(invalid(
+                &format!("{k}.total_down"),
+                "must not exceed total_up (hysteresis)",
+            ));
+        }
+        match (l.local_up, l.local_down) {
+            (Some(up), Some(down)) if down > up => {
+                return Err(invalid(
+                    &format!("{k}.local_down"),
+                    "must not exceed local_up (hysteresis)",
+                ))
+            }
+            (None, Some(_)) => return Err(invalid(&format!("{k}.local_down"), "needs local_up")),
+            _ => {}
+        }
+        if let Some(p) = prev {
+            if l.level <= p.level || l.total_up <= p.total_up {
+                return Err(invalid(
+                    &k,
+                    "levels must be listed in increasing level and total_up",
+                ));
+            }
+        }
+        prev = Some(l);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const MINIMAL: &str = r#"
+[node]
+id = 1
+cluster = 7
+[multicast]
+group = "239.77.0.1"
+port = 7700
+interface = "127.0.0.1"
+[local]
+socket = "/tmp/shoal.sock"
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text)
+            .expect_err("must be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL).expect("valid");
+        assert_eq!(c.multicast.max_datagram, 1400);
+        assert_eq!(c.multicast.flush_us, 200);
+        assert!(c.multicast.loopback);
+        assert!(c.mac_keys().is_none());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err(&MINIMAL.replace("239.77.0.1", "10.0.0.1")).contains("multicast.group"));
+        assert!(err(&MINIMAL.replace("id = 1", "id = 0")).contains("node.id"));
+        assert!(err(&MINIMAL.replace("port = 7700", "port = 7700\ngrup = 1")).contains("grup"));
+        assert!(err(&MINIMAL.replace("port = 7700", "port = \"x\"")).contains("port"));
+        assert!(
+            err(&MINIMAL.replace("[local]\nsocket = \"/tmp/shoal.sock\"", "")).contains("local")
+        );
+        let short_secret = format!("{MINIMAL}[auth]\nkey_id = 1\nsecret = \"short\"\n");
+        assert!(err(&short_secret).contains("auth.secret"));
+        let bad_levels = format!(
+            "{MINIMAL}[modes.default]\nlevels = [{{ level = 1, total_up = 10, total_down = 20 }}]\n"
+        );
+        assert!(err(&bad_levels).contains("modes.default.levels[0].total_down"));
+        let unordered = format!(
+            "{MINIMAL}[modes.default]\nlevels = [{{ level = 2, total_up = 10, total_down = 5 }}, {{ level = 1, total_up = 20, total_down = 5 }}]\n"
+        );
+        assert!(err(&unordered).contains("modes.default.levels[1]"));
+        assert!(err("not toml at all [").contains("<config>"));
+    }
+
+    #[test]
+    fn rules_and_auth_parse() {
+        let text = format!(
+            "{MINIMAL}[auth]\nkey_id = 2\nsecret = \"0123456789abcdef\"\nprevious_key_id = 1\nprevious_secret = \"fedcba9876543210\"\n\
+             [modes.default]\nmin_hold_ms = 100\nlevels = [{{ level = 1, total_up = 100, total_down = 80, local_up = 50, local_down = 40 }}]\n\
+             [[modes.resource]]\nid = 9\nlevels = [{{ level = 3, total_up = 10, total_down = 5 }}]\n"
+        );
+        let c = Config::parse(&text).expect("valid");
+        let keys = c.mac_keys().expect("auth on");
+        assert_eq!(keys.current.id, 2);
+        assert_eq!(keys.previous.as_ref().map(|k| k.id), Some(1));
+        assert_eq!(c.modes.resource[0].id, 9);
+        assert_eq!(c.modes.default.as_ref().map(|r| r.min_hold_ms), Some(100));
+    }
+}

@@ -1,0 +1,38 @@
+//! The `shoal` sidecar: it takes records from the local L7 filter over a
+//! Unix datagram socket, shares them with every sidecar of the cluster
+//! over UDP multicast, and answers the filter's questions about the
+//! cluster (load of a resource, its protection mode, a session's mark).
+//!
+//! It owns the cluster state and the decisions; the byte format belongs to
+//! `shoal-wire`. Persistence (Tarantool) is not here yet.
+//!
+//! # Layout
+//! - `config`: TOML configuration, validated with errors naming the key.
+//! - `state`: load gauges, mode claims, session marks (sans-IO).
+//! - `controller`: thresholds, hysteresis and hold for modes (sans-IO).
+//! - `node`: the sans-IO state machine joining them: local records in,
+//!   datagrams out, datagrams in, timers; per-peer accounting.
+//! - `metrics`: Prometheus text and the status page, in one place.
+//! - `transport`: the multicast socket (socket2), buffer sizing.
+//! - `server`: threads, sockets, HTTP and signals around the node.
+//! - `client`: the local API client used by the CLI, tests and harness.
+
+mod client;
+mod config;
+mod controller;
+mod metrics;
+mod node;
+mod server;
+mod state;
+mod transport;
+
+pub use client::{ClientError, LocalClient};
+pub use config::{
+    Config, ConfigError, LevelSection, ModesSection, ResourceRuleSection, RuleSection,
+};
+pub use controller::{Decision, ModeController};
+pub use metrics::{render as render_metrics, status as render_status, IoStats};
+pub use node::{Counters, LocalError, Node, NodeParams, PeerStats, Refused, MAX_LOCAL_RECORDS};
+pub use server::{run, wall_us, ServerError};
+pub use state::{LoadView, MarkView, ModeView, StateLimits};
+pub use transport::{open as open_multicast, Multicast, RcvBuf, TransportError};

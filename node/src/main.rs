@@ -1,0 +1,214 @@
+//! The `shoal` command: run the sidecar, inspect it, and poke it.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use shoal_node::{Config, LocalClient};
+use shoal_wire::{Code, Op, Record};
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "Cluster sync sidecar for L7 anti-DDoS filter nodes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the sidecar.
+    Run {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print what it resolves to.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print peers with their loss, and resources with totals and modes.
+    Status {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Print the Prometheus metrics instead.
+        #[arg(long)]
+        metrics: bool,
+    },
+    /// Inject a record through the local socket, as a filter would.
+    Send {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        what: SendWhat,
+        /// Operation: send, save or send-save.
+        #[arg(long, value_enum, default_value_t = OpArg::Send, global = true)]
+        op: OpArg,
+    },
+    /// Ask the local sidecar a question.
+    Query {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(value_enum)]
+        what: QueryWhat,
+        key: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SendWhat {
+    /// This node's current rate (req/s) for a resource.
+    Load { resource: u64, rate: u64 },
+    /// A protection-mode claim (level 0 withdraws).
+    Mode {
+        resource: u64,
+        level: u8,
+        #[arg(long, default_value_t = 10_000)]
+        ttl_ms: u32,
+    },
+    /// A session mark.
+    Mark {
+        key: u64,
+        #[arg(value_enum)]
+        mark: MarkArg,
+        #[arg(long, default_value_t = 600_000)]
+        ttl_ms: u32,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OpArg {
+    Send,
+    Save,
+    SendSave,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MarkArg {
+    Legitimate,
+    Suspicious,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QueryWhat {
+    Load,
+    Mode,
+    Session,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shoal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Run { config } => {
+            let cfg = Config::load(&config)?;
+            shoal_node::run(cfg)?;
+        }
+        Cmd::Check { config } => {
+            let cfg = Config::load(&config)?;
+            println!("{cfg:#?}");
+        }
+        Cmd::Status { config, metrics } => {
+            let cfg = Config::load(&config)?;
+            let path = if metrics { "/metrics" } else { "/status" };
+            print!("{}", http_get(&cfg.http.listen, path)?);
+        }
+        Cmd::Send { config, what, op } => {
+            let cfg = Config::load(&config)?;
+            let mut r = match what {
+                SendWhat::Load { resource, rate } => {
+                    Record::new(Code::LOAD, [resource, rate, 0, 0])
+                }
+                SendWhat::Mode {
+                    resource,
+                    level,
+                    ttl_ms,
+                } => {
+                    let mut r = Record::new(Code::MODE, [resource, level as u64, 0, 0]);
+                    r.ttl_ms = ttl_ms;
+                    r
+                }
+                SendWhat::Mark { key, mark, ttl_ms } => {
+                    let m = match mark {
+                        MarkArg::Legitimate => Record::MARK_LEGITIMATE,
+                        MarkArg::Suspicious => Record::MARK_SUSPICIOUS,
+                    };
+                    let mut r = Record::new(Code::SESSION_MARK, [key, m, 0, 0]);
+                    r.ttl_ms = ttl_ms;
+                    r
+                }
+            };
+            r.op = match op {
+                OpArg::Send => Op::SEND,
+                OpArg::Save => Op::SAVE,
+                OpArg::SendSave => Op::SEND_SAVE,
+            };
+            LocalClient::connect(&cfg.local.socket)?.send(&[r])?;
+        }
+        Cmd::Query { config, what, key } => {
+            let cfg = Config::load(&config)?;
+            let code = match what {
+                QueryWhat::Load => Code::QUERY_LOAD,
+                QueryWhat::Mode => Code::QUERY_MODE,
+                QueryWhat::Session => Code::QUERY_SESSION,
+            };
+            let r = LocalClient::connect(&cfg.local.socket)?.query(
+                code,
+                key,
+                Duration::from_secs(1),
+            )?;
+            let [k, a, b, c] = r.fields;
+            match what {
+                QueryWhat::Load => println!("resource={k} total={a} local={b} nodes={c}"),
+                QueryWhat::Mode => println!("resource={k} level={a} remaining_ms={b} origin={c}"),
+                QueryWhat::Session => println!("session={k} mark={a} remaining_ms={b} origin={c}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A minimal HTTP GET against the node's own endpoint.
+fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    if addr.is_empty() {
+        bail!("http.listen is empty in the config: the node serves no status");
+    }
+    let mut s =
+        TcpStream::connect(addr).with_context(|| format!("connecting to the node at {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("node answered: {}", head.lines().next().unwrap_or_default());
+    }
+    Ok(body.to_string())
+}

@@ -1,0 +1,612 @@
+//! The sans-IO node: everything a `shoal` sidecar decides, as one state
+//! machine fed `now` and bytes. The driver (`server`) owns the sockets and
+//! the clock; tests drive many `Node`s on a virtual clock instead.
+//!
+//! Inputs: [`Node::handle_local`] (a datagram from the filter),
+//! [`Node::receive`] (a datagram from the cluster), [`Node::handle_timeout`].
+//! Outputs: datagrams to multicast, drained with [`Node::poll_transmit`],
+//! and the next deadline, [`Node::poll_timeout`].
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use shoal_wire::{
+    Code, CodeKind, Datagram, DatagramWriter, DecodeError, MacKeys, Op, Record, ReplayVerdict,
+    ReplayWindow, RECORD_LEN,
+};
+
+use crate::config::{Config, ModesSection};
+use crate::controller::{Decision, ModeController};
+use crate::state::{Applied, ClusterState, LoadView, MarkView, ModeView, StateLimits};
+
+/// Most records a filter may put in one local datagram.
+pub const MAX_LOCAL_RECORDS: usize = 64;
+/// How often claims are refreshed and held modes re-evaluated.
+const TICK: Duration = Duration::from_millis(10);
+/// How often stale state is purged.
+const PURGE_EVERY: Duration = Duration::from_millis(250);
+
+/// Everything a node needs to start, taken from the config.
+#[derive(Debug, Clone)]
+pub struct NodeParams {
+    pub id: u32,
+    pub cluster: u32,
+    pub max_datagram: usize,
+    pub flush: Duration,
+    pub keys: Option<MacKeys>,
+    pub limits: StateLimits,
+    pub max_peers: usize,
+    pub modes: ModesSection,
+}
+
+impl NodeParams {
+    pub fn from_config(cfg: &Config) -> NodeParams {
+        NodeParams {
+            id: cfg.node.id,
+            cluster: cfg.node.cluster,
+            max_datagram: cfg.multicast.max_datagram,
+            flush: cfg.flush_interval(),
+            keys: cfg.mac_keys(),
+            limits: StateLimits {
+                load_stale: Duration::from_millis(cfg.state.load_stale_ms),
+                max_resources: cfg.state.max_resources,
+                session_capacity: cfg.state.session_capacity,
+                default_ttl: Duration::from_millis(cfg.state.default_ttl_ms),
+            },
+            max_peers: cfg.state.max_peers,
+            modes: cfg.modes.clone(),
+        }
+    }
+}
+
+/// Error codes of the local API (`f0` of a [`Code::REPLY_ERROR`] record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum LocalError {
+    /// Empty, or not a multiple of 64 bytes.
+    BadLength = 1,
+    /// Reserved bytes set, unknown op bits, or a field out of range.
+    BadRecord = 2,
+    UnknownCode = 3,
+    TooManyRecords = 4,
+}
+
+impl LocalError {
+    pub const LABELS: [&'static str; 4] = [
+        "bad_length",
+        "bad_record",
+        "unknown_code",
+        "too_many_records",
+    ];
+
+    pub fn label(self) -> &'static str {
+        Self::LABELS[self as usize - 1]
+    }
+}
+
+/// What a record asks of the state, once checked. Shared by the local and
+/// the cluster path so both accept exactly the same records.
+enum Action {
+    Load { resource: u64, value: u64 },
+    Mode { resource: u64, level: u8 },
+    Mark { key: u64, mark: u64 },
+    Extension,
+    Query,
+}
+
+fn classify(r: &Record) -> Result<Action, LocalError> {
+    let [f0, f1, ..] = r.fields;
+    match r.code.kind() {
+        CodeKind::Load => Ok(Action::Load {
+            resource: f0,
+            value: f1,
+        }),
+        CodeKind::Mode => match u8::try_from(f1) {
+            Ok(level) => Ok(Action::Mode {
+                resource: f0,
+                level,
+            }),
+            Err(_) => Err(LocalError::BadRecord),
+        },
+        CodeKind::SessionMark => match f1 {
+            Record::MARK_LEGITIMATE | Record::MARK_SUSPICIOUS => {
+                Ok(Action::Mark { key: f0, mark: f1 })
+            }
+            _ => Err(LocalError::BadRecord),
+        },
+        CodeKind::Extension => Ok(Action::Extension),
+        CodeKind::QueryLoad | CodeKind::QueryMode | CodeKind::QuerySession => Ok(Action::Query),
+        CodeKind::ReplyError | CodeKind::Unknown => Err(LocalError::UnknownCode),
+    }
+}
+
+/// Accounting for one peer (sender) of the cluster.
+#[derive(Debug, Clone)]
+pub struct PeerStats {
+    window: ReplayWindow,
+    pub datagrams: u64,
+    pub records: u64,
+    /// Datagrams skipped in the sequence (late arrivals are subtracted).
+    pub gaps: u64,
+    /// Datagrams that arrived after a later one (within the window).
+    pub late: u64,
+    pub duplicates: u64,
+    /// Too old for the window, or from an older incarnation.
+    pub stale: u64,
+    pub restarts: u64,
+    pub last_seen: Instant,
+}
+
+impl PeerStats {
+    /// Datagrams lost for good, as far as the window can tell.
+    pub fn lost(&self) -> u64 {
+        self.gaps.saturating_sub(self.late)
+    }
+
+    /// Lost datagrams per datagram expected, 0..=1.
+    pub fn loss_ratio(&self) -> f64 {
+        let expected = self.datagrams + self.lost();
+        if expected == 0 {
+            0.0
+        } else {
+            self.lost() as f64 / expected as f64
+        }
+    }
+}
+
+/// Node-wide counters (per-peer ones live in [`PeerStats`]).
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub datagrams_sent: u64,
+    pub records_sent: u64,
+    pub local_datagrams: u64,
+    pub local_records: u64,
+    pub local_queries: u64,
+    /// Indexed like [`LocalError::LABELS`].
+    pub local_rejected: [u64; 4],
+    pub records_unsaved: u64,
+    /// Indexed like [`DecodeError::LABELS`].
+    pub rejected: [u64; DecodeError::LABELS.len()],
+    pub own_looped: u64,
+    pub replay_rejected: u64,
+    pub peer_table_full: u64,
+    pub records_applied: u64,
+    pub records_bad: u64,
+    pub records_unknown_code: u64,
+    pub records_extension: u64,
+    pub resource_table_full: u64,
+    pub mode_claims_sent: u64,
+}
+
+/// The node state machine.
+#[derive(Debug)]
+pub struct Node {
+    id: u32,
+    cluster: u32,
+    keys: Option<MacKeys>,
+    max_peers: usize,
+    flush: Duration,
+    state: ClusterState,
+    controller: ModeController,
+    writer: DatagramWriter,
+    batch_since: Option<Instant>,
+    ready: VecDeque<Vec<u8>>,
+    pool: Vec<Vec<u8>>,
+    peers: HashMap<u32, PeerStats>,
+    record_seq: u64,
+    epoch: Instant,
+    wall_at_epoch_us: u64,
+    next_tick: Instant,
+    next_purge: Instant,
+    decisions: Vec<Decision>,
+    counters: Counters,
+}
+
+impl Node {
+    /// A node starting at `now`, when the wall clock reads `wall_us`
+    /// microseconds since the Unix epoch (also its incarnation).
+    pub fn new(p: NodeParams, now: Instant, wall_us: u64) -> Node {
+        Node {
+            id: p.id,
+            cluster: p.cluster,
+            writer: DatagramWriter::new(
+                p.cluster,
+                p.id,
+                wall_us,
+                p.max_datagram,
+                p.keys.as_ref().map(|k| k.current.clone()),
+            ),
+            keys: p.keys,
+            max_peers: p.max_peers,
+            flush: p.flush,
+            state: ClusterState::new(p.id, p.limits),
+            controller: ModeController::new(&p.modes),
+            batch_since: None,
+            ready: VecDeque::new(),
+            pool: Vec::new(),
+            peers: HashMap::new(),
+            record_seq: 0,
+            epoch: now,
+            wall_at_epoch_us: wall_us,
+            next_tick: now + TICK,
+            next_purge: now + PURGE_EVERY,
+            decisions: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn wall_us(&self, now: Instant) -> u64 {
+        self.wall_at_epoch_us + now.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = (u32, &PeerStats)> {
+        self.peers.iter().map(|(id, p)| (*id, p))
+    }
+
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    pub fn session_evictions(&self) -> u64 {
+        self.state.evictions
+    }
+
+    pub fn load(&self, now: Instant, resource: u64) -> LoadView {
+        self.state.load(now, resource)
+    }
+
+    pub fn mode(&self, now: Instant, resource: u64) -> ModeView {
+        self.state.mode(now, resource)
+    }
+
+    pub fn mark(&self, now: Instant, key: u64) -> MarkView {
+        self.state.mark(now, key)
+    }
+
+    /// Handles one datagram from the local filter. `reply` is cleared and,
+    /// when the request holds a query (or cannot be read at all), filled
+    /// with the reply datagram to send back.
+    pub fn handle_local(&mut self, now: Instant, req: &[u8], reply: &mut Vec<u8>) {
+        reply.clear();
+        self.counters.local_datagrams += 1;
+        let n = req.len() / RECORD_LEN;
+        let whole = if req.is_empty() || req.len() % RECORD_LEN != 0 {
+            Some(LocalError::BadLength)
+        } else if n > MAX_LOCAL_RECORDS {
+            Some(LocalError::TooManyRecords)
+        } else {
+            None
+        };
+        if let Some(e) = whole {
+            self.counters.local_rejected[e as usize - 1] += 1;
+            self.push_reply(reply, now, Code::REPLY_ERROR, 0, [e as u64, 0, 0, 0]);
+            return;
+        }
+        let has_query = req.chunks_exact(RECORD_LEN).any(|c| {
+            matches!(
+                Code(u16::from_le_bytes([c[24], c[25]])).kind(),
+                CodeKind::QueryLoad | CodeKind::QueryMode | CodeKind::QuerySession
+            )
+        });
+        for (i, chunk) in req.chunks_exact(RECORD_LEN).enumerate() {
+            let parsed = Record::decode_slice(chunk).map_err(|_| LocalError::BadRecord);
+            let seq = u64::from_le_bytes(chunk[8..16].try_into().unwrap_or_default());
+            let outcome = parsed.and_then(|r| classify(&r).map(|a| (r, a)));
+            match outcome {
+                Ok((r, Action::Query)) => {
+                    self.counters.local_queries += 1;
+                    self.answer(now, &r, reply);
+                }
+                Ok((r, action)) => {
+                    self.counters.local_records += 1;
+                    self.submit(now, r, action);
+                }
+                Err(e) => {
+                    self.counters.local_rejected[e as usize - 1] += 1;
+                    if has_query {
+                        self.push_reply(
+                            reply,
+                            now,
+                            Code::REPLY_ERROR,
+                            seq,
+                            [e as u64, i as u64, 0, 0],
+                        );
+                    }
+                }
+            }
+        }
+        if self.flush.is_zero() {
+            self.seal();
+        }
+    }
+
+    fn push_reply(
+        &self,
+        reply: &mut Vec<u8>,
+        now: Instant,
+        code: Code,
+        seq: u64,
+        fields: [u64; 4],
+    ) {
+        let r = Record {
+            timing_us: self.wall_us(now),
+            seq,
+            origin: self.id,
+            ttl_ms: 0,
+            code,
+            op: Op::default(),
+            fields,
+        };
+        reply.extend_from_slice(&r.to_bytes());
+    }
+
+    fn answer(&self, now: Instant, q: &Record, reply: &mut Vec<u8>) {
+        let key = q.fields[0];
+        let ms = |d: Duration| d.as_millis() as u64;
+        let fields = match q.code.kind() {
+            CodeKind::QueryLoad => {
+                let v = self.state.load(now, key);
+                [key, v.total, v.local, v.nodes as u64]
+            }
+            CodeKind::QueryMode => {
+                let v = self.state.mode(now, key);
+                [key, v.level as u64, ms(v.remaining), v.origin as u64]
+            }
+            _ => {
+                let v = self.state.mark(now, key);
+                [key, v.mark, ms(v.remaining), v.origin as u64]
+            }
+        };
+        self.push_reply(reply, now, q.code, q.seq, fields);
+    }
+
+    /// Takes a record from the local filter: stamp it, apply it here, and
+    /// queue it for the cluster when its operation says send.
+    fn submit(&mut self, now: Instant, mut r: Record, action: Action) {
+        self.record_seq += 1;
+        r.origin = self.id;
+        r.seq = self.record_seq;
+        if r.timing_us == 0 {
+            r.timing_us = self.wall_us(now);
+        }
+        if r.op.bits() == 0 {
+            r.op = Op::SEND;
+        }
+        if r.op.saves() {
+            // Persistence arrives with the Tarantool store; until then a
+            // save is applied and sent but counted as not stored.
+            self.counters.records_unsaved += 1;
+        }
+        self.apply(now, self.id, action, r.ttl_ms);
+        if r.op.sends() {
+            self.enqueue(now, &r);
+        }
+    }
+
+    /// Applies a checked record to the state, whoever it came from.
+    fn apply(&mut self, now: Instant, origin: u32, action: Action, ttl_ms: u32) {
+        let applied = match action {
+            Action::Load { resource, value } => {
+                let a = self.state.apply_load(now, origin, resource, value);
+                if a == Applied::Ok {
+                    self.reconsider(now, resource);
+                }
+                a
+            }
+            Action::Mode { resource, level } => {
+                self.state.apply_mode(now, origin, resource, level, ttl_ms)
+            }
+            Action::Mark { key, mark } => {
+                self.state.apply_mark(now, origin, key, mark, ttl_ms);
+                Applied::Ok
+            }
+            Action::Extension => {
+                self.counters.records_extension += 1;
+                Applied::Ok
+            }
+            Action::Query => Applied::Ok,
+        };
+        if applied == Applied::ResourceTableFull {
+            self.counters.resource_table_full += 1;
+        }
+    }
+
+    /// Re-runs the mode controller for a resource whose load changed and
+    /// broadcasts this node's new claim at once.
+    fn reconsider(&mut self, now: Instant, resource: u64) {
+        if !self.controller.watches(resource) {
+            return;
+        }
+        let v = self.state.load(now, resource);
+        if let Some(d) = self.controller.evaluate(now, resource, v.local, v.total) {
+            self.claim(now, d);
+        }
+    }
+
+    fn claim(&mut self, now: Instant, d: Decision) {
+        let ttl_ms = u32::try_from(d.ttl.as_millis()).unwrap_or(u32::MAX);
+        self.state
+            .apply_mode(now, self.id, d.resource, d.level, ttl_ms);
+        self.record_seq += 1;
+        let r = Record {
+            timing_us: self.wall_us(now),
+            seq: self.record_seq,
+            origin: self.id,
+            ttl_ms,
+            code: Code::MODE,
+            op: Op::SEND,
+            fields: [d.resource, d.level as u64, 0, 0],
+        };
+        self.counters.mode_claims_sent += 1;
+        self.enqueue(now, &r);
+        // Mode changes do not wait for the batch timer.
+        self.seal();
+    }
+
+    fn enqueue(&mut self, now: Instant, r: &Record) {
+        if !self.writer.push(r) {
+            self.seal();
+            // An empty writer always takes one record.
+            let _ = self.writer.push(r);
+        }
+        self.batch_since.get_or_insert(now);
+        if self.writer.is_full() {
+            self.seal();
+        }
+    }
+
+    /// Seals the current batch into a datagram ready to send.
+    fn seal(&mut self) {
+        self.batch_since = None;
+        let n = self.writer.len() as u64;
+        if let Some(bytes) = self.writer.finish() {
+            let mut buf = self.pool.pop().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(bytes);
+            self.ready.push_back(buf);
+            self.counters.datagrams_sent += 1;
+            self.counters.records_sent += n;
+        }
+    }
+
+    /// Moves the next datagram to multicast into `out` (swapping buffers,
+    /// so nothing is allocated in steady state). Returns false when none.
+    pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> bool {
+        match self.ready.pop_front() {
+            Some(mut buf) => {
+                std::mem::swap(out, &mut buf);
+                if buf.capacity() > 0 && self.pool.len() < 64 {
+                    self.pool.push(buf);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next run.
+    pub fn poll_timeout(&self) -> Instant {
+        match self.batch_since {
+            Some(t) => (t + self.flush).min(self.next_tick),
+            None => self.next_tick,
+        }
+    }
+
+    /// Flushes a due batch, refreshes held claims, releases claims whose
+    /// load went away, and purges stale state.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.batch_since.is_some_and(|t| now >= t + self.flush) {
+            self.seal();
+        }
+        if now >= self.next_tick {
+            self.next_tick = now + TICK;
+            let mut decisions = std::mem::take(&mut self.decisions);
+            let recheck = self.controller.tick(now, &mut decisions);
+            for d in decisions.drain(..) {
+                self.claim(now, d);
+            }
+            self.decisions = decisions;
+            for resource in recheck {
+                self.reconsider(now, resource);
+            }
+        }
+        if now >= self.next_purge {
+            self.next_purge = now + PURGE_EVERY;
+            self.state.purge(now);
+        }
+    }
+
+    /// Takes a datagram from the cluster. Returns the number of records
+    /// applied, or why the datagram was refused. Nothing in a refused
+    /// datagram touches the state.
+    pub fn receive(&mut self, now: Instant, bytes: &[u8]) -> Result<usize, Refused> {
+        let d = match Datagram::parse(bytes, self.cluster, self.keys.as_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                let i = DecodeError::LABELS
+                    .iter()
+                    .position(|l| *l == e.label())
+                    .unwrap_or(0);
+                self.counters.rejected[i] += 1;
+                return Err(Refused::Decode(e));
+            }
+        };
+        let h = d.header;
+        if h.sender == self.id {
+            self.counters.own_looped += 1;
+            return Ok(0);
+        }
+        if !self.peers.contains_key(&h.sender) && self.peers.len() >= self.max_peers {
+            self.counters.peer_table_full += 1;
+            return Err(Refused::PeerTableFull);
+        }
+        let peer = self.peers.entry(h.sender).or_insert_with(|| PeerStats {
+            window: ReplayWindow::default(),
+            datagrams: 0,
+            records: 0,
+            gaps: 0,
+            late: 0,
+            duplicates: 0,
+            stale: 0,
+            restarts: 0,
+            last_seen: now,
+        });
+        let verdict = peer.window.check(h.incarnation, h.seq);
+        match verdict {
+            ReplayVerdict::Fresh { restarted } => peer.restarts += restarted as u64,
+            ReplayVerdict::Next { gap } => peer.gaps += gap,
+            ReplayVerdict::Late => peer.late += 1,
+            ReplayVerdict::Duplicate => peer.duplicates += 1,
+            ReplayVerdict::Stale => peer.stale += 1,
+        }
+        if !verdict.accepted() {
+            self.counters.replay_rejected += 1;
+            return Err(Refused::Replay(verdict));
+        }
+        peer.datagrams += 1;
+        peer.records += h.count as u64;
+        peer.last_seen = now;
+        let mut applied = 0;
+        for r in d.records() {
+            let Ok(r) = r else {
+                self.counters.records_bad += 1;
+                continue;
+            };
+            if r.origin == self.id {
+                continue;
+            }
+            match classify(&r) {
+                // Queries are local-only; on the wire they are unknown.
+                Ok(Action::Query) | Err(LocalError::UnknownCode) => {
+                    self.counters.records_unknown_code += 1
+                }
+                Err(_) => self.counters.records_bad += 1,
+                Ok(action) => {
+                    self.apply(now, r.origin, action, r.ttl_ms);
+                    applied += 1;
+                }
+            }
+        }
+        self.counters.records_applied += applied as u64;
+        Ok(applied)
+    }
+}
+
+/// Why [`Node::receive`] refused a datagram.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("replay window: {0:?}")]
+    Replay(ReplayVerdict),
+    #[error("peer table full")]
+    PeerTableFull,
+}

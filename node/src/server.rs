@@ -1,0 +1,366 @@
+//! The I/O driver around [`Node`]: the multicast socket, the filter's
+//! Unix datagram socket, the HTTP endpoint and the clock. Hot paths run on
+//! two plain threads with blocking sockets, because a batch deadline of a
+//! few hundred microseconds is below tokio's timer resolution:
+//!
+//! - `shoal-rx` receives cluster datagrams and applies them;
+//! - `shoal-local` serves the filter, flushes batches on time and drives
+//!   the node's timers.
+//!
+//! tokio runs only the HTTP endpoint (`/metrics`, `/status`, `/healthz`)
+//! and the signal handling.
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::metrics::{self, IoStats};
+use crate::node::{Node, NodeParams};
+use crate::transport::{self, TransportError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("local socket {path}: {source}")]
+    Local {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another sidecar is already serving {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("http listener {addr}: {source}")]
+    Http {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Microseconds since the Unix epoch.
+pub fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+struct Shared {
+    node: Mutex<Node>,
+    io: IoStats,
+    shutdown: AtomicBool,
+    multicast: UdpSocket,
+    dest: SocketAddr,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Node> {
+        // A panic while holding the lock is a bug; the state is still the
+        // best we have, so keep serving it.
+        self.node.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the node's ready datagrams into `outbox` (buffers are swapped,
+    /// not allocated) and returns how many there are.
+    fn drain(node: &mut Node, outbox: &mut Vec<Vec<u8>>) -> usize {
+        let mut n = 0;
+        loop {
+            if outbox.len() <= n {
+                outbox.push(Vec::new());
+            }
+            if !node.poll_transmit(&mut outbox[n]) {
+                return n;
+            }
+            n += 1;
+        }
+    }
+
+    fn send_all(&self, outbox: &[Vec<u8>]) {
+        for d in outbox {
+            if let Err(e) = self.multicast.send_to(d, self.dest) {
+                IoStats::inc(&self.io.send_errors);
+                debug!(error = %e, "multicast send failed");
+            }
+        }
+    }
+}
+
+/// Binds the filter's socket, refusing to steal it from a live sidecar.
+fn bind_local(path: &Path) -> Result<UnixDatagram, ServerError> {
+    let local_err = |source| ServerError::Local {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.exists() {
+        let probe = UnixDatagram::unbound().map_err(local_err)?;
+        if probe.connect(path).is_ok() {
+            return Err(ServerError::AlreadyRunning(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(local_err)?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(local_err)?;
+    }
+    UnixDatagram::bind(path).map_err(local_err)
+}
+
+/// Runs the sidecar until SIGINT or SIGTERM.
+pub fn run(cfg: Config) -> Result<(), ServerError> {
+    let started = Instant::now();
+    let span = tracing::info_span!("node", id = cfg.node.id, cluster = cfg.node.cluster);
+    let _enter = span.enter();
+    let mc = transport::open(&cfg.multicast)?;
+    let io = IoStats::default();
+    io.rcvbuf_requested
+        .store(mc.rcvbuf.requested as u64, Ordering::Relaxed);
+    io.rcvbuf_effective
+        .store(mc.rcvbuf.effective as u64, Ordering::Relaxed);
+    if mc.rcvbuf.capped() {
+        io.rcvbuf_capped.store(1, Ordering::Relaxed);
+        warn!(
+            requested = mc.rcvbuf.requested,
+            granted = mc.rcvbuf.effective,
+            "kernel capped the multicast receive buffer; raise net.core.rmem_max (or run with CAP_NET_ADMIN) or expect loss under bursts"
+        );
+    } else {
+        info!(
+            bytes = mc.rcvbuf.effective,
+            forced = mc.rcvbuf.forced,
+            "receive buffer sized"
+        );
+    }
+    let local = bind_local(&cfg.local.socket)?;
+    let node = Node::new(NodeParams::from_config(&cfg), Instant::now(), wall_us());
+    let shared = Arc::new(Shared {
+        node: Mutex::new(node),
+        io,
+        shutdown: AtomicBool::new(false),
+        multicast: mc.socket,
+        dest: mc.dest,
+    });
+    let rx = {
+        let s = Arc::clone(&shared);
+        let span = span.clone();
+        spawn("shoal-rx", move || {
+            let _e = span.enter();
+            rx_loop(&s)
+        })?
+    };
+    let ingress = {
+        let s = Arc::clone(&shared);
+        let span = span.clone();
+        spawn("shoal-local", move || {
+            let _e = span.enter();
+            local_loop(&s, &local)
+        })?
+    };
+    shared
+        .io
+        .startup_us
+        .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    info!(
+        group = %cfg.multicast.group,
+        port = cfg.multicast.port,
+        interface = %cfg.multicast.interface,
+        socket = %cfg.local.socket.display(),
+        http = %cfg.http.listen,
+        auth = cfg.auth.is_some(),
+        startup_us = started.elapsed().as_micros() as u64,
+        "shoal node serving"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServerError::Runtime)?;
+    let result = rt.block_on(serve_until_signal(
+        Arc::clone(&shared),
+        cfg.http.listen.clone(),
+    ));
+    shared.shutdown.store(true, Ordering::Relaxed);
+    let _ = rx.join();
+    let _ = ingress.join();
+    let _ = std::fs::remove_file(&cfg.local.socket);
+    info!("shoal node stopped");
+    result
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, ServerError> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(ServerError::Runtime)
+}
+
+fn rx_loop(s: &Shared) {
+    let mut buf = vec![0u8; 65_536];
+    let mut outbox = Vec::new();
+    if let Err(e) = s
+        .multicast
+        .set_read_timeout(Some(Duration::from_millis(100)))
+    {
+        warn!(error = %e, "cannot set receive timeout; shutdown may hang");
+    }
+    while !s.shutdown.load(Ordering::Relaxed) {
+        let n = match s.multicast.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(e) => {
+                IoStats::inc(&s.io.recv_errors);
+                debug!(error = %e, "multicast receive failed");
+                continue;
+            }
+        };
+        let ready = {
+            let mut node = s.lock();
+            if let Err(refused) = node.receive(Instant::now(), &buf[..n]) {
+                debug!(reason = %refused, len = n, "datagram refused");
+            }
+            Shared::drain(&mut node, &mut outbox)
+        };
+        s.send_all(&outbox[..ready]);
+    }
+}
+
+fn local_loop(s: &Shared, sock: &UnixDatagram) {
+    let mut buf = vec![0u8; 65_536];
+    let mut reply = Vec::with_capacity(4096);
+    let mut outbox = Vec::new();
+    while !s.shutdown.load(Ordering::Relaxed) {
+        let deadline = s.lock().poll_timeout();
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_micros(1), Duration::from_millis(100));
+        let got = sock
+            .set_read_timeout(Some(wait))
+            .and_then(|()| sock.recv_from(&mut buf));
+        let now = Instant::now();
+        let (ready, peer) = {
+            let mut node = s.lock();
+            let peer = match got {
+                Ok((n, peer)) => {
+                    node.handle_local(now, &buf[..n], &mut reply);
+                    Some(peer)
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+                Err(e) => {
+                    debug!(error = %e, "local receive failed");
+                    None
+                }
+            };
+            if now >= node.poll_timeout() {
+                node.handle_timeout(now);
+            }
+            (Shared::drain(&mut node, &mut outbox), peer)
+        };
+        s.send_all(&outbox[..ready]);
+        if let Some(peer) = peer {
+            let named = peer.as_pathname().is_some() || peer.as_abstract_name().is_some();
+            if !reply.is_empty() && named && sock.send_to_addr(&reply, &peer).is_err() {
+                IoStats::inc(&s.io.local_reply_errors);
+            }
+        }
+    }
+}
+
+async fn serve_until_signal(s: Arc<Shared>, listen: String) -> Result<(), ServerError> {
+    let http = async {
+        if listen.is_empty() {
+            std::future::pending::<()>().await;
+            return Ok(());
+        }
+        let l = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|source| ServerError::Http {
+                addr: listen.clone(),
+                source,
+            })?;
+        loop {
+            let Ok((conn, _)) = l.accept().await else {
+                continue;
+            };
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                if let Err(e) = serve_http(conn, &s).await {
+                    debug!(error = %e, "http connection failed");
+                }
+            });
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(ServerError::Runtime)?;
+    tokio::select! {
+        r = http => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = term.recv() => Ok(()),
+    }
+}
+
+async fn serve_http(mut conn: tokio::net::TcpStream, s: &Shared) -> std::io::Result<()> {
+    let mut req = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::new(ErrorKind::TimedOut, "request header timeout"))??;
+        if n == 0 {
+            return Ok(());
+        }
+        req.extend_from_slice(&chunk[..n]);
+        if req.len() > 16 << 10 {
+            break;
+        }
+    }
+    let line = req.split(|b| *b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, ctype, body) = if method != "GET" {
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        )
+    } else {
+        match path {
+            "/metrics" => {
+                let node = s.lock();
+                (
+                    "200 OK",
+                    "text/plain; version=0.0.4",
+                    metrics::render(&node, &s.io, Instant::now()),
+                )
+            }
+            "/status" => {
+                let node = s.lock();
+                (
+                    "200 OK",
+                    "text/plain",
+                    metrics::status(&node, Instant::now(), 50),
+                )
+            }
+            "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+            _ => (
+                "404 Not Found",
+                "text/plain",
+                "try /metrics, /status or /healthz\n".to_string(),
+            ),
+        }
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await?;
+    conn.write_all(body.as_bytes()).await?;
+    conn.shutdown().await
+}

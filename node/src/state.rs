@@ -1,0 +1,411 @@
+//! What a node knows about its cluster: per-resource load gauges per
+//! origin, protection-mode claims, and session marks. Plain data fed
+//! `now`; no I/O, no clock, no locking.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Bounds and lifetimes of the state tables.
+#[derive(Debug, Clone)]
+pub struct StateLimits {
+    pub load_stale: Duration,
+    pub max_resources: usize,
+    pub session_capacity: usize,
+    pub default_ttl: Duration,
+}
+
+/// A resource's load as seen by this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoadView {
+    /// Sum of the fresh gauges of every origin, this node included.
+    pub total: u64,
+    /// This node's own gauge (0 when stale or absent).
+    pub local: u64,
+    /// Origins whose gauge is fresh.
+    pub nodes: u32,
+}
+
+/// The effective protection mode of a resource: the highest live claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModeView {
+    pub level: u8,
+    pub origin: u32,
+    pub remaining: Duration,
+}
+
+/// A live session mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MarkView {
+    pub mark: u64,
+    pub origin: u32,
+    pub remaining: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Gauge {
+    origin: u32,
+    value: u64,
+    at: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    origin: u32,
+    level: u8,
+    expires: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    mark: u64,
+    origin: u32,
+    expires: Instant,
+    /// Matches the eviction-queue entry that is current for this key.
+    stamp: u64,
+}
+
+/// Outcome of applying a record to the state, for the caller's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Ok,
+    /// A new resource was refused because the table is full.
+    ResourceTableFull,
+}
+
+/// The cluster state tables.
+#[derive(Debug)]
+pub struct ClusterState {
+    limits: StateLimits,
+    self_id: u32,
+    loads: HashMap<u64, Vec<Gauge>>,
+    modes: HashMap<u64, Vec<Claim>>,
+    marks: HashMap<u64, Mark>,
+    /// Insertion order of marks, for oldest-first eviction. Entries whose
+    /// stamp no longer matches the table are skipped lazily.
+    mark_order: VecDeque<(u64, u64)>,
+    next_stamp: u64,
+    /// Marks evicted to respect `session_capacity`.
+    pub evictions: u64,
+}
+
+impl ClusterState {
+    pub fn new(self_id: u32, limits: StateLimits) -> ClusterState {
+        ClusterState {
+            limits,
+            self_id,
+            loads: HashMap::new(),
+            modes: HashMap::new(),
+            marks: HashMap::new(),
+            mark_order: VecDeque::new(),
+            next_stamp: 0,
+            evictions: 0,
+        }
+    }
+
+    fn ttl_or_default(&self, ttl_ms: u32) -> Duration {
+        if ttl_ms == 0 {
+            self.limits.default_ttl
+        } else {
+            Duration::from_millis(ttl_ms as u64)
+        }
+    }
+
+    /// Records `origin`'s current gauge for `resource`.
+    pub fn apply_load(&mut self, now: Instant, origin: u32, resource: u64, value: u64) -> Applied {
+        if !self.loads.contains_key(&resource) && self.loads.len() >= self.limits.max_resources {
+            return Applied::ResourceTableFull;
+        }
+        let gauges = self.loads.entry(resource).or_default();
+        match gauges.iter_mut().find(|g| g.origin == origin) {
+            Some(g) => {
+                g.value = value;
+                g.at = now;
+            }
+            None => gauges.push(Gauge {
+                origin,
+                value,
+                at: now,
+            }),
+        }
+        Applied::Ok
+    }
+
+    /// Records `origin`'s mode claim; level 0 withdraws it.
+    pub fn apply_mode(
+        &mut self,
+        now: Instant,
+        origin: u32,
+        resource: u64,
+        level: u8,
+        ttl_ms: u32,
+    ) -> Applied {
+        if level == 0 {
+            if let Some(claims) = self.modes.get_mut(&resource) {
+                claims.retain(|c| c.origin != origin);
+                if claims.is_empty() {
+                    self.modes.remove(&resource);
+                }
+            }
+            return Applied::Ok;
+        }
+        if !self.modes.contains_key(&resource) && self.modes.len() >= self.limits.max_resources {
+            return Applied::ResourceTableFull;
+        }
+        let expires = now + self.ttl_or_default(ttl_ms);
+        let claims = self.modes.entry(resource).or_default();
+        match claims.iter_mut().find(|c| c.origin == origin) {
+            Some(c) => {
+                c.level = level;
+                c.expires = expires;
+            }
+            None => claims.push(Claim {
+                origin,
+                level,
+                expires,
+            }),
+        }
+        Applied::Ok
+    }
+
+    /// Records a session mark; the newest mark of a session wins. When the
+    /// table is full the oldest mark is evicted (and counted).
+    pub fn apply_mark(&mut self, now: Instant, origin: u32, key: u64, mark: u64, ttl_ms: u32) {
+        let expires = now + self.ttl_or_default(ttl_ms);
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        let fresh = self
+            .marks
+            .insert(
+                key,
+                Mark {
+                    mark,
+                    origin,
+                    expires,
+                    stamp,
+                },
+            )
+            .is_none();
+        self.mark_order.push_back((key, stamp));
+        if fresh {
+            while self.marks.len() > self.limits.session_capacity {
+                if !self.pop_oldest_mark(|_| true) {
+                    break;
+                }
+                self.evictions += 1;
+            }
+        }
+        // Keep the order queue from growing without bound when the same
+        // keys are re-marked over and over.
+        if self.mark_order.len() > 2 * self.marks.len() + 1024 {
+            let marks = &self.marks;
+            self.mark_order
+                .retain(|(k, s)| marks.get(k).is_some_and(|m| m.stamp == *s));
+        }
+    }
+
+    /// Removes the oldest live mark if `pred` accepts it; returns whether
+    /// one was removed. Outdated queue entries are dropped on the way.
+    fn pop_oldest_mark(&mut self, pred: impl Fn(&Mark) -> bool) -> bool {
+        while let Some(&(key, stamp)) = self.mark_order.front() {
+            match self.marks.get(&key) {
+                Some(m) if m.stamp == stamp => {
+                    if !pred(m) {
+                        return false;
+                    }
+                    self.marks.remove(&key);
+                    self.mark_order.pop_front();
+                    return true;
+                }
+                _ => {
+                    self.mark_order.pop_front();
+                }
+            }
+        }
+        false
+    }
+
+    pub fn load(&self, now: Instant, resource: u64) -> LoadView {
+        let mut view = LoadView::default();
+        if let Some(gauges) = self.loads.get(&resource) {
+            for g in gauges {
+                if now.saturating_duration_since(g.at) <= self.limits.load_stale {
+                    view.total = view.total.saturating_add(g.value);
+                    view.nodes += 1;
+                    if g.origin == self.self_id {
+                        view.local = g.value;
+                    }
+                }
+            }
+        }
+        view
+    }
+
+    pub fn mode(&self, now: Instant, resource: u64) -> ModeView {
+        let mut best = ModeView::default();
+        for c in self.modes.get(&resource).into_iter().flatten() {
+            if c.expires <= now {
+                continue;
+            }
+            let remaining = c.expires - now;
+            if c.level > best.level || (c.level == best.level && remaining > best.remaining) {
+                best = ModeView {
+                    level: c.level,
+                    origin: c.origin,
+                    remaining,
+                };
+            }
+        }
+        best
+    }
+
+    pub fn mark(&self, now: Instant, key: u64) -> MarkView {
+        match self.marks.get(&key) {
+            Some(m) if m.expires > now => MarkView {
+                mark: m.mark,
+                origin: m.origin,
+                remaining: m.expires - now,
+            },
+            _ => MarkView::default(),
+        }
+    }
+
+    /// Drops stale gauges, expired claims and expired marks at the front
+    /// of the mark queue. Returns how many entries were removed.
+    pub fn purge(&mut self, now: Instant) -> usize {
+        let stale = self.limits.load_stale;
+        let mut removed = 0;
+        self.loads.retain(|_, gauges| {
+            let before = gauges.len();
+            gauges.retain(|g| now.saturating_duration_since(g.at) <= stale);
+            removed += before - gauges.len();
+            !gauges.is_empty()
+        });
+        self.modes.retain(|_, claims| {
+            let before = claims.len();
+            claims.retain(|c| c.expires > now);
+            removed += before - claims.len();
+            !claims.is_empty()
+        });
+        while self.pop_oldest_mark(|m| m.expires <= now) {
+            removed += 1;
+        }
+        removed
+    }
+
+    /// Resources with a fresh gauge or a live claim, sorted.
+    pub fn resources(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .loads
+            .keys()
+            .chain(self.modes.keys())
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.loads.len(), self.modes.len(), self.marks.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(cap: usize) -> (ClusterState, Instant) {
+        let limits = StateLimits {
+            load_stale: Duration::from_millis(500),
+            max_resources: 3,
+            session_capacity: cap,
+            default_ttl: Duration::from_secs(10),
+        };
+        (ClusterState::new(1, limits), Instant::now())
+    }
+
+    #[test]
+    fn totals_sum_fresh_gauges_and_forget_silent_peers() {
+        let (mut s, t0) = state(10);
+        s.apply_load(t0, 1, 7, 100);
+        s.apply_load(t0, 2, 7, 200);
+        s.apply_load(t0 + Duration::from_millis(400), 3, 7, 300);
+        s.apply_load(t0 + Duration::from_millis(400), 2, 7, 250);
+        let at = t0 + Duration::from_millis(450);
+        assert_eq!(
+            s.load(at, 7),
+            LoadView {
+                total: 650,
+                local: 100,
+                nodes: 3
+            }
+        );
+        // Node 1's gauge is now older than the bound: it stops counting.
+        let later = t0 + Duration::from_millis(600);
+        assert_eq!(
+            s.load(later, 7),
+            LoadView {
+                total: 550,
+                local: 0,
+                nodes: 2
+            }
+        );
+        assert_eq!(s.purge(later), 1);
+        assert_eq!(s.purge(t0 + Duration::from_secs(5)), 2);
+        assert_eq!(s.counts().0, 0);
+    }
+
+    #[test]
+    fn resource_table_is_bounded() {
+        let (mut s, t0) = state(10);
+        for r in 0..3 {
+            assert_eq!(s.apply_load(t0, 1, r, 1), Applied::Ok);
+        }
+        assert_eq!(s.apply_load(t0, 1, 99, 1), Applied::ResourceTableFull);
+        assert_eq!(
+            s.apply_load(t0, 2, 0, 1),
+            Applied::Ok,
+            "known resource still updates"
+        );
+    }
+
+    #[test]
+    fn highest_live_mode_wins_and_withdrawal_works() {
+        let (mut s, t0) = state(10);
+        s.apply_mode(t0, 2, 7, 1, 5_000);
+        s.apply_mode(t0, 3, 7, 3, 1_000);
+        assert_eq!(s.mode(t0, 7).level, 3);
+        assert_eq!(s.mode(t0, 7).origin, 3);
+        // Claim of node 3 expires: level 1 from node 2 remains.
+        let later = t0 + Duration::from_millis(1_500);
+        assert_eq!(s.mode(later, 7).level, 1);
+        assert_eq!(s.mode(later, 7).remaining, Duration::from_millis(3_500));
+        s.apply_mode(later, 2, 7, 0, 0);
+        assert_eq!(s.mode(later, 7), ModeView::default());
+        // ttl 0 takes the default.
+        s.apply_mode(t0, 4, 8, 2, 0);
+        assert_eq!(s.mode(t0, 8).remaining, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn marks_expire_and_evict_oldest_first() {
+        let (mut s, t0) = state(3);
+        for k in 1..=3 {
+            s.apply_mark(t0, 2, k, LEGIT, 1_000);
+        }
+        // Re-marking key 1 makes it the newest.
+        s.apply_mark(t0, 3, 1, 2, 1_000);
+        s.apply_mark(t0, 2, 4, LEGIT, 1_000);
+        assert_eq!(s.evictions, 1);
+        assert_eq!(s.mark(t0, 2).mark, 0, "oldest (2) evicted");
+        assert_eq!(s.mark(t0, 1).mark, 2);
+        assert_eq!(s.mark(t0, 1).origin, 3);
+        assert_eq!(s.mark(t0, 4).mark, LEGIT);
+        let later = t0 + Duration::from_millis(1_001);
+        assert_eq!(s.mark(later, 4).mark, 0);
+        assert_eq!(s.purge(later), 3);
+        assert_eq!(s.counts().2, 0);
+    }
+
+    const LEGIT: u64 = shoal_wire::Record::MARK_LEGITIMATE;
+}
