@@ -2,6 +2,8 @@
 //! and `shoal query` commands, the tests and the load harness all go
 //! through it. The C equivalent is `node/include/shoal.h`.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::Path;
@@ -40,6 +42,20 @@ pub struct LocalClient {
 
 static CLIENTS: AtomicU64 = AtomicU64::new(0);
 
+impl Drop for LocalClient {
+    fn drop(&mut self) {
+        if let Some(p) = self
+            .sock
+            .local_addr()
+            .ok()
+            .as_ref()
+            .and_then(|a| a.as_pathname())
+        {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 impl LocalClient {
     pub fn connect(path: &Path) -> Result<LocalClient, ClientError> {
         let connect_err = |source| ClientError::Connect {
@@ -53,6 +69,24 @@ impl LocalClient {
         );
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(connect_err)?;
         let sock = UnixDatagram::bind_addr(&addr).map_err(connect_err)?;
+        sock.connect(path).map_err(connect_err)?;
+        Ok(LocalClient {
+            sock,
+            next_id: 1,
+            buf: Vec::with_capacity(MAX_LOCAL_RECORDS * RECORD_LEN),
+        })
+    }
+
+    /// Like [`connect`](Self::connect) but bound to a filesystem path
+    /// (abstract addresses do not cross network namespaces). The path is
+    /// removed when the client is dropped.
+    pub fn connect_from(path: &Path, own: &Path) -> Result<LocalClient, ClientError> {
+        let connect_err = |source| ClientError::Connect {
+            path: path.display().to_string(),
+            source,
+        };
+        let _ = std::fs::remove_file(own);
+        let sock = UnixDatagram::bind(own).map_err(connect_err)?;
         sock.connect(path).map_err(connect_err)?;
         Ok(LocalClient {
             sock,
@@ -149,5 +183,24 @@ impl LocalClient {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// A minimal HTTP/1.1 GET; returns the body of a 200 answer.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    match resp.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(std::io::Error::other(format!(
+            "bad answer from {addr}{path}: {}",
+            resp.lines().next().unwrap_or_default()
+        ))),
     }
 }

@@ -16,6 +16,7 @@
 //! - `transport`: the multicast socket (socket2), buffer sizing.
 //! - `server`: threads, sockets, HTTP and signals around the node.
 //! - `client`: the local API client used by the CLI, tests and harness.
+//! - `testkit`: starting real `shoal` processes for tests and benches.
 
 mod client;
 mod config;
@@ -24,9 +25,10 @@ mod metrics;
 mod node;
 mod server;
 mod state;
+pub mod testkit;
 mod transport;
 
-pub use client::{ClientError, LocalClient};
+pub use client::{http_get, ClientError, LocalClient};
 pub use config::{
     Config, ConfigError, LevelSection, ModesSection, ResourceRuleSection, RuleSection,
 };

@@ -1,14 +1,12 @@
 //! The `shoal` command: run the sidecar, inspect it, and poke it.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use shoal_node::{Config, LocalClient};
+use shoal_node::{http_get, Config, LocalClient};
 use shoal_wire::{Code, Op, Record};
 
 #[derive(Parser)]
@@ -133,7 +131,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status { config, metrics } => {
             let cfg = Config::load(&config)?;
             let path = if metrics { "/metrics" } else { "/status" };
-            print!("{}", http_get(&cfg.http.listen, path)?);
+            if cfg.http.listen.is_empty() {
+                bail!("http.listen is empty in the config: the node serves no status");
+            }
+            let body = http_get(&cfg.http.listen, path)
+                .with_context(|| format!("asking the node at {}", cfg.http.listen))?;
+            print!("{body}");
         }
         Cmd::Send { config, what, op } => {
             let cfg = Config::load(&config)?;
@@ -188,27 +191,4 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A minimal HTTP GET against the node's own endpoint.
-fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
-    if addr.is_empty() {
-        bail!("http.listen is empty in the config: the node serves no status");
-    }
-    let mut s =
-        TcpStream::connect(addr).with_context(|| format!("connecting to the node at {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("node answered: {}", head.lines().next().unwrap_or_default());
-    }
-    Ok(body.to_string())
 }

@@ -5,9 +5,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
-use shoal_node::{
-    LevelSection, ModesSection, Node, NodeParams, Refused, RuleSection, StateLimits,
-};
+use shoal_node::{LevelSection, ModesSection, Node, NodeParams, Refused, RuleSection, StateLimits};
 use shoal_wire::{Code, DatagramWriter, MacKey, MacKeys, Record, ReplayVerdict, RECORD_LEN};
 
 const CLUSTER: u32 = 5;
@@ -256,13 +254,24 @@ fn query_replies_over_the_local_api() {
     let now = sim.at();
     sim.nodes[0].handle_local(now, &bad, &mut reply);
     let err = Record::decode_slice(&reply[..RECORD_LEN]).expect("error record");
-    assert_eq!((err.code, err.fields[0], err.fields[1]), (Code::REPLY_ERROR, 3, 0));
+    assert_eq!(
+        (err.code, err.fields[0], err.fields[1]),
+        (Code::REPLY_ERROR, 3, 0)
+    );
     assert_eq!(reply.len(), 2 * RECORD_LEN);
     // Ingest-only garbage gets no reply but is counted.
     sim.nodes[0].handle_local(now, &[1, 2, 3], &mut reply);
-    assert_eq!(reply.len(), RECORD_LEN, "unreadable datagram: one error record");
+    assert_eq!(
+        reply.len(),
+        RECORD_LEN,
+        "unreadable datagram: one error record"
+    );
     let before = sim.nodes[0].counters().local_rejected;
-    sim.nodes[0].handle_local(now, &Record::new(Code(0x0042), [0; 4]).to_bytes(), &mut reply);
+    sim.nodes[0].handle_local(
+        now,
+        &Record::new(Code(0x0042), [0; 4]).to_bytes(),
+        &mut reply,
+    );
     assert!(reply.is_empty());
     assert_eq!(sim.nodes[0].counters().local_rejected[2], before[2] + 1);
 }
@@ -302,7 +311,10 @@ fn modes_hold_then_release_and_die_with_their_claimer() {
     assert!((0..3).all(|i| sim.level(i, 5) == 1), "held");
     sim.load(0, 5, 100);
     sim.run(ms(600));
-    assert!((0..3).all(|i| sim.level(i, 5) == 0), "released after the hold");
+    assert!(
+        (0..3).all(|i| sim.level(i, 5) == 0),
+        "released after the hold"
+    );
 
     // A claimer that crashes stops refreshing its claim: it expires.
     sim.load(0, 5, 12_000);
@@ -345,11 +357,14 @@ fn silent_peer_stops_counting() {
 
 #[test]
 fn loss_is_counted_exactly_and_gauges_still_converge() {
-    let mut sim = Sim::new(3, Link {
-        loss: 0.0,
-        delay: ms(1),
-        jitter: Duration::ZERO,
-    });
+    let mut sim = Sim::new(
+        3,
+        Link {
+            loss: 0.0,
+            delay: ms(1),
+            jitter: Duration::ZERO,
+        },
+    );
     for round in 0..200u64 {
         // The first round is lossless: a window starts at the first
         // datagram it sees, so nothing before it can be counted.
@@ -381,11 +396,14 @@ fn loss_is_counted_exactly_and_gauges_still_converge() {
 
 #[test]
 fn reordering_is_counted_as_late_not_lost() {
-    let mut sim = Sim::new(2, Link {
-        loss: 0.0,
-        delay: Duration::from_micros(100),
-        jitter: ms(3),
-    });
+    let mut sim = Sim::new(
+        2,
+        Link {
+            loss: 0.0,
+            delay: Duration::from_micros(100),
+            jitter: ms(3),
+        },
+    );
     for round in 0..500u64 {
         sim.load(0, 1, round);
         sim.run(Duration::from_micros(300));
@@ -395,7 +413,11 @@ fn reordering_is_counted_as_late_not_lost() {
     assert!(p.late > 0, "jitter reordered some datagrams");
     assert_eq!(p.lost(), 0);
     assert_eq!(p.datagrams, sim.nodes[0].counters().datagrams_sent);
-    assert_eq!(sim.total(1, 1), (499, 1), "the newest gauge wins even when late ones arrive");
+    assert_eq!(
+        sim.total(1, 1),
+        (499, 1),
+        "the newest gauge wins even when late ones arrive"
+    );
 }
 
 #[test]
@@ -420,7 +442,10 @@ fn sessions_spread_and_the_table_stays_bounded() {
         assert_eq!(sim.nodes[i].state().counts().2, 100);
         assert_eq!(sim.nodes[i].session_evictions(), 51);
         assert_eq!(sim.nodes[i].mark(sim.at(), 0xfeed).mark, 0);
-        assert_eq!(sim.nodes[i].mark(sim.at(), 149).mark, Record::MARK_SUSPICIOUS);
+        assert_eq!(
+            sim.nodes[i].mark(sim.at(), 149).mark,
+            Record::MARK_SUSPICIOUS
+        );
     }
 }
 
@@ -441,15 +466,27 @@ fn forged_replayed_truncated_and_flipped_datagrams_never_change_state() {
         Err(Refused::Replay(ReplayVerdict::Duplicate))
     );
     // A forger with the wrong key, claiming a huge load and a mode.
-    let mut w = DatagramWriter::new(CLUSTER, 1, u64::MAX, 1400, Some(MacKey::derive(1, b"wrong key")));
+    let mut w = DatagramWriter::new(
+        CLUSTER,
+        1,
+        u64::MAX,
+        1400,
+        Some(MacKey::derive(1, b"wrong key")),
+    );
     w.push(&Record::new(Code::LOAD, [4, 1 << 40, 0, 0]));
     w.push(&Record::new(Code::MODE, [4, 9, 0, 0]));
     let forged = w.finish().expect("batch").to_vec();
-    assert!(matches!(victim.receive(now, &forged), Err(Refused::Decode(_))));
+    assert!(matches!(
+        victim.receive(now, &forged),
+        Err(Refused::Decode(_))
+    ));
     // Unsigned, with a fresh incarnation and a valid CRC.
     let mut w = DatagramWriter::new(CLUSTER, 1, u64::MAX, 1400, None);
     w.push(&Record::new(Code::LOAD, [4, 1 << 40, 0, 0]));
-    assert!(matches!(victim.receive(now, w.finish().expect("batch")), Err(Refused::Decode(_))));
+    assert!(matches!(
+        victim.receive(now, w.finish().expect("batch")),
+        Err(Refused::Decode(_))
+    ));
     // Truncated and bit-flipped copies of the real one.
     for len in [0, 10, 43, real.len() - 1] {
         assert!(victim.receive(now, &real[..len]).is_err());
