@@ -115,7 +115,8 @@ static inline void shoal_encode(const struct shoal_record *r, unsigned char out[
         shoal__put_le(out + 32 + 8 * i, r->fields[i], 8);
 }
 
-/* Reads 64 bytes into *r. Returns 0, or -1 (errno EBADMSG) when the
+/* Reads 64 bytes into *r (padding zeroed, so records compare with
+ * memcmp). Returns 0, or -1 (errno EBADMSG, *r untouched) when the
  * reserved bytes are non-zero or op has bits other than 0x03. */
 static inline int shoal_decode(const unsigned char in[SHOAL_RECORD_LEN], struct shoal_record *r)
 {
@@ -124,6 +125,7 @@ static inline int shoal_decode(const unsigned char in[SHOAL_RECORD_LEN], struct 
         errno = EBADMSG;
         return -1;
     }
+    memset(r, 0, sizeof *r);
     r->timing_us = shoal__get_le(in + 0, 8);
     r->seq = shoal__get_le(in + 8, 8);
     r->origin = (uint32_t)shoal__get_le(in + 16, 4);
@@ -235,10 +237,11 @@ static inline uint64_t shoal__next_id(void)
 }
 
 /* Sends one query (code SHOAL_CODE_QUERY_*, f0 = key, seq = a fresh
- * request id) and waits up to timeout_ms (< 0: forever) for the reply
+ * request id, op 0) and waits up to timeout_ms (< 0: forever) for the reply
  * record whose seq matches; other replies are discarded. Returns 0 with the
  * answer in *reply (f1..f3); -2 with the error record in *reply (f0 =
- * SHOAL_ERR_*); or -1 with errno (ETIMEDOUT, or from send/poll/recv). */
+ * SHOAL_ERR_*); or -1 with errno (ETIMEDOUT, or from send/poll/recv).
+ * A code that is not a query gets no reply: ETIMEDOUT. */
 static inline int shoal_query(int fd, uint16_t code, uint64_t key,
                               struct shoal_record *reply, int timeout_ms)
 {

@@ -12,6 +12,7 @@
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -231,7 +232,31 @@ fn rx_loop(s: &Shared) {
     }
 }
 
+/// Waits until `fd` is readable or `wait` passes (microsecond resolution,
+/// unlike tokio's timers).
+fn wait_readable(fd: std::os::fd::RawFd, wait: Duration) {
+    let ts = libc::timespec {
+        tv_sec: wait.as_secs() as libc::time_t,
+        tv_nsec: wait.subsec_nanos() as libc::c_long,
+    };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, a valid timespec, no signal mask.
+    unsafe {
+        libc::ppoll(&mut pfd, 1, &ts, std::ptr::null());
+    }
+}
+
 fn local_loop(s: &Shared, sock: &UnixDatagram) {
+    // Non-blocking: a filter that never reads its replies must not stall
+    // the sidecar; its replies are dropped and counted instead.
+    if let Err(e) = sock.set_nonblocking(true) {
+        warn!(error = %e, "cannot make the local socket non-blocking");
+    }
+    let fd = sock.as_raw_fd();
     let mut buf = vec![0u8; 65_536];
     let mut reply = Vec::with_capacity(4096);
     let mut outbox = Vec::new();
@@ -239,31 +264,34 @@ fn local_loop(s: &Shared, sock: &UnixDatagram) {
         let deadline = s.lock().poll_timeout();
         let wait = deadline
             .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_micros(1), Duration::from_millis(100));
-        let got = sock
-            .set_read_timeout(Some(wait))
-            .and_then(|()| sock.recv_from(&mut buf));
-        let now = Instant::now();
-        let (ready, peer) = {
-            let mut node = s.lock();
-            let peer = match got {
-                Ok((n, peer)) => {
-                    node.handle_local(now, &buf[..n], &mut reply);
-                    Some(peer)
+            .min(Duration::from_millis(100));
+        if !wait.is_zero() {
+            wait_readable(fd, wait);
+        }
+        // Serve everything queued, then run the timers once.
+        loop {
+            let got = sock.recv_from(&mut buf);
+            let now = Instant::now();
+            let (ready, peer) = {
+                let mut node = s.lock();
+                let peer = match got {
+                    Ok((n, peer)) => {
+                        node.handle_local(now, &buf[..n], &mut reply);
+                        Some(peer)
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+                    Err(e) => {
+                        debug!(error = %e, "local receive failed");
+                        None
+                    }
+                };
+                if now >= node.poll_timeout() {
+                    node.handle_timeout(now);
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
-                Err(e) => {
-                    debug!(error = %e, "local receive failed");
-                    None
-                }
+                (Shared::drain(&mut node, &mut outbox), peer)
             };
-            if now >= node.poll_timeout() {
-                node.handle_timeout(now);
-            }
-            (Shared::drain(&mut node, &mut outbox), peer)
-        };
-        s.send_all(&outbox[..ready]);
-        if let Some(peer) = peer {
+            s.send_all(&outbox[..ready]);
+            let Some(peer) = peer else { break };
             let named = peer.as_pathname().is_some() || peer.as_abstract_name().is_some();
             if !reply.is_empty() && named && sock.send_to_addr(&reply, &peer).is_err() {
                 IoStats::inc(&s.io.local_reply_errors);

@@ -11,9 +11,16 @@ fn every_workspace_member_is_in_the_code_map() {
         .map(|(list, _)| list)
         .expect("members list");
     let mut n = 0;
-    for m in members.split(',').map(|m| m.trim().trim_matches('"')).filter(|m| !m.is_empty()) {
+    for m in members
+        .split(',')
+        .map(|m| m.trim().trim_matches('"'))
+        .filter(|m| !m.is_empty())
+    {
         n += 1;
-        assert!(arch.contains(&format!("### `{m}/`")), "{m} missing from ARCHITECTURE.md");
+        assert!(
+            arch.contains(&format!("### `{m}/`")),
+            "{m} missing from ARCHITECTURE.md"
+        );
     }
     assert!(n >= 3, "found the members");
 }
