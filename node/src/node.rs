@@ -528,6 +528,10 @@ impl Node {
     /// applied, or why the datagram was refused. Nothing in a refused
     /// datagram touches the state.
     pub fn receive(&mut self, now: Instant, bytes: &[u8]) -> Result<usize, Refused> {
+        if shoal_wire::peek_sender(bytes) == Some(self.id) {
+            self.counters.own_looped += 1;
+            return Ok(0);
+        }
         let d = match Datagram::parse(bytes, self.cluster, self.keys.as_ref()) {
             Ok(d) => d,
             Err(e) => {
@@ -540,10 +544,6 @@ impl Node {
             }
         };
         let h = d.header;
-        if h.sender == self.id {
-            self.counters.own_looped += 1;
-            return Ok(0);
-        }
         if !self.peers.contains_key(&h.sender) && self.peers.len() >= self.max_peers {
             self.counters.peer_table_full += 1;
             return Err(Refused::PeerTableFull);

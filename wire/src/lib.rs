@@ -21,8 +21,8 @@ mod record;
 mod replay;
 
 pub use datagram::{
-    Datagram, DatagramWriter, Header, MacKey, MacKeys, CRC_LEN, HEADER_LEN, MAC_LEN, MAGIC,
-    MAX_DATAGRAM, VERSION,
+    peek_sender, Datagram, DatagramWriter, Header, MacKey, MacKeys, CRC_LEN, HEADER_LEN, MAC_LEN,
+    MAGIC, MAX_DATAGRAM, VERSION,
 };
 pub use error::{DecodeError, RecordError};
 pub use record::{Code, CodeKind, Op, Record, RECORD_LEN};
