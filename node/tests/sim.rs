@@ -35,13 +35,16 @@ struct Link {
     jitter: Duration,
 }
 
+/// In flight: (arrival time, tie-break order, destination, datagram).
+type Flight = Reverse<(Duration, u64, usize, Vec<u8>)>;
+
 struct Sim {
     t0: Instant,
     now: Duration,
     nodes: Vec<Node>,
     up: Vec<bool>,
     link: Link,
-    queue: BinaryHeap<Reverse<(Duration, u64, usize, Vec<u8>)>>,
+    queue: BinaryHeap<Flight>,
     order: u64,
     rng: Rng,
     /// `dropped[from][to]`: datagrams the links lost.

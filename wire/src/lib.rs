@@ -12,6 +12,7 @@
 //! - `replay`: the per-sender sequence window that rejects replays and
 //!   counts loss, duplicates and reordering ([`ReplayWindow`]).
 //! - `error`: the typed reasons a datagram or record is rejected.
+//! - `vectors`: reads the hex test vectors out of the Markdown docs.
 //!
 //! The format is specified, with test vectors, in `docs/wire.md`.
 
@@ -19,6 +20,7 @@ mod datagram;
 mod error;
 mod record;
 mod replay;
+mod vectors;
 
 pub use datagram::{
     peek_sender, Datagram, DatagramWriter, Header, MacKey, MacKeys, CRC_LEN, HEADER_LEN, MAC_LEN,
@@ -27,3 +29,4 @@ pub use datagram::{
 pub use error::{DecodeError, RecordError};
 pub use record::{Code, CodeKind, Op, Record, RECORD_LEN};
 pub use replay::{ReplayVerdict, ReplayWindow, REPLAY_WINDOW};
+pub use vectors::{hex_vectors, VectorError};

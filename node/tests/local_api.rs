@@ -1,0 +1,97 @@
+//! Keeps `docs/local-api.md` honest: its hex vectors are what the record
+//! codec produces for the values the document states, and a live `shoal`
+//! node answers the documented query bytes with a reply laid out as the
+//! document's reply vector.
+
+use std::path::Path;
+use std::time::Duration;
+
+use shoal_node::testkit::{unique_group, wait_until, NodeProcess, NodeSpec};
+use shoal_wire::{hex_vectors, Code, Op, Record, RECORD_LEN};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shoal");
+const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/local-api.md");
+
+fn vectors() -> std::collections::BTreeMap<String, Vec<u8>> {
+    let text = std::fs::read_to_string(DOC).expect("docs/local-api.md");
+    hex_vectors(&text).unwrap_or_else(|e| panic!("local-api.md: {e}"))
+}
+
+fn documented() -> [(&'static str, Record); 3] {
+    let load = Record {
+        op: Op::SEND,
+        ..Record::new(Code::LOAD, [7, 1500, 0, 0])
+    };
+    let query = Record {
+        seq: 99,
+        op: Op::from_bits(0).expect("op 0"),
+        ..Record::new(Code::QUERY_LOAD, [7, 0, 0, 0])
+    };
+    let reply = Record {
+        timing_us: 1_700_000_000_000_000,
+        origin: 2,
+        ..Record {
+            fields: [7, 4500, 1500, 3],
+            ..query
+        }
+    };
+    [
+        ("local_load", load),
+        ("local_query_load", query),
+        ("local_reply_load", reply),
+    ]
+}
+
+#[test]
+fn documented_vectors_are_the_codec_bytes() {
+    let v = vectors();
+    let expected = documented();
+    assert_eq!(
+        v.keys().map(String::as_str).collect::<Vec<_>>(),
+        {
+            let mut names: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
+            names.sort_unstable();
+            names
+        },
+        "local-api.md's vectors and this test's list differ"
+    );
+    for (name, record) in expected {
+        let bytes = &v[name];
+        assert_eq!(bytes.len(), RECORD_LEN, "{name}");
+        assert_eq!(&record.to_bytes()[..], &bytes[..], "{name}: encoding");
+        assert_eq!(Record::decode_slice(bytes), Ok(record), "{name}: decoding");
+    }
+}
+
+#[test]
+fn live_node_answers_the_documented_query() {
+    let v = vectors();
+    let dir = std::env::temp_dir().join(format!("shoal-it-localapi-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (group, port) = unique_group();
+    let node = NodeProcess::spawn(Path::new(BIN), &NodeSpec::loopback(2, group, port, &dir))
+        .expect("node starts");
+    let client = node.client().expect("client");
+    client.send_raw(&v["local_load"]).expect("send load");
+
+    let mut reply = None;
+    let seen = wait_until(Duration::from_secs(5), || {
+        client.send_raw(&v["local_query_load"]).expect("send query");
+        let Ok(bytes) = client.recv_raw(Duration::from_millis(500)) else {
+            return false;
+        };
+        let r = Record::decode_slice(&bytes).expect("reply is one valid record");
+        let done = r.fields[2] == 1500;
+        reply = Some((bytes, r));
+        done
+    });
+    let (bytes, r) = reply.expect("a reply");
+    assert!(seen, "the load never showed up: last reply {r:?}");
+    let doc = &v["local_reply_load"];
+    // seq, code, op and reserved bytes, f0: as documented.
+    assert_eq!(bytes[8..16], doc[8..16], "seq echoed");
+    assert_eq!(bytes[20..40], doc[20..40], "ttl, code, op, reserved, f0");
+    assert_eq!(r.origin, 2, "origin is the answering node");
+    assert_eq!(r.fields, [7, 1500, 1500, 1], "total, local, nodes");
+    assert!(r.timing_us > 1_700_000_000_000_000, "wall-clock µs");
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Benchmarks (explicit, not part of the test run): criterion benches of the
+# codec, then the 3-node load harness. Figures go to docs/benchmarks.md.
+# Usage: scripts/bench.sh [SECONDS_PER_PHASE] [RUNS]   (default 5 s, 5 runs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-5}
+RUNS=${2:-5}
+echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r)"
+echo "== git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)  date: $(date -u +%FT%TZ)"
+cargo bench --locked -p shoal-benches --bench wire
+cargo build --locked --release -q -p shoal-node -p shoal-benches --bin shoal --bin shoal-load
+target/release/shoal-load --bin target/release/shoal --seconds "$SECS" --runs "$RUNS"
