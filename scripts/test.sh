@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests
-# need (gcc for the C client, iproute2 for the namespace tests), then runs
-# every test of the workspace and each benchmark once as a smoke test.
+# need (gcc for the C client, iproute2 for the namespace tests, Tarantool
+# 2.6 for the store), then runs every test of the workspace and each
+# benchmark once as a smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,7 @@ if ((${#need[@]})); then
   fi
 fi
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
+bash tarantool/scripts/install.sh
 
 if ((EUID != 0)); then
   echo "note: not root, the network-namespace test will be skipped" >&2

@@ -44,6 +44,46 @@ pub struct Config {
     pub state: StateSection,
     #[serde(default)]
     pub modes: ModesSection,
+    /// The cluster's Tarantool state store; absent means saves are only
+    /// applied and sent (and counted as unsaved).
+    #[serde(default)]
+    pub store: Option<StoreSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `host:port` of the cluster's masters, preferred first. Saves go to
+    /// one at a time and fail over to the next.
+    pub masters: Vec<String>,
+    #[serde(default = "default_store_user")]
+    pub user: String,
+    /// The password, or `password_file` naming a file that holds it.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// This node's key prefix in the log; default `c<cluster>-n<id>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Records waiting for Tarantool (queued and in flight), at most.
+    #[serde(default = "default_backlog")]
+    pub backlog: usize,
+    /// Records per stored-procedure call (one transaction).
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Batches in flight at once.
+    #[serde(default = "default_in_flight")]
+    pub in_flight: usize,
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Load the live records from the store before serving the filter.
+    #[serde(default = "default_true")]
+    pub replay: bool,
+    /// How long to wait for a master at start before serving without the
+    /// stored context (logged, and `shoal_replay_ok 0`).
+    #[serde(default = "default_replay_timeout_ms")]
+    pub replay_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -219,11 +259,107 @@ fn default_session_capacity() -> usize {
 fn default_ttl_ms() -> u64 {
     10_000
 }
+fn default_store_user() -> String {
+    "shoal".to_string()
+}
+fn default_backlog() -> usize {
+    1_000_000
+}
+fn default_batch() -> usize {
+    1000
+}
+fn default_in_flight() -> usize {
+    4
+}
+fn default_request_timeout_ms() -> u64 {
+    5_000
+}
+fn default_replay_timeout_ms() -> u64 {
+    10_000
+}
 fn default_min_hold_ms() -> u64 {
     5_000
 }
 fn default_claim_ttl_ms() -> u64 {
     10_000
+}
+
+impl StoreSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.masters.is_empty() {
+            return Err(invalid("store.masters", "needs at least one host:port"));
+        }
+        for m in &self.masters {
+            if m.rsplit_once(':')
+                .map_or(true, |(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                return Err(invalid("store.masters", format!("`{m}` is not host:port")));
+            }
+        }
+        if self.user.is_empty() {
+            return Err(invalid("store.user", "must not be empty"));
+        }
+        match (&self.password, &self.password_file) {
+            (Some(p), None) if !p.is_empty() => {}
+            (None, Some(_)) => {}
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "store.password",
+                    "give password or password_file, not both",
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "store.password",
+                    "required (or password_file); the store never uses guest",
+                ))
+            }
+        }
+        if let Some(n) = &self.name {
+            if n.is_empty()
+                || n.len() > 64
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(invalid(
+                    "store.name",
+                    "must be 1-64 characters of letters, digits, '.', '_' or '-'",
+                ));
+            }
+        }
+        if self.batch == 0 || self.batch > 10_000 {
+            return Err(invalid("store.batch", "must be in 1..=10000"));
+        }
+        if self.backlog < self.batch {
+            return Err(invalid("store.backlog", "must be at least store.batch"));
+        }
+        if self.in_flight == 0 || self.in_flight > 64 {
+            return Err(invalid("store.in_flight", "must be in 1..=64"));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(invalid("store.request_timeout_ms", "must be non-zero"));
+        }
+        Ok(())
+    }
+
+    /// The password, read from `password_file` when given that way.
+    pub fn password(&self) -> Result<String, ConfigError> {
+        match (&self.password, &self.password_file) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| invalid("store.password_file", format!("{}: {e}", f.display()))),
+            (None, None) => Err(invalid("store.password", "required")),
+        }
+    }
+
+    /// This node's key prefix in the log.
+    pub fn node_name(&self, cluster: u32, id: u32) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("c{cluster}-n{id}"))
+    }
 }
 
 impl Config {
@@ -318,6 +454,9 @@ impl Config {
                     ))
                 }
             }
+        }
+        if let Some(st) = &self.store {
+            st.validate()?;
         }
         if self.local.socket.as_os_str().is_empty() {
             return Err(invalid("local.socket", "must be a path"));

@@ -4,7 +4,7 @@
 //! cluster (load of a resource, its protection mode, a session's mark).
 //!
 //! It owns the cluster state and the decisions; the byte format belongs to
-//! `shoal-wire`. Persistence (Tarantool) is not here yet.
+//! `shoal-wire`. Saves go to the cluster's Tarantool store (`shoal-tarantool`).
 //!
 //! # Layout
 //! - `config`: TOML configuration, validated with errors naming the key.
@@ -12,8 +12,11 @@
 //! - `controller`: thresholds, hysteresis and hold for modes (sans-IO).
 //! - `node`: the sans-IO state machine joining them: local records in,
 //!   datagrams out, datagrams in, timers; per-peer accounting.
+//! - `store`: the bounded save backlog and its batches (sans-IO).
 //! - `metrics`: Prometheus text and the status page, in one place.
 //! - `transport`: the multicast socket (socket2), buffer sizing.
+//! - `storage`: the Tarantool edge: replay at start, the save loop,
+//!   failover between masters, the masters' counters.
 //! - `server`: threads, sockets, HTTP and signals around the node.
 //! - `client`: the local API client used by the CLI, tests and harness.
 //! - `testkit`: starting real `shoal` processes for tests and benches.
@@ -25,16 +28,19 @@ mod metrics;
 mod node;
 mod server;
 mod state;
+mod storage;
+mod store;
 pub mod testkit;
 mod transport;
 
 pub use client::{http_get, ClientError, LocalClient};
 pub use config::{
-    Config, ConfigError, LevelSection, ModesSection, ResourceRuleSection, RuleSection,
+    Config, ConfigError, LevelSection, ModesSection, ResourceRuleSection, RuleSection, StoreSection,
 };
 pub use controller::{Decision, ModeController};
 pub use metrics::{render as render_metrics, status as render_status, IoStats};
 pub use node::{Counters, LocalError, Node, NodeParams, PeerStats, Refused, MAX_LOCAL_RECORDS};
 pub use server::{run, wall_us, ServerError};
 pub use state::{LoadView, MarkView, ModeView, StateLimits};
+pub use store::{from_row, to_row, Backlog, BacklogCounters, BacklogLimits, BatchId, Offer, Row};
 pub use transport::{open as open_multicast, Multicast, RcvBuf, TransportError};

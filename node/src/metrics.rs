@@ -4,11 +4,13 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use shoal_wire::DecodeError;
 
 use crate::node::{LocalError, Node};
+use crate::store::Backlog;
 
 /// Counters kept by the I/O driver, outside the node's lock.
 #[derive(Debug, Default)]
@@ -22,6 +24,45 @@ pub struct IoStats {
     pub local_reply_errors: AtomicU64,
     /// Microseconds the start-up took before the node answered its filter.
     pub startup_us: AtomicU64,
+    /// The Tarantool side, when a store is configured.
+    pub store: StoreIo,
+}
+
+/// What the storage driver reports (its backlog lives in the node).
+#[derive(Debug, Default)]
+pub struct StoreIo {
+    pub failovers: AtomicU64,
+    /// Records loaded from the store at start, and how long it took.
+    pub replay_records: AtomicU64,
+    pub replay_us: AtomicU64,
+    /// 1 when the start-up replay completed.
+    pub replay_ok: AtomicU64,
+    pub masters: Mutex<Vec<MasterStats>>,
+}
+
+/// One master of the cluster's store, as last seen.
+#[derive(Debug, Clone, Default)]
+pub struct MasterStats {
+    pub addr: String,
+    pub connected: bool,
+    /// Saves go here now.
+    pub active: bool,
+    pub batches: u64,
+    pub errors: u64,
+    /// From `shoal_stats()` on the master.
+    pub log_len: u64,
+    pub log_bytes: u64,
+    pub lua_memory: u64,
+    pub expirer: Option<ExpirerStats>,
+}
+
+/// The native expiry worker's counters on one master.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpirerStats {
+    pub deleted: u64,
+    pub scanned: u64,
+    pub batches: u64,
+    pub lag_ms: u64,
 }
 
 impl IoStats {
@@ -318,7 +359,201 @@ pub fn render(node: &Node, io: &IoStats, now: Instant) -> String {
             now.saturating_duration_since(p.last_seen).as_secs_f64()
         );
     }
+    if let Some(b) = node.backlog() {
+        render_store(&mut o, b, &io.store);
+    }
     o
+}
+
+/// Name, type, help and value of a per-master series.
+type MasterSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&MasterStats) -> Option<u64>,
+);
+
+fn render_store(o: &mut String, b: &Backlog, io: &StoreIo) {
+    let c = b.counters();
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let plain: [(&str, &str, &str, u64); 10] = [
+        (
+            "store_backlog",
+            "gauge",
+            "Records waiting for the store (queued and in flight).",
+            b.len() as u64,
+        ),
+        (
+            "store_batches_in_flight",
+            "gauge",
+            "Save batches sent and not yet answered.",
+            b.batches_in_flight() as u64,
+        ),
+        (
+            "store_taken_total",
+            "counter",
+            "Records taken into the save backlog.",
+            c.taken,
+        ),
+        (
+            "store_saved_total",
+            "counter",
+            "Records the store acknowledged.",
+            c.saved,
+        ),
+        (
+            "store_batches_saved_total",
+            "counter",
+            "Save batches committed.",
+            c.batches_saved,
+        ),
+        (
+            "store_batches_failed_total",
+            "counter",
+            "Save batches failed or timed out (retried).",
+            c.batches_failed,
+        ),
+        (
+            "store_dropped_load_total",
+            "counter",
+            "Load records dropped from a full backlog.",
+            c.dropped_load,
+        ),
+        (
+            "store_refused_total",
+            "counter",
+            "Save records refused by a full backlog (the filter is told).",
+            c.refused,
+        ),
+        (
+            "store_failovers_total",
+            "counter",
+            "Switches of the active master.",
+            g(&io.failovers),
+        ),
+        (
+            "replay_records",
+            "gauge",
+            "Records replayed from the store at start.",
+            g(&io.replay_records),
+        ),
+    ];
+    for (name, kind, help, v) in plain {
+        metric(o, name, kind, help, v);
+    }
+    header(
+        o,
+        "replay_seconds",
+        "gauge",
+        "Time the start-up replay took.",
+    );
+    let _ = writeln!(
+        o,
+        "shoal_replay_seconds {:.6}",
+        g(&io.replay_us) as f64 / 1e6
+    );
+    metric(
+        o,
+        "replay_ok",
+        "gauge",
+        "1 when the start-up replay completed.",
+        g(&io.replay_ok),
+    );
+    let masters = io.masters.lock().map(|m| m.clone()).unwrap_or_default();
+    let per_master: [MasterSeries; 10] = [
+        (
+            "store_master_up",
+            "gauge",
+            "1 when connected and authenticated.",
+            |m| Some(m.connected as u64),
+        ),
+        (
+            "store_master_active",
+            "gauge",
+            "1 for the master saves go to.",
+            |m| Some(m.active as u64),
+        ),
+        (
+            "store_master_batches_total",
+            "counter",
+            "Save batches committed by this master.",
+            |m| Some(m.batches),
+        ),
+        (
+            "store_master_errors_total",
+            "counter",
+            "Failed requests to this master.",
+            |m| Some(m.errors),
+        ),
+        (
+            "store_log_tuples",
+            "gauge",
+            "Tuples in shoal_log on this master.",
+            |m| Some(m.log_len),
+        ),
+        (
+            "store_log_bytes",
+            "gauge",
+            "Bytes of shoal_log on this master.",
+            |m| Some(m.log_bytes),
+        ),
+        (
+            "store_lua_memory_bytes",
+            "gauge",
+            "Lua memory of this master.",
+            |m| Some(m.lua_memory),
+        ),
+        (
+            "expirer_deleted_total",
+            "counter",
+            "Tuples deleted by the expiry worker.",
+            |m| m.expirer.map(|e| e.deleted),
+        ),
+        (
+            "expirer_scanned_total",
+            "counter",
+            "Tuples looked at by the expiry worker.",
+            |m| m.expirer.map(|e| e.scanned),
+        ),
+        (
+            "expirer_lag_seconds",
+            "gauge",
+            "Age of the oldest expired tuple still present.",
+            |m| m.expirer.map(|e| e.lag_ms),
+        ),
+    ];
+    for (name, kind, help, f) in per_master {
+        header(o, name, kind, help);
+        for m in &masters {
+            if let Some(v) = f(m) {
+                if name == "expirer_lag_seconds" {
+                    let _ = writeln!(
+                        o,
+                        "shoal_{name}{{master=\"{}\"}} {:.3}",
+                        m.addr,
+                        v as f64 / 1e3
+                    );
+                } else {
+                    let _ = writeln!(o, "shoal_{name}{{master=\"{}\"}} {v}", m.addr);
+                }
+            }
+        }
+    }
+    header(
+        o,
+        "expirer_batches_total",
+        "counter",
+        "Expiry transactions committed.",
+    );
+    for m in &masters {
+        if let Some(e) = m.expirer {
+            let _ = writeln!(
+                o,
+                "shoal_expirer_batches_total{{master=\"{}\"}} {}",
+                m.addr, e.batches
+            );
+        }
+    }
 }
 
 /// Renders the operator's status page: peers with their loss, resources
@@ -380,6 +615,18 @@ pub fn status(node: &Node, now: Instant, max_resources: usize) -> String {
             m.level,
             m.origin,
             m.remaining.as_millis()
+        );
+    }
+    if let Some(b) = node.backlog() {
+        let c = b.counters();
+        let _ = writeln!(
+            o,
+            "\nstore: backlog {}  saved {}  failed batches {}  dropped load {}  refused {}",
+            b.len(),
+            c.saved,
+            c.batches_failed,
+            c.dropped_load,
+            c.refused
         );
     }
     o

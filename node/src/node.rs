@@ -18,6 +18,7 @@ use shoal_wire::{
 use crate::config::{Config, ModesSection};
 use crate::controller::{Decision, ModeController};
 use crate::state::{Applied, ClusterState, LoadView, MarkView, ModeView, StateLimits};
+use crate::store::{self, Backlog, BacklogLimits, BatchId, Offer, Row};
 
 /// Most records a filter may put in one local datagram.
 pub const MAX_LOCAL_RECORDS: usize = 64;
@@ -37,6 +38,8 @@ pub struct NodeParams {
     pub limits: StateLimits,
     pub max_peers: usize,
     pub modes: ModesSection,
+    /// The save backlog, when a Tarantool store is configured.
+    pub store: Option<BacklogLimits>,
 }
 
 impl NodeParams {
@@ -55,6 +58,10 @@ impl NodeParams {
             },
             max_peers: cfg.state.max_peers,
             modes: cfg.modes.clone(),
+            store: cfg.store.as_ref().map(|s| BacklogLimits {
+                capacity: s.backlog,
+                batch: s.batch,
+            }),
         }
     }
 }
@@ -69,14 +76,18 @@ pub enum LocalError {
     BadRecord = 2,
     UnknownCode = 3,
     TooManyRecords = 4,
+    /// The save backlog is full of records Tarantool has not taken yet:
+    /// the record was applied and sent, but not saved. Always replied.
+    StoreFull = 5,
 }
 
 impl LocalError {
-    pub const LABELS: [&'static str; 4] = [
+    pub const LABELS: [&'static str; 5] = [
         "bad_length",
         "bad_record",
         "unknown_code",
         "too_many_records",
+        "store_full",
     ];
 
     pub fn label(self) -> &'static str {
@@ -163,8 +174,13 @@ pub struct Counters {
     pub local_records: u64,
     pub local_queries: u64,
     /// Indexed like [`LocalError::LABELS`].
-    pub local_rejected: [u64; 4],
+    pub local_rejected: [u64; LocalError::LABELS.len()],
+    /// Save records taken while no store is configured.
     pub records_unsaved: u64,
+    /// Stored records applied at start.
+    pub replayed: u64,
+    /// Stored records not applied at start: expired, load, or unreadable.
+    pub replay_skipped: u64,
     /// Indexed like [`DecodeError::LABELS`].
     pub rejected: [u64; DecodeError::LABELS.len()],
     pub own_looped: u64,
@@ -200,6 +216,13 @@ pub struct Node {
     next_purge: Instant,
     decisions: Vec<Decision>,
     counters: Counters,
+    backlog: Option<Backlog>,
+    default_ttl: Duration,
+    /// Next `id` of a stored row: starts at the wall clock in µs, so ids
+    /// stay unique across restarts unless the node saved more than one
+    /// record per µs on average; [`Node::replay`] raises it past every
+    /// replayed id of this node.
+    next_row_id: u64,
 }
 
 impl Node {
@@ -207,6 +230,7 @@ impl Node {
     /// microseconds since the Unix epoch (also its incarnation).
     pub fn new(p: NodeParams, now: Instant, wall_us: u64) -> Node {
         Node {
+            default_ttl: p.limits.default_ttl,
             id: p.id,
             cluster: p.cluster,
             writer: DatagramWriter::new(
@@ -232,6 +256,8 @@ impl Node {
             next_purge: now + PURGE_EVERY,
             decisions: Vec::new(),
             counters: Counters::default(),
+            backlog: p.store.map(Backlog::new),
+            next_row_id: wall_us,
         }
     }
 
@@ -307,7 +333,17 @@ impl Node {
                 }
                 Ok((r, action)) => {
                     self.counters.local_records += 1;
-                    self.submit(now, r, action);
+                    if let Err(e) = self.submit(now, r, action) {
+                        // Not silent even for a filter that sends no query.
+                        self.counters.local_rejected[e as usize - 1] += 1;
+                        self.push_reply(
+                            reply,
+                            now,
+                            Code::REPLY_ERROR,
+                            seq,
+                            [e as u64, i as u64, 0, 0],
+                        );
+                    }
                 }
                 Err(e) => {
                     self.counters.local_rejected[e as usize - 1] += 1;
@@ -368,9 +404,10 @@ impl Node {
         self.push_reply(reply, now, q.code, q.seq, fields);
     }
 
-    /// Takes a record from the local filter: stamp it, apply it here, and
-    /// queue it for the cluster when its operation says send.
-    fn submit(&mut self, now: Instant, mut r: Record, action: Action) {
+    /// Takes a record from the local filter: stamp it, apply it here, queue
+    /// it for the cluster when its operation says send and for the store
+    /// when it says save. Fails only when the save backlog is full.
+    fn submit(&mut self, now: Instant, mut r: Record, action: Action) -> Result<(), LocalError> {
         self.record_seq += 1;
         r.origin = self.id;
         r.seq = self.record_seq;
@@ -380,14 +417,34 @@ impl Node {
         if r.op.bits() == 0 {
             r.op = Op::SEND;
         }
+        let mut refused = Ok(());
         if r.op.saves() {
-            // Persistence arrives with the Tarantool store; until then a
-            // save is applied and sent but counted as not stored.
-            self.counters.records_unsaved += 1;
+            refused = self.save(now, &r);
         }
         self.apply(now, self.id, action, r.ttl_ms);
         if r.op.sends() {
             self.enqueue(now, &r);
+        }
+        refused
+    }
+
+    fn save(&mut self, now: Instant, r: &Record) -> Result<(), LocalError> {
+        let Some(backlog) = self.backlog.as_mut() else {
+            self.counters.records_unsaved += 1;
+            return Ok(());
+        };
+        let ttl = match r.ttl_ms {
+            0 => self.default_ttl,
+            ms => Duration::from_millis(ms.into()),
+        };
+        let expires = self.wall_at_epoch_us
+            + now.saturating_duration_since(self.epoch).as_micros() as u64
+            + ttl.as_micros() as u64;
+        let id = self.next_row_id;
+        self.next_row_id += 1;
+        match backlog.offer(store::to_row(r, id, expires)) {
+            Offer::Taken | Offer::DroppedLoad => Ok(()),
+            Offer::Refused => Err(LocalError::StoreFull),
         }
     }
 
@@ -475,6 +532,71 @@ impl Node {
             self.counters.datagrams_sent += 1;
             self.counters.records_sent += n;
         }
+    }
+
+    /// The save backlog, when a store is configured.
+    pub fn backlog(&self) -> Option<&Backlog> {
+        self.backlog.as_ref()
+    }
+
+    /// Cuts the next batch of records to save into `buf`.
+    pub fn take_save_batch(&mut self, buf: &mut Vec<Row>) -> Option<BatchId> {
+        self.backlog.as_mut()?.next_batch(buf)
+    }
+
+    /// The store committed a batch.
+    pub fn save_acked(&mut self, id: BatchId) {
+        if let Some(b) = self.backlog.as_mut() {
+            b.ack(id);
+        }
+    }
+
+    /// A batch failed or its outcome is unknown: retry it.
+    pub fn save_failed(&mut self, id: BatchId) {
+        if let Some(b) = self.backlog.as_mut() {
+            b.fail(id);
+        }
+    }
+
+    /// Applies stored records at start (the context a restarted node gets
+    /// back): `node` names the writer of each row and `own` is this node's
+    /// name. Rows are applied in the order they were made, through the
+    /// same checks as records from the cluster; expired, load and
+    /// unreadable rows are skipped. Returns the number applied.
+    pub fn replay<'a>(
+        &mut self,
+        now: Instant,
+        own: &str,
+        rows: impl IntoIterator<Item = (&'a str, Row)>,
+    ) -> usize {
+        let wall = self.wall_us(now);
+        let mut live: Vec<(u64, u64, Record, u32)> = Vec::new();
+        for (node, row) in rows {
+            if node == own {
+                self.next_row_id = self.next_row_id.max(row[1].saturating_add(1));
+            }
+            let remaining_ms = row[0].saturating_sub(wall) / 1_000;
+            match store::from_row(&row) {
+                Some(r) if remaining_ms > 0 && r.code != Code::LOAD => {
+                    let ttl = u32::try_from(remaining_ms).unwrap_or(u32::MAX);
+                    live.push((r.timing_us, row[1], r, ttl));
+                }
+                _ => self.counters.replay_skipped += 1,
+            }
+        }
+        live.sort_unstable_by_key(|(timing, id, ..)| (*timing, *id));
+        let mut applied = 0;
+        for (_, _, r, ttl) in live {
+            match classify(&r) {
+                Ok(Action::Query) | Err(_) => self.counters.replay_skipped += 1,
+                Ok(action) => {
+                    self.apply(now, r.origin, action, ttl);
+                    applied += 1;
+                }
+            }
+        }
+        self.counters.replayed += applied as u64;
+        applied
     }
 
     /// Moves the next datagram to multicast into `out` (swapping buffers,

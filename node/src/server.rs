@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::metrics::{self, IoStats};
 use crate::node::{Node, NodeParams};
+use crate::storage::Storage;
 use crate::transport::{self, TransportError};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,8 @@ pub enum ServerError {
     },
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Microseconds since the Unix epoch.
@@ -56,16 +59,18 @@ pub fn wall_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-struct Shared {
+pub(crate) struct Shared {
     node: Mutex<Node>,
-    io: IoStats,
+    pub(crate) io: IoStats,
+    /// Woken when the filter hands over records to save.
+    pub(crate) store_wake: tokio::sync::Notify,
     shutdown: AtomicBool,
     multicast: UdpSocket,
     dest: SocketAddr,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Node> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Node> {
         // A panic while holding the lock is a bug; the state is still the
         // best we have, so keep serving it.
         self.node.lock().unwrap_or_else(|p| p.into_inner())
@@ -145,10 +150,19 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
     let shared = Arc::new(Shared {
         node: Mutex::new(node),
         io,
+        store_wake: tokio::sync::Notify::new(),
         shutdown: AtomicBool::new(false),
         multicast: mc.socket,
         dest: mc.dest,
     });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServerError::Runtime)?;
+    let storage = match &cfg.store {
+        Some(st) => Some(start_storage(&rt, st, &cfg, &shared)?),
+        None => None,
+    };
     let rx = {
         let s = Arc::clone(&shared);
         let span = span.clone();
@@ -179,20 +193,66 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         startup_us = started.elapsed().as_micros() as u64,
         "shoal node serving"
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ServerError::Runtime)?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let saver = storage.map(|st| {
+        rt.spawn(st.run(async move {
+            let _ = stop_rx.await;
+        }))
+    });
     let result = rt.block_on(serve_until_signal(
         Arc::clone(&shared),
         cfg.http.listen.clone(),
     ));
     shared.shutdown.store(true, Ordering::Relaxed);
-    let _ = rx.join();
     let _ = ingress.join();
+    if let Some(saver) = saver {
+        // Stop taking records first, then let the saver drain.
+        let _ = stop_tx.send(());
+        let _ = rt.block_on(saver);
+    }
+    let _ = rx.join();
     let _ = std::fs::remove_file(&cfg.local.socket);
     info!("shoal node stopped");
     result
+}
+
+/// Connects to the store and replays the cluster's live records into the
+/// node before the filter is served. A store that does not answer within
+/// `replay_timeout_ms` does not keep the node down: it serves without the
+/// stored context and says so (log, `shoal_replay_ok 0`).
+fn start_storage(
+    rt: &tokio::runtime::Runtime,
+    st: &crate::config::StoreSection,
+    cfg: &Config,
+    shared: &Arc<Shared>,
+) -> Result<Storage, ServerError> {
+    let _rt = rt.enter();
+    let name = st.node_name(cfg.node.cluster, cfg.node.id);
+    let mut storage = Storage::new(st, name.clone(), Arc::clone(shared))?;
+    if !st.replay {
+        return Ok(storage);
+    }
+    match rt.block_on(storage.replay(wall_us())) {
+        Ok(r) => {
+            let s = &shared.io.store;
+            s.replay_records.store(r.applied as u64, Ordering::Relaxed);
+            s.replay_us
+                .store(r.took.as_micros() as u64, Ordering::Relaxed);
+            s.replay_ok.store(1, Ordering::Relaxed);
+            info!(
+                name = %name,
+                read = r.read,
+                applied = r.applied,
+                ms = r.took.as_millis() as u64,
+                "replayed live records from the store"
+            );
+        }
+        Err(e) => warn!(
+            error = %e,
+            "no replay: serving without the stored context"
+        ),
+    }
+    Ok(storage)
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, ServerError> {
@@ -277,6 +337,9 @@ fn local_loop(s: &Shared, sock: &UnixDatagram) {
                 let peer = match got {
                     Ok((n, peer)) => {
                         node.handle_local(now, &buf[..n], &mut reply);
+                        if node.backlog().is_some_and(|b| b.queued() > 0) {
+                            s.store_wake.notify_one();
+                        }
                         Some(peer)
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => None,

@@ -191,6 +191,12 @@ impl NodeProcess {
         self.child.try_wait().ok().flatten().is_none()
     }
 
+    /// `kill -9`: no chance to save what it holds.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops it with SIGTERM and waits (then SIGKILL after 5 s).
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         // SAFETY: kill(2) on our own child's pid has no memory effects.

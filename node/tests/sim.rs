@@ -97,6 +97,7 @@ fn params(id: u32) -> NodeParams {
             default: Some(rule()),
             resource: vec![],
         },
+        store: None,
     }
 }
 

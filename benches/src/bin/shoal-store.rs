@@ -1,0 +1,228 @@
+//! Store harness: a real Tarantool master pair (`tarantool/scripts/pair.sh`)
+//! and a real `shoal` node.
+//!
+//! 1. Persist rate. Baseline: a Lua loop inside master a replaces N log
+//!    tuples, 1000 per transaction (the issue's yardstick). Shoal: a filter
+//!    pushes N send+save session marks into the node's local socket as fast
+//!    as it takes them; the rate is N over the time until the node's
+//!    `shoal_store_saved_total` reaches N. Same tuples' shape, same
+//!    instance, same run; the log is truncated between phases.
+//! 2. Replay. The log is filled with `--replay` live tuples of 16 nodes
+//!    (through the console, fast), then the node is started again and
+//!    again; `shoal_replay_seconds` is what each start-up spent loading
+//!    them, and the process start to "serving" is reported beside it.
+//!
+//! Each figure is the median of `--runs` runs.
+//! Usage: shoal-store [--bin target/release/shoal] [--records 500000]
+//!                    [--replay 1000000] [--runs 3]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use shoal_node::testkit::{unique_group, wait_until, NodeProcess, NodeSpec};
+use shoal_tarantool::testkit::{Master, Pair};
+use shoal_wire::{Code, Op, Record};
+
+struct Args {
+    bin: PathBuf,
+    records: u64,
+    replay: u64,
+    runs: usize,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        bin: PathBuf::from("target/release/shoal"),
+        records: 500_000,
+        replay: 1_000_000,
+        runs: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--bin" => a.bin = PathBuf::from(value()?),
+            "--records" => a.records = value()?.parse()?,
+            "--replay" => a.replay = value()?.parse()?,
+            "--runs" => a.runs = value()?.parse()?,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if a.runs == 0 || a.records == 0 {
+        bail!("--runs and --records must be positive");
+    }
+    Ok(a)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn console_number(pair: &Pair, lua: &str) -> anyhow::Result<f64> {
+    let out = pair.console(Master::A, lua)?;
+    out.lines()
+        .find_map(|l| {
+            l.strip_prefix("- ")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .with_context(|| format!("console answered {out:?} to {lua}"))
+}
+
+/// Seconds the Lua loop takes to replace `n` tuples, 1000 per transaction.
+fn lua_loop(pair: &Pair, n: u64) -> anyhow::Result<f64> {
+    console_number(
+        pair,
+        &format!(
+            "local c = require('clock') local log = box.space.shoal_log \
+             local now = math.floor(c.realtime() * 1e6) local t0 = c.monotonic() \
+             for i = 0, {n} - 1, 1000 do box.begin() \
+             for j = i, math.min(i + 999, {n} - 1) do \
+             log:replace({{'bench-lua', now + 3600000000, now + j, now, 3, 3, 1, j, 2, 0, 0}}) end \
+             box.commit() end return c.monotonic() - t0"
+        ),
+    )
+}
+
+fn truncate(pair: &Pair) -> anyhow::Result<()> {
+    pair.console(Master::A, "box.space.shoal_log:truncate()")?;
+    // Wait for the other master to have replicated it.
+    let b_empty = wait_until(Duration::from_secs(30), || {
+        pair.console(Master::B, "box.space.shoal_log:len()")
+            .is_ok_and(|o| o.contains("- 0\n"))
+    });
+    if !b_empty {
+        bail!("master b did not follow the truncate");
+    }
+    Ok(())
+}
+
+fn spec(dir: &Path, pair: &Pair) -> NodeSpec {
+    let (group, port) = unique_group();
+    let mut s = NodeSpec::loopback(1, group, port, dir);
+    s.extra = format!(
+        "[state]\nsession_capacity = 4000000\n\n[store]\nmasters = [\"{}\", \"{}\"]\npassword = \"{}\"\nbacklog = 4000000\nreplay_timeout_ms = 5000\n",
+        pair.a, pair.b, pair.password
+    );
+    s
+}
+
+fn metric(n: &NodeProcess, name: &str) -> f64 {
+    n.metric(name).unwrap_or(-1.0)
+}
+
+/// Seconds until a node has saved `n` marks pushed through its socket.
+fn shoal_persist(bin: &Path, dir: &Path, pair: &Pair, n: u64) -> anyhow::Result<f64> {
+    let node = NodeProcess::spawn(bin, &spec(dir, pair)).context("starting shoal")?;
+    let mut c = node.client()?;
+    let start = Instant::now();
+    let mut batch = Vec::with_capacity(64);
+    for k in 0..n {
+        batch.push(Record {
+            op: Op::SEND_SAVE,
+            ttl_ms: 3_600_000,
+            ..Record::new(Code::SESSION_MARK, [k, 2, 0, 0])
+        });
+        if batch.len() == 64 {
+            // The local socket is a datagram socket: back off when full.
+            while c.send(&batch).is_err() {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        c.send(&batch)?;
+    }
+    let target = n as f64;
+    if !wait_until(Duration::from_secs(600), || {
+        metric(&node, "shoal_store_saved_total") >= target
+    }) {
+        bail!(
+            "saved {} of {n}; taken {}",
+            metric(&node, "shoal_store_saved_total"),
+            metric(&node, "shoal_store_taken_total")
+        );
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let dir = std::env::temp_dir().join(format!("shoal-store-bench-{}", std::process::id()));
+    let pair = Pair::start_with(&dir.join("tt"), &[("SHOAL_TT_MEMTX_MB", "4096")])
+        .context("starting the tarantool pair")?;
+    println!(
+        "shoal-store: pair {} / {}, {} records per persist run, {} for replay, {} runs",
+        pair.a, pair.b, args.records, args.replay, args.runs
+    );
+
+    let (mut lua, mut shoal) = (Vec::new(), Vec::new());
+    for run in 1..=args.runs {
+        truncate(&pair)?;
+        let l = lua_loop(&pair, args.records)?;
+        truncate(&pair)?;
+        let s = shoal_persist(&args.bin, &dir, &pair, args.records)?;
+        let (lr, sr) = (args.records as f64 / l, args.records as f64 / s);
+        println!(
+            "run {run} persist: lua loop {lr:.0} rec/s, shoal {sr:.0} rec/s, ratio {:.3}",
+            sr / lr
+        );
+        lua.push(lr);
+        shoal.push(sr);
+    }
+
+    let mut replay = Vec::new();
+    let mut startup = Vec::new();
+    if args.replay > 0 {
+        truncate(&pair)?;
+        // 16 writers' ranges of live marks, distinct keys.
+        let n = args.replay;
+        console_number(
+            &pair,
+            &format!(
+                "local c = require('clock') local log = box.space.shoal_log \
+                 local now = math.floor(c.realtime() * 1e6) \
+                 for i = 0, {n} - 1, 1000 do box.begin() \
+                 for j = i, math.min(i + 999, {n} - 1) do \
+                 log:replace({{'c1-n' .. (j % 16 + 2), now + 3600000000 + j, j, now, 3, 3, j % 16 + 2, j, 2, 0, 0}}) end \
+                 box.commit() end return log:len()"
+            ),
+        )?;
+        for run in 1..=args.runs {
+            let started = Instant::now();
+            let node = NodeProcess::spawn(&args.bin, &spec(&dir, &pair))?;
+            let up = started.elapsed().as_secs_f64();
+            let secs = metric(&node, "shoal_replay_seconds");
+            let got = metric(&node, "shoal_replay_records");
+            if got as u64 != n {
+                bail!("replayed {got} of {n}");
+            }
+            println!(
+                "run {run} replay: {n} records in {secs:.3} s (process start to serving {up:.3} s)"
+            );
+            replay.push(secs);
+            startup.push(up);
+        }
+    }
+
+    println!("\nmedians of {} runs:", args.runs);
+    let (l, s) = (median(lua), median(shoal));
+    println!("  lua loop, 1000 per txn        {l:.0} records/s");
+    println!(
+        "  shoal node, persisted         {s:.0} records/s  ({:.3} of the lua loop)",
+        s / l
+    );
+    if !replay.is_empty() {
+        println!(
+            "  replay of {} live records     {:.3} s  (start to serving {:.3} s)",
+            args.replay,
+            median(replay),
+            median(startup)
+        );
+    }
+    drop(pair);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

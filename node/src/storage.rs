@@ -1,0 +1,386 @@
+//! The Tarantool edge of the node: replay at start, then the save loop
+//! that moves batches from the node's backlog to the cluster's store, and
+//! the scrape of the masters' own counters.
+//!
+//! Saves go to one master at a time (the active one) as `shoal_save`
+//! calls of up to `store.batch` records, several in flight on one
+//! connection. A batch that fails or times out goes back to the front of
+//! the backlog and is sent again, to the other master when the active one
+//! is down: `shoal_save` replaces tuples under keys only this node writes,
+//! so a batch saved twice, or on both masters, is harmless.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use shoal_tarantool::{Client, ClientConfig, Error as TtError, Iter, Select, Tarantool};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::config::{ConfigError, StoreSection};
+use crate::metrics::{ExpirerStats, MasterStats};
+use crate::server::Shared;
+use crate::store::{BatchId, Row};
+
+/// Rows per select while replaying.
+const REPLAY_PAGE: u32 = 20_000;
+/// How often the masters' own counters are read.
+const SCRAPE_EVERY: Duration = Duration::from_secs(2);
+/// Wait before retrying when no master answers.
+const RETRY_MIN: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+/// How long a stopping node keeps saving what it still holds.
+const DRAIN_ON_STOP: Duration = Duration::from_secs(3);
+
+/// The store connections of one node.
+pub(crate) struct Storage {
+    name: String,
+    masters: Vec<Client>,
+    active: usize,
+    batch_limit: usize,
+    in_flight: usize,
+    replay_timeout: Duration,
+    shared: Arc<Shared>,
+}
+
+/// One `shoal_log` tuple as it comes back from a select.
+#[derive(Debug, Deserialize)]
+struct LogTuple(String, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64);
+
+impl LogTuple {
+    fn row(&self) -> Row {
+        [
+            self.1, self.2, self.3, self.4, self.5, self.6, self.7, self.8, self.9, self.10,
+        ]
+    }
+}
+
+/// What `shoal_stats()` returns.
+#[derive(Debug, Default, Deserialize)]
+struct StoreStatsReply {
+    #[serde(default)]
+    log_len: u64,
+    #[serde(default)]
+    log_bytes: u64,
+    #[serde(default)]
+    lua_memory: f64,
+    #[serde(default)]
+    expirer: Option<ExpirerReply>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ExpirerReply {
+    #[serde(default)]
+    deleted: u64,
+    #[serde(default)]
+    scanned: u64,
+    #[serde(default)]
+    batches: u64,
+    #[serde(default)]
+    lag_ms: f64,
+}
+
+/// The outcome of the start-up replay.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Replayed {
+    pub(crate) read: usize,
+    pub(crate) applied: usize,
+    pub(crate) took: Duration,
+}
+
+impl Storage {
+    /// Connects (in the background) to every master. Must run inside the
+    /// tokio runtime that will drive [`Storage::run`].
+    pub(crate) fn new(
+        cfg: &StoreSection,
+        name: String,
+        shared: Arc<Shared>,
+    ) -> Result<Storage, ConfigError> {
+        let password = cfg.password()?;
+        let masters: Vec<Client> = cfg
+            .masters
+            .iter()
+            .map(|addr| {
+                Client::new(ClientConfig {
+                    request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+                    ..ClientConfig::new(addr.clone(), cfg.user.clone(), password.clone())
+                })
+            })
+            .collect();
+        if let Ok(mut m) = shared.io.store.masters.lock() {
+            *m = cfg
+                .masters
+                .iter()
+                .enumerate()
+                .map(|(i, addr)| MasterStats {
+                    addr: addr.clone(),
+                    active: i == 0,
+                    ..MasterStats::default()
+                })
+                .collect();
+        }
+        Ok(Storage {
+            name,
+            masters,
+            active: 0,
+            batch_limit: cfg.batch,
+            in_flight: cfg.in_flight,
+            replay_timeout: Duration::from_millis(cfg.replay_timeout_ms),
+            shared,
+        })
+    }
+
+    fn with_master(&self, i: usize, f: impl FnOnce(&mut MasterStats)) {
+        if let Ok(mut m) = self.shared.io.store.masters.lock() {
+            if let Some(m) = m.get_mut(i) {
+                f(m);
+            }
+        }
+    }
+
+    /// The first master to answer, within the replay timeout.
+    async fn any_master(&self, timeout: Duration) -> Option<usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(i) = (0..self.masters.len())
+                .map(|k| (self.active + k) % self.masters.len())
+                .find(|&i| self.masters[i].is_connected())
+            {
+                return Some(i);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Loads every live record of the cluster from the store into `node`.
+    /// Reads each node's key range from `{node, now}` on, so no expired
+    /// tuple is transferred (the primary key is ordered by expiry).
+    pub(crate) async fn replay(&mut self, now_wall_us: u64) -> Result<Replayed, TtError> {
+        let started = Instant::now();
+        let Some(i) = self.any_master(self.replay_timeout).await else {
+            return Err(TtError::Disconnected);
+        };
+        self.active = i;
+        let client = &self.masters[i];
+        let now = now_wall_us;
+        let mut rows: Vec<(String, Row)> = Vec::new();
+        let mut after: Option<(String, u64, u64)> = None;
+        loop {
+            let page: Vec<LogTuple> = match &after {
+                None => {
+                    let all: &[u64] = &[];
+                    client
+                        .select(
+                            "shoal_log",
+                            &all,
+                            Select {
+                                iter: Iter::All,
+                                limit: REPLAY_PAGE,
+                                ..Select::default()
+                            },
+                        )
+                        .await?
+                }
+                Some(key) => {
+                    client
+                        .select(
+                            "shoal_log",
+                            key,
+                            Select {
+                                iter: Iter::Gt,
+                                limit: REPLAY_PAGE,
+                                ..Select::default()
+                            },
+                        )
+                        .await?
+                }
+            };
+            let full = page.len() == REPLAY_PAGE as usize;
+            let mut jumped = false;
+            for t in page {
+                if t.1 <= now {
+                    // The expired front of a node's range (the expirer has
+                    // not got to it yet): skip to the range's live part.
+                    after = Some((t.0, now, u64::MAX));
+                    jumped = true;
+                    break;
+                }
+                after = Some((t.0.clone(), t.1, t.2));
+                let row = t.row();
+                rows.push((t.0, row));
+            }
+            if !jumped && !full {
+                break;
+            }
+        }
+        let read = rows.len();
+        let applied = {
+            let mut n = self.shared.lock();
+            let now = Instant::now();
+            n.replay(
+                now,
+                &self.name,
+                rows.iter().map(|(name, r)| (name.as_str(), *r)),
+            )
+        };
+        Ok(Replayed {
+            read,
+            applied,
+            took: started.elapsed(),
+        })
+    }
+
+    /// Picks the master to save to: the active one while it is connected,
+    /// else the next connected one (a failover).
+    fn pick(&mut self) -> Option<usize> {
+        let n = self.masters.len();
+        let i = (0..n)
+            .map(|k| (self.active + k) % n)
+            .find(|&i| self.masters[i].is_connected())?;
+        if i != self.active {
+            warn!(
+                from = %self.masters[self.active].addr(),
+                to = %self.masters[i].addr(),
+                "store failover"
+            );
+            self.shared
+                .io
+                .store
+                .failovers
+                .fetch_add(1, Ordering::Relaxed);
+            let old = self.active;
+            self.with_master(old, |m| m.active = false);
+            self.with_master(i, |m| m.active = true);
+            self.active = i;
+        }
+        Some(i)
+    }
+
+    /// Moves batches from the backlog to the store until `stop` resolves,
+    /// then keeps saving for a short while so a clean stop loses nothing
+    /// that a master can still take.
+    pub(crate) async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        let shared = Arc::clone(&self.shared);
+        let backlog = || shared.lock().backlog().map_or(0, |b| b.len());
+        let mut calls: JoinSet<(BatchId, usize, Result<(u64,), TtError>)> = JoinSet::new();
+        let mut buf: Vec<Row> = Vec::with_capacity(self.batch_limit);
+        let mut retry = RETRY_MIN;
+        let mut next_scrape = Instant::now();
+        let mut stopping: Option<Instant> = None;
+        tokio::pin!(stop);
+        loop {
+            let mut stalled = false;
+            while calls.len() < self.in_flight {
+                let Some(i) = self.pick() else {
+                    stalled = true;
+                    break;
+                };
+                let id = { self.shared.lock().take_save_batch(&mut buf) };
+                let Some(id) = id else { break };
+                let client = self.masters[i].clone();
+                let args = (self.name.clone(), std::mem::take(&mut buf));
+                calls.spawn(async move {
+                    let r = client.call("shoal_save", &args).await;
+                    (id, i, r)
+                });
+            }
+            if Instant::now() >= next_scrape {
+                next_scrape = Instant::now() + SCRAPE_EVERY;
+                self.scrape().await;
+            }
+            if let Some(t) = stopping {
+                if backlog() == 0 || t.elapsed() >= DRAIN_ON_STOP {
+                    let left = backlog();
+                    if left > 0 {
+                        warn!(
+                            records = left,
+                            "stopping with records the store did not take"
+                        );
+                    }
+                    return;
+                }
+            }
+            let wait = if stalled { retry } else { SCRAPE_EVERY };
+            tokio::select! {
+                Some(done) = calls.join_next(), if !calls.is_empty() => {
+                    let Ok((id, i, result)) = done else { continue };
+                    match result {
+                        Ok(_) => {
+                            self.shared.lock().save_acked(id);
+                            retry = RETRY_MIN;
+                            self.with_master(i, |m| m.batches += 1);
+                        }
+                        Err(e) => {
+                            self.shared.lock().save_failed(id);
+                            self.with_master(i, |m| m.errors += 1);
+                            warn!(master = %self.masters[i].addr(), error = %e, "save batch failed; retrying");
+                            if !is_connection(&e) {
+                                // The master answered but refused: do not
+                                // spin on it.
+                                tokio::time::sleep(retry).await;
+                                retry = (retry * 2).min(RETRY_MAX);
+                            }
+                        }
+                    }
+                }
+                _ = self.shared.store_wake.notified(), if !stalled => {}
+                _ = tokio::time::sleep(wait) => {
+                    if stalled {
+                        retry = (retry * 2).min(RETRY_MAX);
+                        debug!(backlog = backlog(), "no master connected");
+                    }
+                }
+                _ = &mut stop, if stopping.is_none() => {
+                    stopping = Some(Instant::now());
+                    info!(backlog = backlog(), "saving what is left before stopping");
+                }
+            }
+        }
+    }
+
+    /// Reads each connected master's `shoal_stats()` into the metrics.
+    async fn scrape(&self) {
+        for (i, c) in self.masters.iter().enumerate() {
+            let connected = c.is_connected();
+            let reply = if connected {
+                c.call::<_, (StoreStatsReply,)>("shoal_stats", &())
+                    .await
+                    .map(|(s,)| s)
+                    .ok()
+            } else {
+                None
+            };
+            self.with_master(i, |m| {
+                m.connected = connected;
+                if let Some(s) = reply {
+                    m.log_len = s.log_len;
+                    m.log_bytes = s.log_bytes;
+                    m.lua_memory = s.lua_memory as u64;
+                    m.expirer = s.expirer.map(|e| ExpirerStats {
+                        deleted: e.deleted,
+                        scanned: e.scanned,
+                        batches: e.batches,
+                        lag_ms: e.lag_ms as u64,
+                    });
+                }
+            });
+        }
+    }
+}
+
+/// Whether an error says the master is unreachable (fail over) rather than
+/// that it answered and refused (back off, same master).
+fn is_connection(e: &TtError) -> bool {
+    matches!(
+        e,
+        TtError::Disconnected
+            | TtError::OutcomeUnknown(_)
+            | TtError::Timeout(_)
+            | TtError::Io(_)
+            | TtError::ConnectTimeout(_)
+    )
+}

@@ -1,0 +1,327 @@
+//! The save path's plain logic: the bounded backlog of records waiting to
+//! be persisted in Tarantool, cut into batches, tracked while in flight,
+//! and put back in front when a batch fails. No I/O: the storage driver
+//! (`storage`) takes batches and reports their outcome.
+//!
+//! Policy, when the backlog is full:
+//! - a load record (a gauge, stale within seconds) is dropped and counted;
+//! - a save or send+save record evicts the oldest queued load record if
+//!   there is one; otherwise it is refused, counted, and the filter is told
+//!   (`LocalError::StoreFull`). A record taken into the backlog leaves it
+//!   only when Tarantool has acknowledged it.
+
+use std::collections::{HashMap, VecDeque};
+
+use shoal_wire::{Code, Record};
+
+/// One tuple of the `shoal_log` space, less the node name (the batch
+/// carries it once): `expires_us, id, timing_us, code, op, origin, f0..f3`.
+pub type Row = [u64; 10];
+
+/// Limits of the backlog.
+#[derive(Debug, Clone, Copy)]
+pub struct BacklogLimits {
+    /// Records queued or in flight, at most.
+    pub capacity: usize,
+    /// Records per batch (one stored-procedure call, one transaction).
+    pub batch: usize,
+}
+
+/// A record as stored, built by the node when it takes a save.
+pub fn to_row(r: &Record, id: u64, expires_us: u64) -> Row {
+    [
+        expires_us,
+        id,
+        r.timing_us,
+        r.code.0 as u64,
+        r.op.bits() as u64,
+        r.origin as u64,
+        r.fields[0],
+        r.fields[1],
+        r.fields[2],
+        r.fields[3],
+    ]
+}
+
+/// The record a stored row was made from (`seq` and `ttl_ms` are not
+/// stored); `None` when the row does not hold a valid record.
+pub fn from_row(row: &Row) -> Option<Record> {
+    Some(Record {
+        timing_us: row[2],
+        seq: 0,
+        origin: u32::try_from(row[5]).ok()?,
+        ttl_ms: 0,
+        code: Code(u16::try_from(row[3]).ok()?),
+        op: shoal_wire::Op::from_bits(u8::try_from(row[4]).ok()?).ok()?,
+        fields: [row[6], row[7], row[8], row[9]],
+    })
+}
+
+/// A batch taken for persisting; give its id back through
+/// [`Backlog::ack`] or [`Backlog::fail`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BatchId(u64);
+
+/// Why a record was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Taken,
+    /// A load record did not fit; it is gone (counted).
+    DroppedLoad,
+    /// A save record did not fit and nothing could make room (counted).
+    Refused,
+}
+
+/// Counters an operator scrapes (`shoal_store_*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BacklogCounters {
+    pub taken: u64,
+    pub saved: u64,
+    pub batches_saved: u64,
+    pub batches_failed: u64,
+    /// Load records dropped on arrival or evicted to make room.
+    pub dropped_load: u64,
+    pub refused: u64,
+}
+
+#[derive(Debug)]
+pub struct Backlog {
+    limits: BacklogLimits,
+    queue: VecDeque<Row>,
+    in_flight: HashMap<BatchId, Vec<Row>>,
+    in_flight_rows: usize,
+    next_batch: u64,
+    counters: BacklogCounters,
+}
+
+fn is_load(row: &Row) -> bool {
+    row[3] == Code::LOAD.0 as u64
+}
+
+impl Backlog {
+    pub fn new(limits: BacklogLimits) -> Backlog {
+        Backlog {
+            limits: BacklogLimits {
+                capacity: limits.capacity.max(1),
+                batch: limits.batch.max(1),
+            },
+            queue: VecDeque::new(),
+            in_flight: HashMap::new(),
+            in_flight_rows: 0,
+            next_batch: 1,
+            counters: BacklogCounters::default(),
+        }
+    }
+
+    /// Records queued or in flight.
+    pub fn len(&self) -> usize {
+        self.queue.len() + self.in_flight_rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records waiting for a batch (not in flight).
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn batches_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    pub fn counters(&self) -> BacklogCounters {
+        self.counters
+    }
+
+    /// Takes a record to persist, applying the full-backlog policy.
+    pub fn offer(&mut self, row: Row) -> Offer {
+        if self.len() >= self.limits.capacity {
+            if is_load(&row) {
+                self.counters.dropped_load += 1;
+                return Offer::DroppedLoad;
+            }
+            match self.queue.iter().position(is_load) {
+                Some(i) => {
+                    self.queue.remove(i);
+                    self.counters.dropped_load += 1;
+                }
+                None => {
+                    self.counters.refused += 1;
+                    return Offer::Refused;
+                }
+            }
+        }
+        self.queue.push_back(row);
+        self.counters.taken += 1;
+        Offer::Taken
+    }
+
+    /// Cuts the next batch, oldest records first, and holds it in flight.
+    /// `buf` is cleared and filled (reuse it across calls).
+    pub fn next_batch(&mut self, buf: &mut Vec<Row>) -> Option<BatchId> {
+        if self.queue.is_empty() {
+            return None;
+        }
+        let n = self.queue.len().min(self.limits.batch);
+        buf.clear();
+        buf.extend(self.queue.drain(..n));
+        let id = BatchId(self.next_batch);
+        self.next_batch += 1;
+        self.in_flight.insert(id, buf.clone());
+        self.in_flight_rows += n;
+        Some(id)
+    }
+
+    /// Tarantool committed the batch: its records leave the backlog.
+    /// Returns how many; 0 for an unknown (already settled) id.
+    pub fn ack(&mut self, id: BatchId) -> usize {
+        match self.in_flight.remove(&id) {
+            Some(rows) => {
+                self.in_flight_rows -= rows.len();
+                self.counters.saved += rows.len() as u64;
+                self.counters.batches_saved += 1;
+                rows.len()
+            }
+            None => 0,
+        }
+    }
+
+    /// The batch failed, or its outcome is unknown: its records go back in
+    /// front, in their order, to be retried (saving is idempotent: the
+    /// same tuples under the same keys).
+    pub fn fail(&mut self, id: BatchId) {
+        if let Some(rows) = self.in_flight.remove(&id) {
+            self.in_flight_rows -= rows.len();
+            self.counters.batches_failed += 1;
+            for row in rows.into_iter().rev() {
+                self.queue.push_front(row);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_wire::Op;
+
+    fn rec(code: Code, key: u64) -> Record {
+        Record {
+            op: Op::SEND_SAVE,
+            ..Record::new(code, [key, 1, 0, 0])
+        }
+    }
+
+    fn mark(key: u64) -> Row {
+        to_row(&rec(Code::SESSION_MARK, key), key, 1_000 + key)
+    }
+
+    fn load(key: u64) -> Row {
+        to_row(&rec(Code::LOAD, key), key, 1_000 + key)
+    }
+
+    fn backlog(capacity: usize, batch: usize) -> Backlog {
+        Backlog::new(BacklogLimits { capacity, batch })
+    }
+
+    #[test]
+    fn row_layout_matches_the_log_space() {
+        let r = Record {
+            timing_us: 5,
+            seq: 9,
+            origin: 3,
+            ttl_ms: 1000,
+            code: Code::MODE,
+            op: Op::SEND_SAVE,
+            fields: [10, 2, 30, 40],
+        };
+        assert_eq!(
+            to_row(&r, 77, 1_005),
+            [1_005, 77, 5, 2, 3, 3, 10, 2, 30, 40]
+        );
+    }
+
+    #[test]
+    fn batches_in_order_and_acks_remove() {
+        let mut b = backlog(100, 3);
+        for k in 0..7 {
+            assert_eq!(b.offer(mark(k)), Offer::Taken);
+        }
+        let mut buf = Vec::new();
+        let first = b.next_batch(&mut buf).expect("batch");
+        assert_eq!(buf.iter().map(|r| r[1]).collect::<Vec<_>>(), [0, 1, 2]);
+        let second = b.next_batch(&mut buf).expect("batch");
+        assert_eq!(buf.iter().map(|r| r[1]).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!((b.len(), b.queued(), b.batches_in_flight()), (7, 1, 2));
+        assert_eq!(b.ack(second), 3);
+        assert_eq!(b.ack(second), 0, "settled once");
+        assert_eq!(b.ack(first), 3);
+        let last = b.next_batch(&mut buf).expect("batch");
+        assert_eq!(buf.len(), 1);
+        assert_eq!(b.ack(last), 1);
+        assert!(b.is_empty());
+        assert!(b.next_batch(&mut buf).is_none());
+        let c = b.counters();
+        assert_eq!((c.taken, c.saved, c.batches_saved), (7, 7, 3));
+    }
+
+    #[test]
+    fn failed_batches_go_back_in_front_in_order() {
+        let mut b = backlog(100, 2);
+        for k in 0..5 {
+            b.offer(mark(k));
+        }
+        let mut buf = Vec::new();
+        let a = b.next_batch(&mut buf).expect("a");
+        let c = b.next_batch(&mut buf).expect("c");
+        b.fail(c);
+        b.fail(a);
+        b.fail(a); // twice is harmless
+        let mut order = Vec::new();
+        while let Some(id) = b.next_batch(&mut buf) {
+            order.extend(buf.iter().map(|r| r[1]));
+            b.ack(id);
+        }
+        assert_eq!(order, [0, 1, 2, 3, 4]);
+        assert_eq!(b.counters().batches_failed, 2);
+        assert_eq!(b.counters().saved, 5);
+    }
+
+    #[test]
+    fn full_backlog_drops_load_and_never_loses_saves() {
+        let mut b = backlog(4, 10);
+        assert_eq!(b.offer(load(1)), Offer::Taken);
+        assert_eq!(b.offer(mark(2)), Offer::Taken);
+        assert_eq!(b.offer(load(3)), Offer::Taken);
+        assert_eq!(b.offer(mark(4)), Offer::Taken);
+        // Full: a load record is dropped on arrival...
+        assert_eq!(b.offer(load(5)), Offer::DroppedLoad);
+        // ...a save evicts the oldest queued load record...
+        assert_eq!(b.offer(mark(6)), Offer::Taken);
+        assert_eq!(b.offer(mark(7)), Offer::Taken);
+        // ...and is refused once only saves are left.
+        assert_eq!(b.offer(mark(8)), Offer::Refused);
+        let mut buf = Vec::new();
+        b.next_batch(&mut buf).expect("batch");
+        assert_eq!(buf.iter().map(|r| r[1]).collect::<Vec<_>>(), [2, 4, 6, 7]);
+        let c = b.counters();
+        assert_eq!((c.dropped_load, c.refused, c.taken), (3, 1, 6));
+    }
+
+    #[test]
+    fn in_flight_records_count_against_capacity() {
+        let mut b = backlog(2, 2);
+        b.offer(mark(1));
+        b.offer(mark(2));
+        let mut buf = Vec::new();
+        let id = b.next_batch(&mut buf).expect("batch");
+        assert_eq!(b.offer(mark(3)), Offer::Refused);
+        b.fail(id);
+        assert_eq!(b.offer(mark(3)), Offer::Refused);
+        let id = b.next_batch(&mut buf).expect("batch");
+        b.ack(id);
+        assert_eq!(b.offer(mark(3)), Offer::Taken);
+    }
+}

@@ -1,0 +1,140 @@
+-- Shoal's cluster state store: schema, users and stored procedures.
+--
+-- One store per cluster: two masters in asynchronous master-master
+-- replication. Every node appends its saved records to `shoal_log` under
+-- keys that begin with its own name, so the two masters never write the
+-- same key (no "Duplicate key" stop, no divergent replace).
+--
+-- Primary key: {node, expires_us, id}. Within a node's range tuples are
+-- ordered by expiry time, so the front of each range is always the next
+-- tuple to expire whatever mix of TTLs the node wrote: expiry walks each
+-- range from the front and stops at the first live tuple, and replay reads
+-- each range from {node, now} on, never touching dead tuples. `id` is a
+-- per-node strictly increasing number (unique across restarts) that keeps
+-- keys unique; `timing_us` is when the filter made the record.
+local M = {}
+
+local LOG_FORMAT = {
+    {name = 'node', type = 'string'},
+    {name = 'expires_us', type = 'unsigned'},
+    {name = 'id', type = 'unsigned'},
+    {name = 'timing_us', type = 'unsigned'},
+    {name = 'code', type = 'unsigned'},
+    {name = 'op', type = 'unsigned'},
+    {name = 'origin', type = 'unsigned'},
+    {name = 'f0', type = 'unsigned'},
+    {name = 'f1', type = 'unsigned'},
+    {name = 'f2', type = 'unsigned'},
+    {name = 'f3', type = 'unsigned'},
+}
+
+-- Names a node may have: short, printable, no separators that could be
+-- confused in logs.
+local function check_node(node)
+    if type(node) ~= 'string' or #node == 0 or #node > 64
+        or node:find('[^%w%._%-]') then
+        error('bad node name: ' .. tostring(node))
+    end
+end
+
+-- Runs once per replica set (box.once is replicated through _schema: the
+-- second master joins the first and finds the key already set).
+local function bootstrap(password, repl_password)
+    local log = box.schema.space.create('shoal_log', {
+        format = LOG_FORMAT, if_not_exists = true,
+    })
+    log:create_index('primary', {
+        parts = {{1, 'string'}, {2, 'unsigned'}, {3, 'unsigned'}},
+        if_not_exists = true,
+    })
+
+    box.schema.user.create('shoal', {password = password, if_not_exists = true})
+    box.schema.user.grant('shoal', 'read,write', 'space', 'shoal_log',
+        {if_not_exists = true})
+    for _, f in ipairs({'shoal_save', 'shoal_health', 'shoal_stats'}) do
+        box.schema.func.create(f, {if_not_exists = true})
+        box.schema.user.grant('shoal', 'execute', 'function', f,
+            {if_not_exists = true})
+    end
+
+    box.schema.user.create('replicator', {password = repl_password,
+        if_not_exists = true})
+    box.schema.user.grant('replicator', 'replication', nil, nil,
+        {if_not_exists = true})
+end
+
+-- Saves one batch from one node in one transaction (one WAL write).
+-- `rows` is an array of {expires_us, id, timing_us, code, op, origin,
+-- f0, f1, f2, f3}. Replace, not insert: a batch retried after a timeout
+-- or on the other master writes the same values under the same keys,
+-- which is harmless; insert would fail and, replicated, stop replication.
+function shoal_save(node, rows)
+    check_node(node)
+    local log = box.space.shoal_log
+    box.begin()
+    for i = 1, #rows do
+        local r = rows[i]
+        log:replace({node, r[1], r[2], r[3], r[4], r[5], r[6],
+            r[7], r[8], r[9], r[10]})
+    end
+    box.commit()
+    return #rows
+end
+
+-- Replication as a node or a test wants to see it: per peer, the
+-- upstream and downstream status.
+function shoal_health()
+    local peers = {}
+    for _, r in pairs(box.info.replication) do
+        if r.uuid ~= box.info.uuid then
+            table.insert(peers, {
+                id = r.id,
+                uuid = r.uuid,
+                upstream = r.upstream and r.upstream.status or 'none',
+                downstream = r.downstream and r.downstream.status or 'none',
+                lag = r.upstream and r.upstream.lag or 0,
+            })
+        end
+    end
+    return {
+        id = box.info.id,
+        uuid = box.info.uuid,
+        status = box.info.status,
+        ro = box.info.ro,
+        peers = peers,
+        log_len = box.space.shoal_log:len(),
+    }
+end
+
+-- Counters for the node's /metrics: the store's size and, when loaded,
+-- the expiry worker's counters.
+function shoal_stats()
+    local s = {
+        log_len = box.space.shoal_log:len(),
+        log_bytes = box.space.shoal_log:bsize(),
+        lua_memory = collectgarbage('count') * 1024,
+    }
+    if M.expirer ~= nil then
+        s.expirer = M.expirer.stats()
+    end
+    return s
+end
+
+-- Called by instance.lua after box.cfg.
+function M.start(opts)
+    assert(opts.password and #opts.password > 0, 'shoal password must be set')
+    assert(opts.repl_password and #opts.repl_password > 0,
+        'replicator password must be set')
+    box.once('shoal-schema-v1', bootstrap, opts.password, opts.repl_password)
+    if opts.expirer then
+        M.expirer = require(opts.expirer)
+        M.expirer.start({
+            space = 'shoal_log',
+            batch = opts.expirer_batch or 100,
+            idle_ms = opts.expirer_idle_ms or 100,
+        })
+    end
+end
+
+M.check_node = check_node
+return M
