@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks (explicit, not part of the test run): criterion benches of the
-# codec, then the 3-node load harness. Figures go to docs/benchmarks.md.
+# codec, the 3-node load harness, then the store harness (persist rate
+# against an in-instance Lua loop, replay of 1M live records; needs
+# Tarantool, installed if missing). Figures go to docs/benchmarks.md.
 # Usage: scripts/bench.sh [SECONDS_PER_PHASE] [RUNS]   (default 5 s, 5 runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,5 +11,7 @@ RUNS=${2:-5}
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r)"
 echo "== git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)  date: $(date -u +%FT%TZ)"
 cargo bench --locked -p shoal-benches --bench wire
-cargo build --locked --release -q -p shoal-node -p shoal-benches --bin shoal --bin shoal-load
+cargo build --locked --release -q -p shoal-node -p shoal-benches --bin shoal --bin shoal-load --bin shoal-store
 target/release/shoal-load --bin target/release/shoal --seconds "$SECS" --runs "$RUNS"
+bash tarantool/scripts/install.sh
+target/release/shoal-store --bin target/release/shoal --records 300000 --replay 1000000 --runs "$RUNS"

@@ -23,8 +23,10 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-echo "== starting a Tarantool master pair (master-master) in $DIR/tt"
-bash tarantool/scripts/pair.sh start "$DIR/tt"
+cargo build --release -q -p shoal-expirer
+echo "== starting a Tarantool master pair (master-master) in $DIR/tt, the native expirer on both"
+SHOAL_TT_EXPIRER=shoal_expirer LUA_CPATH="$PWD/target/release/lib?.so;;" \
+  bash tarantool/scripts/pair.sh start "$DIR/tt"
 # shellcheck disable=SC1091
 . "$DIR/tt/env"
 
@@ -96,6 +98,12 @@ for _ in $(seq 1 200); do grep -q "shoal node serving" "$DIR/node1.log" 2>/dev/n
 grep -o "replayed live records.*" "$DIR/node1.log" | sed 's/\x1b\[[0-9;]*m//g' || echo "(no replay line in $DIR/node1.log)"
 printf 'node 1 after restart: '; "$BIN" query -c "$DIR/node1.toml" session 987654321
 printf 'node 1 after restart: '; "$BIN" query -c "$DIR/node1.toml" mode 7
+
+echo "== master a: log length and the expirer's counters (admin console)"
+printf 'box.space.shoal_log:len(), require("shoal_expirer").stats()\n' |
+  timeout 2 python3 -c 'import socket,sys,time
+s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.recv(4096)
+s.sendall(sys.stdin.buffer.read()); time.sleep(0.3); print(s.recv(65536).decode(), end="")' "$DIR/tt/a/console.sock" || true
 
 echo "== shoal status on node 2"
 "$BIN" status -c "$DIR/node2.toml"

@@ -9,7 +9,7 @@
 --                           before going on alone (default 0.5)
 --   SHOAL_TT_EXPIRER        Lua module name of the expiry worker to load
 --                           (e.g. shoal_expirer), found on LUA_CPATH
---   SHOAL_TT_EXPIRER_BATCH  deletes per expiry transaction (default 100)
+--   SHOAL_TT_EXPIRER_BATCH  deletes per expiry transaction (default 300)
 --   SHOAL_TT_EXPIRER_IDLE_MS  expiry worker's sleep when nothing more has
 --                           expired, in ms (default 100)
 --   SHOAL_TT_CONSOLE        path of a Unix socket for the admin console
@@ -56,7 +56,7 @@ require('shoal_store').start({
     password = env('SHOAL_TT_PASSWORD'),
     repl_password = repl_password,
     expirer = os.getenv('SHOAL_TT_EXPIRER') ~= '' and os.getenv('SHOAL_TT_EXPIRER') or nil,
-    expirer_batch = tonumber(env('SHOAL_TT_EXPIRER_BATCH', '100')),
+    expirer_batch = tonumber(env('SHOAL_TT_EXPIRER_BATCH', '300')),
     expirer_idle_ms = tonumber(env('SHOAL_TT_EXPIRER_IDLE_MS', '100')),
 })
 

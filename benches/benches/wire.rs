@@ -1,5 +1,5 @@
 //! Wire throughput: encoding records into datagrams, and checking and
-//! decoding datagrams, unsigned and signed (keyed BLAKE3 MAC). Throughput
+//! decoding datagrams, unsigned and signed (AEGIS-256 MAC). Throughput
 //! is in records, so criterion reports records/s ("elem/s").
 //!
 //! Every datagram carries 20 records of 64 bytes, which fits the default

@@ -64,6 +64,7 @@ extern "C" {
 #define SHOAL_ERR_MALFORMED 2u    /* non-zero reserved bytes or bad op */
 #define SHOAL_ERR_UNKNOWN_CODE 3u /* code not known to the sidecar */
 #define SHOAL_ERR_TOO_MANY 4u     /* more than 64 records */
+#define SHOAL_ERR_STORE_FULL 5u   /* applied and sent, not saved: store backlog full */
 
 /* One record, fields in host order. */
 struct shoal_record {

@@ -13,6 +13,8 @@
 //! - `node`: the sans-IO state machine joining them: local records in,
 //!   datagrams out, datagrams in, timers; per-peer accounting.
 //! - `store`: the bounded save backlog and its batches (sans-IO).
+//! - `token`: signed session tokens (verdict cookies) any cluster can
+//!   verify before replication (sans-IO).
 //! - `metrics`: Prometheus text and the status page, in one place.
 //! - `transport`: the multicast socket (socket2), buffer sizing.
 //! - `storage`: the Tarantool edge: replay at start, the save loop,
@@ -31,6 +33,7 @@ mod state;
 mod storage;
 mod store;
 pub mod testkit;
+mod token;
 mod transport;
 
 pub use client::{http_get, ClientError, LocalClient};
@@ -43,4 +46,5 @@ pub use node::{Counters, LocalError, Node, NodeParams, PeerStats, Refused, MAX_L
 pub use server::{run, wall_us, ServerError};
 pub use state::{LoadView, MarkView, ModeView, StateLimits};
 pub use store::{from_row, to_row, Backlog, BacklogCounters, BacklogLimits, BatchId, Offer, Row};
+pub use token::{Claims, KeyError, TokenError, TokenKeys, Verdict, TOKEN_BYTES, TOKEN_CHARS};
 pub use transport::{open as open_multicast, Multicast, RcvBuf, TransportError};

@@ -163,6 +163,9 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         Some(st) => Some(start_storage(&rt, st, &cfg, &shared)?),
         None => None,
     };
+    // Bound before the node says it serves, so /metrics answers as soon as
+    // the log line is out.
+    let http = bind_http(&rt, &cfg.http.listen)?;
     let rx = {
         let s = Arc::clone(&shared);
         let span = span.clone();
@@ -199,10 +202,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
             let _ = stop_rx.await;
         }))
     });
-    let result = rt.block_on(serve_until_signal(
-        Arc::clone(&shared),
-        cfg.http.listen.clone(),
-    ));
+    let result = rt.block_on(serve_until_signal(Arc::clone(&shared), http));
     shared.shutdown.store(true, Ordering::Relaxed);
     let _ = ingress.join();
     if let Some(saver) = saver {
@@ -244,6 +244,7 @@ fn start_storage(
                 read = r.read,
                 applied = r.applied,
                 ms = r.took.as_millis() as u64,
+                reading_ms = r.reading.as_millis() as u64,
                 "replayed live records from the store"
             );
         }
@@ -363,18 +364,32 @@ fn local_loop(s: &Shared, sock: &UnixDatagram) {
     }
 }
 
-async fn serve_until_signal(s: Arc<Shared>, listen: String) -> Result<(), ServerError> {
+fn bind_http(
+    rt: &tokio::runtime::Runtime,
+    listen: &str,
+) -> Result<Option<tokio::net::TcpListener>, ServerError> {
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let err = |source| ServerError::Http {
+        addr: listen.to_string(),
+        source,
+    };
+    let l = std::net::TcpListener::bind(listen).map_err(err)?;
+    l.set_nonblocking(true).map_err(err)?;
+    let _rt = rt.enter();
+    tokio::net::TcpListener::from_std(l).map(Some).map_err(err)
+}
+
+async fn serve_until_signal(
+    s: Arc<Shared>,
+    listener: Option<tokio::net::TcpListener>,
+) -> Result<(), ServerError> {
     let http = async {
-        if listen.is_empty() {
+        let Some(l) = listener else {
             std::future::pending::<()>().await;
             return Ok(());
-        }
-        let l = tokio::net::TcpListener::bind(&listen)
-            .await
-            .map_err(|source| ServerError::Http {
-                addr: listen.clone(),
-                source,
-            })?;
+        };
         loop {
             let Ok((conn, _)) = l.accept().await else {
                 continue;

@@ -87,6 +87,8 @@ pub(crate) struct Replayed {
     pub(crate) read: usize,
     pub(crate) applied: usize,
     pub(crate) took: Duration,
+    /// Of `took`, the part spent reading from the store.
+    pub(crate) reading: Duration,
 }
 
 impl Storage {
@@ -218,6 +220,7 @@ impl Storage {
             }
         }
         let read = rows.len();
+        let reading = started.elapsed();
         let applied = {
             let mut n = self.shared.lock();
             let now = Instant::now();
@@ -231,6 +234,7 @@ impl Storage {
             read,
             applied,
             took: started.elapsed(),
+            reading,
         })
     }
 

@@ -185,8 +185,10 @@ fn several_nodes_write_both_masters_and_they_agree() {
     let names: BTreeSet<&str> = a.iter().map(|t| t.0.as_str()).collect();
     assert_eq!(names, BTreeSet::from(["c1-n1", "c1-n2", "c1-n3"]));
     assert!(
-        both_follow(&rt, &pair),
-        "replication follow/follow both ways"
+        wait_until(WAIT, || both_follow(&rt, &pair)),
+        "replication follow/follow both ways: {:?} {:?}",
+        replication(&rt, &pair, Master::A),
+        replication(&rt, &pair, Master::B)
     );
 }
 
@@ -284,15 +286,20 @@ fn a_master_stopped_under_load_loses_nothing() {
     );
     assert!(metric(&n, "shoal_store_failovers_total") >= 1);
     assert_eq!(metric(&n, "shoal_store_refused_total"), 0);
-    assert_eq!(tuples(&rt, &pair, Master::B).len(), TOTAL as usize);
+    // Batches master a acknowledged just before it stopped may not have
+    // replicated to b yet (replication is asynchronous): they come back with
+    // a, so "nothing lost" is checked once a has returned, on both masters.
+    let on_b_alone = tuples(&rt, &pair, Master::B).len();
+    assert!(on_b_alone > 0 && on_b_alone <= TOTAL as usize);
 
     pair.restart(Master::A).expect("master a back");
-    assert!(
-        wait_until(WAIT, || tuples(&rt, &pair, Master::A).len()
-            == TOTAL as usize),
-        "master a caught up: {}",
-        tuples(&rt, &pair, Master::A).len()
-    );
+    for m in [Master::A, Master::B] {
+        assert!(
+            wait_until(WAIT, || tuples(&rt, &pair, m).len() == TOTAL as usize),
+            "{m:?} caught up: {} of {TOTAL}",
+            tuples(&rt, &pair, m).len()
+        );
+    }
     assert_eq!(tuples(&rt, &pair, Master::A), tuples(&rt, &pair, Master::B));
     assert!(
         wait_until(WAIT, || both_follow(&rt, &pair)),

@@ -12,8 +12,9 @@
 # DIR/b/console.sock (Lua in, YAML out; testkit::Pair::console).
 # DIR/env holds the ports and the generated passwords (SHOAL_TT_A,
 # SHOAL_TT_B, SHOAL_TT_PASSWORD, SHOAL_TT_REPL_PASSWORD); tests and the
-# demo source it. SHOAL_TT_EXPIRER, SHOAL_TT_EXPIRER_BATCH, LUA_CPATH and
-# SHOAL_TT_MEMTX_MB are passed through to the instances.
+# demo source it. SHOAL_TT_EXPIRER, SHOAL_TT_EXPIRER_BATCH,
+# SHOAL_TT_EXPIRER_IDLE_MS, SHOAL_TT_MEMTX_MB and LUA_CPATH are passed
+# through to the instances (e.g. SHOAL_TT_EXPIRER=shoal_expirer LUA_CPATH='target/release/lib?.so;;').
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 cmd=${1:?usage: pair.sh start|stop|kill|env DIR ...}

@@ -6,14 +6,83 @@
 //!  8 cluster u32   12 sender u32   16 incarnation u64   24 seq u64
 //! 32 key_id u8     33..40 reserved (zero)
 //! 40 records       count * 64 bytes
-//!    mac           16 bytes, only when flags has bit 0 (keyed BLAKE3 of
-//!                  everything before it, truncated)
+//!    mac           16 bytes, only when flags has bit 0 (AEGIS-256 tag of
+//!                  everything before it, see below)
 //!    crc32         4 bytes, IEEE CRC32 of everything before it
 //! ```
 //!
 //! Checks run cheapest first: length, magic, version, CRC, flags and
 //! reserved bytes, length against count, cluster, then the MAC. Nothing is
 //! allocated and no record is read until all of them pass.
+//!
+//! # The MAC
+//!
+//! The tag is AEGIS-256 (RFC 10032, the CFRG's AEGIS family) used as a MAC
+//! only: the AEAD with an empty message, the datagram bytes before the tag
+//! (header and records) as associated data, a 16-byte tag, and as the
+//! 32-byte nonce the header bytes `8..32` (`cluster u32 ‖ sender u32 ‖
+//! incarnation u64 ‖ seq u64`, all LE) followed by 8 zero bytes. The
+//! 32-byte key is `blake3::derive_key("shoal 2026 datagram mac v2",
+//! secret)`. In C that is libaegis's `aegis256_encrypt_detached` with a
+//! 16-byte tag and `mlen = 0`, so an independent implementation needs no
+//! custom cryptography.
+//!
+//! Why this construction:
+//!
+//! - **Speed.** The previous MAC, keyed BLAKE3, gets its SIMD parallelism
+//!   across 1 KiB chunks, and a 1.3 KB datagram has only two: it cost about
+//!   1.6 µs per 20-record datagram on the benchmark machine, capping signed
+//!   traffic near 11 M records/s/core. AEGIS-256 absorbs each 16 bytes
+//!   with six independent AES rounds (AES-NI, pipelined), about 0.2 µs for
+//!   the same datagram including its initialisation and finalisation.
+//! - **Why not XChaCha20-Poly1305**, the first candidate: measured here,
+//!   RustCrypto's `chacha20poly1305` 0.10 took 2.3 µs per datagram, slower
+//!   than BLAKE3, because its runtime-selected AVX2 Poly1305 only inlines
+//!   its intrinsics when the whole build enables AVX2 (`-C target-cpu`),
+//!   which a library cannot require; `ring`'s assembly ChaCha20-Poly1305
+//!   took 0.66 µs, which leaves too little margin for 20 M records/s. Its
+//!   nonce-misuse behaviour (a reused nonce leaks that nonce's one-time
+//!   Poly1305 key, so forgeries for that one nonce) would otherwise have
+//!   been as good as AEGIS's.
+//! - **Why not AES-GMAC**: slower here too (about 1 µs with `ring` or
+//!   RustCrypto), and its GHASH key `H = AES_K(0)` is the same for every
+//!   nonce: a single reuse reveals `H` (a root of a known polynomial), and
+//!   with `H` any message can be forged under every nonce whose tag was
+//!   seen, until the key rotates. A per-(sender, incarnation) subkey would
+//!   bound that, at the cost of a subkey cache on every receiver.
+//! - **Security goal.** A datagram forged or altered by anyone without the
+//!   secret is rejected: AEGIS-256 targets 128-bit integrity for its
+//!   16-byte tag with a 256-bit key. Every byte before the tag, including
+//!   the nonce fields, the flags, `count` and `key_id`, is associated data,
+//!   so nothing in the header can be changed independently of the tag.
+//!   Replays of genuine datagrams are the replay window's job (`replay.rs`),
+//!   which runs after this check on `(sender, incarnation, seq)`.
+//! - **Nonce uniqueness.** The nonce is taken from header fields, never
+//!   sent separately, and `(cluster, sender, incarnation, seq)` does not
+//!   repeat in a well-configured deployment: node ids are unique in a
+//!   cluster, the incarnation is the start time in microseconds, and `seq`
+//!   increments for every sealed datagram. Including the cluster id keeps
+//!   nonces apart even when two clusters are given the same secret.
+//! - **If a nonce is reused anyway** (two processes misconfigured with the
+//!   same node id that started in the same microsecond, or a writer reset
+//!   to an old `seq`): with an empty message AEGIS outputs no keystream,
+//!   only tags, so the published nonce-reuse attacks on AEGIS (which
+//!   recover the state from ciphertexts of known plaintexts) do not apply;
+//!   and even a leaked AEGIS-256 state does not leak the key (as libsodium's
+//!   documentation of it notes). At worst, forgeries would carry
+//!   exactly the reused `(cluster, sender, incarnation, seq)`, which the
+//!   replay window accepts at most once per receiver. Nothing like GMAC's
+//!   key-wide `H` exists to leak.
+//! - **Caveat**: AEGIS is fast and constant-time only with hardware AES
+//!   (AES-NI on x86-64, the crypto extensions on ARMv8), which every server
+//!   CPU of the last decade has; the `aegis` crate picks its AES-NI/AVX2
+//!   code at run time and falls back to a slower portable one.
+//!
+//! Tags are checked by the library's constant-time comparison. The key id
+//! is not in the key derivation; it only selects which key a receiver
+//! tries, and it is authenticated as part of the header.
+
+use aegis::aegis256::Aegis256;
 
 use crate::error::DecodeError;
 use crate::record::{le32, le64, Record, RECORD_LEN};
@@ -29,7 +98,10 @@ pub const MAX_DATAGRAM: usize = 65_507;
 
 const FLAG_MAC: u8 = 0x01;
 const KNOWN_FLAGS: u8 = FLAG_MAC;
-const MAC_CONTEXT: &str = "shoal 2026 datagram mac v1";
+const MAC_CONTEXT: &str = "shoal 2026 datagram mac v2";
+/// The header bytes that make the first 24 bytes of the AEGIS-256 nonce:
+/// cluster, sender, incarnation and seq. The other 8 are zero.
+const NONCE: std::ops::Range<usize> = 8..32;
 
 /// The decoded header of a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,11 +144,29 @@ impl MacKey {
         }
     }
 
-    fn tag(&self, bytes: &[u8]) -> [u8; MAC_LEN] {
-        let hash = blake3::keyed_hash(&self.key, bytes);
-        let mut tag = [0u8; MAC_LEN];
-        tag.copy_from_slice(&hash.as_bytes()[..MAC_LEN]);
-        tag
+    /// The AEGIS-256 instance for the datagram whose signed bytes (header
+    /// first) are `signed`, or `None` when they are too short to hold the
+    /// nonce fields.
+    fn aegis(&self, signed: &[u8]) -> Option<Aegis256<MAC_LEN>> {
+        let mut nonce = [0u8; 32];
+        nonce[..NONCE.len()].copy_from_slice(signed.get(NONCE)?);
+        // `new` asserts only that the tag length is 16 or 32 (it is 16)
+        // and, once, that the library's CPU detection succeeded, which
+        // always returns success: it cannot panic here.
+        Some(Aegis256::new(&self.key, &nonce))
+    }
+
+    /// The tag of `signed`, the datagram bytes before the tag.
+    fn tag(&self, signed: &[u8]) -> Option<[u8; MAC_LEN]> {
+        Some(self.aegis(signed)?.encrypt_in_place(&mut [], signed))
+    }
+
+    /// Whether `tag` is the tag of `signed`, compared in constant time.
+    fn verify(&self, signed: &[u8], tag: &[u8]) -> bool {
+        let (Some(aegis), Ok(tag)) = (self.aegis(signed), <&[u8; MAC_LEN]>::try_from(tag)) else {
+            return false;
+        };
+        aegis.decrypt_in_place(&mut [], tag, signed).is_ok()
     }
 }
 
@@ -218,7 +308,10 @@ impl DatagramWriter {
         h[32] = self.key.as_ref().map_or(0, |k| k.id);
         h[33..40].fill(0);
         if let Some(key) = &self.key {
-            let tag = key.tag(&self.buf);
+            // `tag` fails only on a header too short for the nonce, and
+            // ours has all 40 bytes. Were it to, an all-zero tag fails
+            // closed: every receiver rejects the datagram as `BadMac`.
+            let tag = key.tag(&self.buf).unwrap_or([0; MAC_LEN]);
             self.buf.extend_from_slice(&tag);
         }
         let crc = crc32fast::hash(&self.buf);
@@ -312,7 +405,7 @@ impl<'a> Datagram<'a> {
                 return Err(DecodeError::MacMissing);
             }
             let key = keys.find(key_id).ok_or(DecodeError::UnknownKey(key_id))?;
-            if !constant_time_eq(&key.tag(&body[..signed_end]), &body[signed_end..]) {
+            if !key.verify(&body[..signed_end], &body[signed_end..]) {
                 return Err(DecodeError::BadMac);
             }
         }
@@ -337,10 +430,6 @@ impl<'a> Datagram<'a> {
             Record::decode(arr)
         })
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! Each figure is the median of `--runs` runs.
 //! Usage: shoal-store [--bin target/release/shoal] [--records 500000]
 //!                    [--replay 1000000] [--runs 3]
+//!                    [--store 'in_flight = 8,batch = 1000']  (extra [store] keys)
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,6 +30,8 @@ struct Args {
     records: u64,
     replay: u64,
     runs: usize,
+    /// Extra `[store]` keys for the node, e.g. `in_flight = 8`.
+    store: String,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -37,6 +40,7 @@ fn parse_args() -> anyhow::Result<Args> {
         records: 500_000,
         replay: 1_000_000,
         runs: 3,
+        store: String::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,6 +50,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--records" => a.records = value()?.parse()?,
             "--replay" => a.replay = value()?.parse()?,
             "--runs" => a.runs = value()?.parse()?,
+            "--store" => a.store = value()?.replace(',', "\n"),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -98,11 +103,11 @@ fn truncate(pair: &Pair) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spec(dir: &Path, pair: &Pair) -> NodeSpec {
+fn spec(dir: &Path, pair: &Pair, extra: &str) -> NodeSpec {
     let (group, port) = unique_group();
     let mut s = NodeSpec::loopback(1, group, port, dir);
     s.extra = format!(
-        "[state]\nsession_capacity = 4000000\n\n[store]\nmasters = [\"{}\", \"{}\"]\npassword = \"{}\"\nbacklog = 4000000\nreplay_timeout_ms = 5000\n",
+        "[state]\nsession_capacity = 4000000\n\n[store]\nmasters = [\"{}\", \"{}\"]\npassword = \"{}\"\nbacklog = 4000000\nreplay_timeout_ms = 5000\n{extra}\n",
         pair.a, pair.b, pair.password
     );
     s
@@ -113,8 +118,8 @@ fn metric(n: &NodeProcess, name: &str) -> f64 {
 }
 
 /// Seconds until a node has saved `n` marks pushed through its socket.
-fn shoal_persist(bin: &Path, dir: &Path, pair: &Pair, n: u64) -> anyhow::Result<f64> {
-    let node = NodeProcess::spawn(bin, &spec(dir, pair)).context("starting shoal")?;
+fn shoal_persist(bin: &Path, dir: &Path, pair: &Pair, n: u64, extra: &str) -> anyhow::Result<f64> {
+    let node = NodeProcess::spawn(bin, &spec(dir, pair, extra)).context("starting shoal")?;
     let mut c = node.client()?;
     let start = Instant::now();
     let mut batch = Vec::with_capacity(64);
@@ -163,7 +168,7 @@ fn main() -> anyhow::Result<()> {
         truncate(&pair)?;
         let l = lua_loop(&pair, args.records)?;
         truncate(&pair)?;
-        let s = shoal_persist(&args.bin, &dir, &pair, args.records)?;
+        let s = shoal_persist(&args.bin, &dir, &pair, args.records, &args.store)?;
         let (lr, sr) = (args.records as f64 / l, args.records as f64 / s);
         println!(
             "run {run} persist: lua loop {lr:.0} rec/s, shoal {sr:.0} rec/s, ratio {:.3}",
@@ -192,7 +197,7 @@ fn main() -> anyhow::Result<()> {
         )?;
         for run in 1..=args.runs {
             let started = Instant::now();
-            let node = NodeProcess::spawn(&args.bin, &spec(&dir, &pair))?;
+            let node = NodeProcess::spawn(&args.bin, &spec(&dir, &pair, &args.store))?;
             let up = started.elapsed().as_secs_f64();
             let secs = metric(&node, "shoal_replay_seconds");
             let got = metric(&node, "shoal_replay_records");
