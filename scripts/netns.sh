@@ -58,8 +58,10 @@ cmd_down() {
         if ns_exists "$prefix$k"; then
             ip netns del "$prefix$k"
         fi
+        # ...in the background: the host side may vanish between the check
+        # and the delete, which is fine.
         if link_exists "$prefix${k}h"; then
-            ip link del "$prefix${k}h"
+            ip link del "$prefix${k}h" 2>/dev/null || ! link_exists "$prefix${k}h"
         fi
     done
     if link_exists "${prefix}br"; then

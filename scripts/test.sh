@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests
-# need (gcc for the C client, iproute2 for the namespace tests, Tarantool
-# 2.6 for the store), then runs every test of the workspace and each
+# need (gcc for the C client, iproute2 and python3 for the namespace tests,
+# Tarantool 2.6 for the stores), then runs every test of the workspace and each
 # benchmark once as a smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,9 @@ need=()
 command -v gcc >/dev/null || need+=(gcc)
 command -v g++ >/dev/null || need+=(g++)
 command -v ip >/dev/null || need+=(iproute2)
+# The two-cluster namespace test delays its link with a python3 relay when
+# the kernel has no sch_netem.
+command -v python3 >/dev/null || need+=(python3)
 if ((${#need[@]})); then
   if ((EUID == 0)) && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -41,9 +41,10 @@ extern "C" {
 #define SHOAL_CODE_LOAD 0x0001u          /* f0 resource, f1 rate req/s, f2 window ms */
 #define SHOAL_CODE_MODE 0x0002u          /* f0 resource, f1 level (0 withdraws); ttl_ms */
 #define SHOAL_CODE_SESSION_MARK 0x0003u  /* f0 session key, f1 SHOAL_MARK_*; ttl_ms */
+#define SHOAL_CODE_REMOTE_MODE 0x0004u   /* f0 resource, f1 level, f2 cluster<<32|node, f3 queue seq */
 /* Codes: queries (f0 = key), answers in f1..f3 of the reply. */
 #define SHOAL_CODE_QUERY_LOAD 0x0101u    /* f1 cluster total, f2 own, f3 nodes */
-#define SHOAL_CODE_QUERY_MODE 0x0102u    /* f1 level, f2 remaining ms, f3 origin */
+#define SHOAL_CODE_QUERY_MODE 0x0102u    /* f1 level, f2 remaining ms, f3 claimant (node, or cluster<<32|node if remote) */
 #define SHOAL_CODE_QUERY_SESSION 0x0103u /* f1 mark, f2 remaining ms, f3 origin */
 #define SHOAL_CODE_REPLY_ERROR 0x01ffu   /* f0 SHOAL_ERR_*, f1 record index */
 /* Codes 0x8000..0xffff: application-defined, relayed as is. */

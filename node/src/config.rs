@@ -48,6 +48,62 @@ pub struct Config {
     /// applied and sent (and counted as unsaved).
     #[serde(default)]
     pub store: Option<StoreSection>,
+    /// The cross-cluster verdict store, the post-markup API, session
+    /// tokens and the queue forwarder; absent means none of them.
+    #[serde(default)]
+    pub verdicts: Option<VerdictsSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictsSection {
+    /// `host:port` of this cluster's verdict store.
+    pub store: String,
+    #[serde(default = "default_store_user")]
+    pub user: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// This node's key prefix in the verdict store and its name as
+    /// forwarder; default `c<cluster>-n<id>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default = "default_verdict_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Bearer tokens the HTTP API accepts (any one of them), or a file
+    /// holding one per line.
+    #[serde(default)]
+    pub api_tokens: Vec<String>,
+    #[serde(default)]
+    pub api_tokens_file: Option<PathBuf>,
+    /// Largest request body the API reads, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body: usize,
+    /// Longest verdict TTL a request may ask for, in seconds.
+    #[serde(default = "default_max_ttl_s")]
+    pub max_ttl_s: u64,
+    /// The session-token key tokens are minted with, and the previous one
+    /// still accepted during a rotation (at least 16 bytes each).
+    pub token_key_id: u8,
+    pub token_secret: String,
+    #[serde(default)]
+    pub previous_token_key_id: Option<u8>,
+    #[serde(default)]
+    pub previous_token_secret: Option<String>,
+    /// Take part in the election of this cluster's queue forwarder.
+    #[serde(default = "default_true")]
+    pub forwarder: bool,
+    /// Lease of the forwarder: a dead holder is replaced within about this
+    /// long (renewed every third of it).
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// How often the forwarder publishes and fetches.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+    /// Mode records every node keeps for a new forwarder to publish.
+    #[serde(default = "default_relay_capacity")]
+    pub relay_capacity: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -277,11 +333,205 @@ fn default_request_timeout_ms() -> u64 {
 fn default_replay_timeout_ms() -> u64 {
     10_000
 }
+fn default_verdict_timeout_ms() -> u64 {
+    2_000
+}
+fn default_max_body() -> usize {
+    4096
+}
+fn default_max_ttl_s() -> u64 {
+    30 * 86_400
+}
+fn default_lease_ms() -> u64 {
+    3_000
+}
+fn default_poll_ms() -> u64 {
+    20
+}
+fn default_relay_capacity() -> usize {
+    crate::node::DEFAULT_RELAY_CAPACITY
+}
 fn default_min_hold_ms() -> u64 {
     5_000
 }
 fn default_claim_ttl_ms() -> u64 {
     10_000
+}
+
+/// Checks a `password` / `password_file` pair of section `sec`.
+fn validate_password(
+    sec: &str,
+    password: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    match (password, file) {
+        (Some(p), None) if !p.is_empty() => Ok(()),
+        (None, Some(_)) => Ok(()),
+        (Some(_), Some(_)) => Err(invalid(
+            &format!("{sec}.password"),
+            "give password or password_file, not both",
+        )),
+        _ => Err(invalid(
+            &format!("{sec}.password"),
+            "required (or password_file); the store never uses guest",
+        )),
+    }
+}
+
+/// The password of section `sec`, read from its file when given that way.
+fn read_password(
+    sec: &str,
+    password: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<String, ConfigError> {
+    match (password, file) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+            .map_err(|e| {
+                invalid(
+                    &format!("{sec}.password_file"),
+                    format!("{}: {e}", f.display()),
+                )
+            }),
+        (None, None) => Err(invalid(&format!("{sec}.password"), "required")),
+    }
+}
+
+fn validate_name(key: &str, name: &Option<String>) -> Result<(), ConfigError> {
+    if let Some(n) = name {
+        if n.is_empty()
+            || n.len() > 64
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(invalid(
+                key,
+                "must be 1-64 characters of letters, digits, '.', '_' or '-'",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_host_port(key: &str, addr: &str) -> Result<(), ConfigError> {
+    if addr
+        .rsplit_once(':')
+        .map_or(true, |(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+    {
+        return Err(invalid(key, format!("`{addr}` is not host:port")));
+    }
+    Ok(())
+}
+
+/// A node's name in a store: the configured one or `c<cluster>-n<id>`.
+fn node_name(name: &Option<String>, cluster: u32, id: u32) -> String {
+    name.clone().unwrap_or_else(|| format!("c{cluster}-n{id}"))
+}
+
+impl VerdictsSection {
+    fn validate(&self, cluster: u32) -> Result<(), ConfigError> {
+        validate_host_port("verdicts.store", &self.store)?;
+        if self.user.is_empty() {
+            return Err(invalid("verdicts.user", "must not be empty"));
+        }
+        validate_password("verdicts", &self.password, &self.password_file)?;
+        validate_name("verdicts.name", &self.name)?;
+        if cluster == 0 {
+            return Err(invalid(
+                "node.cluster",
+                "must be non-zero with [verdicts]: relayed claims carry it",
+            ));
+        }
+        if self.api_tokens.is_empty() && self.api_tokens_file.is_none() {
+            return Err(invalid(
+                "verdicts.api_tokens",
+                "required (or api_tokens_file): the API never runs without auth",
+            ));
+        }
+        if self.api_tokens.iter().any(|t| t.len() < 16) {
+            return Err(invalid(
+                "verdicts.api_tokens",
+                "each token must be at least 16 characters",
+            ));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(invalid("verdicts.request_timeout_ms", "must be non-zero"));
+        }
+        if !(256..=1 << 20).contains(&self.max_body) {
+            return Err(invalid("verdicts.max_body", "must be in 256..=1048576"));
+        }
+        if self.max_ttl_s == 0 {
+            return Err(invalid("verdicts.max_ttl_s", "must be non-zero"));
+        }
+        if self.lease_ms < 100 {
+            return Err(invalid("verdicts.lease_ms", "must be at least 100"));
+        }
+        if self.poll_ms == 0 || self.poll_ms * 2 > self.lease_ms {
+            return Err(invalid(
+                "verdicts.poll_ms",
+                "must be non-zero and at most half of lease_ms",
+            ));
+        }
+        if self.relay_capacity == 0 {
+            return Err(invalid("verdicts.relay_capacity", "must be non-zero"));
+        }
+        self.token_keys().map(|_| ())
+    }
+
+    pub fn password(&self) -> Result<String, ConfigError> {
+        read_password("verdicts", &self.password, &self.password_file)
+    }
+
+    pub fn node_name(&self, cluster: u32, id: u32) -> String {
+        node_name(&self.name, cluster, id)
+    }
+
+    /// The accepted API bearer tokens: the inline ones and the file's.
+    pub fn api_tokens(&self) -> Result<Vec<String>, ConfigError> {
+        let mut all = self.api_tokens.clone();
+        if let Some(f) = &self.api_tokens_file {
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                invalid("verdicts.api_tokens_file", format!("{}: {e}", f.display()))
+            })?;
+            for t in text.lines().map(str::trim).filter(|t| !t.is_empty()) {
+                if t.len() < 16 {
+                    return Err(invalid(
+                        "verdicts.api_tokens_file",
+                        "each token must be at least 16 characters",
+                    ));
+                }
+                all.push(t.to_string());
+            }
+        }
+        if all.is_empty() {
+            return Err(invalid("verdicts.api_tokens_file", "holds no token"));
+        }
+        Ok(all)
+    }
+
+    /// The session-token keys.
+    pub fn token_keys(&self) -> Result<crate::token::TokenKeys, ConfigError> {
+        let previous = match (self.previous_token_key_id, &self.previous_token_secret) {
+            (Some(id), Some(s)) => Some((id, s.as_bytes())),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "verdicts.previous_token_secret",
+                    "required with previous_token_key_id",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "verdicts.previous_token_key_id",
+                    "required with previous_token_secret",
+                ))
+            }
+        };
+        crate::token::TokenKeys::new((self.token_key_id, self.token_secret.as_bytes()), previous)
+            .map_err(|e| invalid("verdicts.token_secret", e.to_string()))
+    }
 }
 
 impl StoreSection {
@@ -290,44 +540,13 @@ impl StoreSection {
             return Err(invalid("store.masters", "needs at least one host:port"));
         }
         for m in &self.masters {
-            if m.rsplit_once(':')
-                .map_or(true, |(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-            {
-                return Err(invalid("store.masters", format!("`{m}` is not host:port")));
-            }
+            validate_host_port("store.masters", m)?;
         }
         if self.user.is_empty() {
             return Err(invalid("store.user", "must not be empty"));
         }
-        match (&self.password, &self.password_file) {
-            (Some(p), None) if !p.is_empty() => {}
-            (None, Some(_)) => {}
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "store.password",
-                    "give password or password_file, not both",
-                ))
-            }
-            _ => {
-                return Err(invalid(
-                    "store.password",
-                    "required (or password_file); the store never uses guest",
-                ))
-            }
-        }
-        if let Some(n) = &self.name {
-            if n.is_empty()
-                || n.len() > 64
-                || !n
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            {
-                return Err(invalid(
-                    "store.name",
-                    "must be 1-64 characters of letters, digits, '.', '_' or '-'",
-                ));
-            }
-        }
+        validate_password("store", &self.password, &self.password_file)?;
+        validate_name("store.name", &self.name)?;
         if self.batch == 0 || self.batch > 10_000 {
             return Err(invalid("store.batch", "must be in 1..=10000"));
         }
@@ -345,20 +564,12 @@ impl StoreSection {
 
     /// The password, read from `password_file` when given that way.
     pub fn password(&self) -> Result<String, ConfigError> {
-        match (&self.password, &self.password_file) {
-            (Some(p), _) => Ok(p.clone()),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                .map_err(|e| invalid("store.password_file", format!("{}: {e}", f.display()))),
-            (None, None) => Err(invalid("store.password", "required")),
-        }
+        read_password("store", &self.password, &self.password_file)
     }
 
     /// This node's key prefix in the log.
     pub fn node_name(&self, cluster: u32, id: u32) -> String {
-        self.name
-            .clone()
-            .unwrap_or_else(|| format!("c{cluster}-n{id}"))
+        node_name(&self.name, cluster, id)
     }
 }
 
@@ -457,6 +668,9 @@ impl Config {
         }
         if let Some(st) = &self.store {
             st.validate()?;
+        }
+        if let Some(v) = &self.verdicts {
+            v.validate(self.node.cluster)?;
         }
         if self.local.socket.as_os_str().is_empty() {
             return Err(invalid("local.socket", "must be a path"));
@@ -616,6 +830,66 @@ socket = "/tmp/shoal.sock"
         );
         assert!(err(&unordered).contains("modes.default.levels[1]"));
         assert!(err("not toml at all [").contains("<config>"));
+    }
+
+    #[test]
+    fn verdicts_section_is_checked_key_by_key() {
+        let good = "[verdicts]\nstore = \"127.0.0.1:3302\"\npassword = \"pw\"\napi_tokens = [\"0123456789abcdef\"]\ntoken_key_id = 2\ntoken_secret = \"0123456789abcdef\"\n";
+        let c = Config::parse(&format!("{MINIMAL}{good}")).expect("valid");
+        let v = c.verdicts.expect("section");
+        assert_eq!((v.lease_ms, v.poll_ms, v.max_body), (3000, 20, 4096));
+        assert_eq!(v.node_name(7, 1), "c7-n1");
+        for (change, key) in [
+            (
+                ("store = \"127.0.0.1:3302\"", "store = \"nohost\""),
+                "verdicts.store",
+            ),
+            (("password = \"pw\"\n", ""), "verdicts.password"),
+            (
+                ("api_tokens = [\"0123456789abcdef\"]\n", ""),
+                "verdicts.api_tokens",
+            ),
+            (
+                ("[\"0123456789abcdef\"]", "[\"short\"]"),
+                "verdicts.api_tokens",
+            ),
+            (
+                (
+                    "token_secret = \"0123456789abcdef\"",
+                    "token_secret = \"short\"",
+                ),
+                "verdicts.token_secret",
+            ),
+            (
+                (
+                    "token_key_id = 2\n",
+                    "token_key_id = 2\nprevious_token_key_id = 1\n",
+                ),
+                "verdicts.previous_token_secret",
+            ),
+            (
+                ("token_key_id = 2\n", "token_key_id = 2\nlease_ms = 50\n"),
+                "verdicts.lease_ms",
+            ),
+            (
+                ("token_key_id = 2\n", "token_key_id = 2\npoll_ms = 2000\n"),
+                "verdicts.poll_ms",
+            ),
+            (
+                ("token_key_id = 2\n", "token_key_id = 2\nmax_body = 10\n"),
+                "verdicts.max_body",
+            ),
+            (
+                ("token_key_id = 2\n", "token_key_id = 2\nlease = 1\n"),
+                "lease",
+            ),
+        ] {
+            let text = format!("{MINIMAL}{}", good.replace(change.0, change.1));
+            let e = err(&text);
+            assert!(e.contains(key), "{e} does not name {key}");
+        }
+        let cluster0 = format!("{}{good}", MINIMAL.replace("cluster = 7", "cluster = 0"));
+        assert!(err(&cluster0).contains("node.cluster"));
     }
 
     #[test]

@@ -19,6 +19,12 @@
 //! - `transport`: the multicast socket (socket2), buffer sizing.
 //! - `storage`: the Tarantool edge: replay at start, the save loop,
 //!   failover between masters, the masters' counters.
+//! - `relay`: what crosses clusters: the outbound ring of mode records and
+//!   the apply-once rule for relayed ones (sans-IO).
+//! - `http`: request heads, bodies and keep-alive for the HTTP endpoint.
+//! - `verdicts`: the post-markup API (verdicts, session tokens) on the
+//!   cluster's verdict store.
+//! - `forwarder`: lease election and the queue <-> multicast forwarder.
 //! - `server`: threads, sockets, HTTP and signals around the node.
 //! - `client`: the local API client used by the CLI, tests and harness.
 //! - `testkit`: starting real `shoal` processes for tests and benches.
@@ -26,8 +32,11 @@
 mod client;
 mod config;
 mod controller;
+mod forwarder;
+mod http;
 mod metrics;
 mod node;
+mod relay;
 mod server;
 mod state;
 mod storage;
@@ -35,14 +44,19 @@ mod store;
 pub mod testkit;
 mod token;
 mod transport;
+mod verdicts;
 
-pub use client::{http_get, ClientError, LocalClient};
+pub use client::{http_get, http_request, ClientError, LocalClient};
 pub use config::{
     Config, ConfigError, LevelSection, ModesSection, ResourceRuleSection, RuleSection, StoreSection,
 };
 pub use controller::{Decision, ModeController};
 pub use metrics::{render as render_metrics, status as render_status, IoStats};
-pub use node::{Counters, LocalError, Node, NodeParams, PeerStats, Refused, MAX_LOCAL_RECORDS};
+pub use node::{
+    Counters, LocalError, Node, NodeParams, PeerStats, Refused, DEFAULT_RELAY_CAPACITY,
+    MAX_LOCAL_RECORDS,
+};
+pub use relay::{Relay, RelayCounters, RelayMsg};
 pub use server::{run, wall_us, ServerError};
 pub use state::{LoadView, MarkView, ModeView, StateLimits};
 pub use store::{from_row, to_row, Backlog, BacklogCounters, BacklogLimits, BatchId, Offer, Row};

@@ -185,6 +185,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let [k, a, b, c] = r.fields;
             match what {
                 QueryWhat::Load => println!("resource={k} total={a} local={b} nodes={c}"),
+                QueryWhat::Mode if c >> 32 != 0 => println!(
+                    "resource={k} level={a} remaining_ms={b} origin=cluster {} node {}",
+                    c >> 32,
+                    c & 0xffff_ffff
+                ),
                 QueryWhat::Mode => println!("resource={k} level={a} remaining_ms={b} origin={c}"),
                 QueryWhat::Session => println!("session={k} mark={a} remaining_ms={b} origin={c}"),
             }

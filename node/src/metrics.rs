@@ -26,6 +26,9 @@ pub struct IoStats {
     pub startup_us: AtomicU64,
     /// The Tarantool side, when a store is configured.
     pub store: StoreIo,
+    /// The post-markup API and the forwarder, with `[verdicts]`.
+    pub(crate) api: crate::verdicts::ApiStats,
+    pub(crate) forwarder: crate::forwarder::ForwarderStats,
 }
 
 /// What the storage driver reports (its backlog lives in the node).
@@ -362,7 +365,146 @@ pub fn render(node: &Node, io: &IoStats, now: Instant) -> String {
     if let Some(b) = node.backlog() {
         render_store(&mut o, b, &io.store);
     }
+    render_xc(&mut o, node, io);
     o
+}
+
+/// The relay, the post-markup API and the forwarder.
+fn render_xc(o: &mut String, node: &Node, io: &IoStats) {
+    let r = node.relay().counters();
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let (a, f) = (&io.api, &io.forwarder);
+    let series: [(&str, &str, &str, u64); 21] = [
+        (
+            "relay_observed_total",
+            "counter",
+            "Mode records of this cluster taken into the relay ring.",
+            r.observed,
+        ),
+        (
+            "relay_overflowed_total",
+            "counter",
+            "Relay ring entries dropped before this node published them.",
+            r.overflowed,
+        ),
+        (
+            "xc_applied_total",
+            "counter",
+            "Relayed messages from other clusters applied here.",
+            r.applied,
+        ),
+        (
+            "xc_duplicates_total",
+            "counter",
+            "Relayed messages received again and not re-applied.",
+            r.duplicates,
+        ),
+        (
+            "verdicts_accepted_total",
+            "counter",
+            "Verdicts stored and acknowledged (201).",
+            g(&a.accepted),
+        ),
+        (
+            "verdicts_bad_request_total",
+            "counter",
+            "API requests refused as malformed (400).",
+            g(&a.bad_request),
+        ),
+        (
+            "api_unauthorized_total",
+            "counter",
+            "API requests without an accepted bearer token (401).",
+            g(&a.unauthorized),
+        ),
+        (
+            "verdicts_store_errors_total",
+            "counter",
+            "API requests the verdict store did not serve (503).",
+            g(&a.store_errors),
+        ),
+        (
+            "verdicts_reads_total",
+            "counter",
+            "Verdict reads.",
+            g(&a.reads),
+        ),
+        (
+            "tokens_valid_total",
+            "counter",
+            "Session tokens verified valid.",
+            g(&a.tokens_valid),
+        ),
+        (
+            "tokens_invalid_total",
+            "counter",
+            "Session tokens refused (forged, expired, unknown key).",
+            g(&a.tokens_invalid),
+        ),
+        (
+            "forwarder_leader",
+            "gauge",
+            "1 while this node holds the cluster's forwarder lease.",
+            g(&f.leader),
+        ),
+        (
+            "forwarder_epoch",
+            "gauge",
+            "Fencing epoch of the lease as last seen.",
+            g(&f.epoch),
+        ),
+        (
+            "forwarder_takeovers_total",
+            "counter",
+            "Times this node became the forwarder.",
+            g(&f.takeovers),
+        ),
+        (
+            "forwarder_lease_errors_total",
+            "counter",
+            "Lease requests that failed.",
+            g(&f.lease_errors),
+        ),
+        (
+            "forwarder_fenced_total",
+            "counter",
+            "Queue writes refused because the lease had moved on.",
+            g(&f.fenced),
+        ),
+        (
+            "xc_published_total",
+            "counter",
+            "Messages this node added to the cross-cluster queue.",
+            g(&f.published),
+        ),
+        (
+            "xc_publish_skipped_total",
+            "counter",
+            "Messages published again and already queued.",
+            g(&f.publish_skipped),
+        ),
+        (
+            "xc_fetched_total",
+            "counter",
+            "Messages fetched from other clusters by this forwarder.",
+            g(&f.fetched),
+        ),
+        (
+            "xc_dropped_total",
+            "counter",
+            "Fetched messages not relayed (expired, or not a mode).",
+            g(&f.dropped),
+        ),
+        (
+            "forwarder_errors_total",
+            "counter",
+            "Forwarding rounds that failed and were retried.",
+            g(&f.errors),
+        ),
+    ];
+    for (name, kind, help, v) in series {
+        metric(o, name, kind, help, v);
+    }
 }
 
 /// Name, type, help and value of a per-master series.

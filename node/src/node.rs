@@ -17,6 +17,7 @@ use shoal_wire::{
 
 use crate::config::{Config, ModesSection};
 use crate::controller::{Decision, ModeController};
+use crate::relay::{Relay, RelayMsg};
 use crate::state::{Applied, ClusterState, LoadView, MarkView, ModeView, StateLimits};
 use crate::store::{self, Backlog, BacklogLimits, BatchId, Offer, Row};
 
@@ -24,6 +25,8 @@ use crate::store::{self, Backlog, BacklogLimits, BatchId, Offer, Row};
 pub const MAX_LOCAL_RECORDS: usize = 64;
 /// How often claims are refreshed and held modes re-evaluated.
 const TICK: Duration = Duration::from_millis(10);
+/// Mode records kept for the forwarder when no `[verdicts]` section says.
+pub const DEFAULT_RELAY_CAPACITY: usize = 4096;
 /// How often stale state is purged.
 const PURGE_EVERY: Duration = Duration::from_millis(250);
 
@@ -40,6 +43,8 @@ pub struct NodeParams {
     pub modes: ModesSection,
     /// The save backlog, when a Tarantool store is configured.
     pub store: Option<BacklogLimits>,
+    /// Mode records kept for the cross-cluster forwarder (see `relay`).
+    pub relay_capacity: usize,
 }
 
 impl NodeParams {
@@ -62,6 +67,10 @@ impl NodeParams {
                 capacity: s.backlog,
                 batch: s.batch,
             }),
+            relay_capacity: cfg
+                .verdicts
+                .as_ref()
+                .map_or(DEFAULT_RELAY_CAPACITY, |v| v.relay_capacity),
         }
     }
 }
@@ -98,9 +107,24 @@ impl LocalError {
 /// What a record asks of the state, once checked. Shared by the local and
 /// the cluster path so both accept exactly the same records.
 enum Action {
-    Load { resource: u64, value: u64 },
-    Mode { resource: u64, level: u8 },
-    Mark { key: u64, mark: u64 },
+    Load {
+        resource: u64,
+        value: u64,
+    },
+    Mode {
+        resource: u64,
+        level: u8,
+    },
+    Mark {
+        key: u64,
+        mark: u64,
+    },
+    RemoteMode {
+        resource: u64,
+        level: u8,
+        claimant: u64,
+        seq: u64,
+    },
     Extension,
     Query,
 }
@@ -123,6 +147,17 @@ fn classify(r: &Record) -> Result<Action, LocalError> {
             Record::MARK_LEGITIMATE | Record::MARK_SUSPICIOUS => {
                 Ok(Action::Mark { key: f0, mark: f1 })
             }
+            _ => Err(LocalError::BadRecord),
+        },
+        CodeKind::RemoteMode => match (u8::try_from(f1), r.fields[2] >> 32) {
+            // The claimant's cluster is never 0: it would read as a node
+            // of this cluster.
+            (Ok(level), 1..) if r.fields[3] > 0 => Ok(Action::RemoteMode {
+                resource: f0,
+                level,
+                claimant: r.fields[2],
+                seq: r.fields[3],
+            }),
             _ => Err(LocalError::BadRecord),
         },
         CodeKind::Extension => Ok(Action::Extension),
@@ -223,6 +258,7 @@ pub struct Node {
     /// record per µs on average; [`Node::replay`] raises it past every
     /// replayed id of this node.
     next_row_id: u64,
+    relay: Relay,
 }
 
 impl Node {
@@ -258,6 +294,7 @@ impl Node {
             counters: Counters::default(),
             backlog: p.store.map(Backlog::new),
             next_row_id: wall_us,
+            relay: Relay::new(p.relay_capacity),
         }
     }
 
@@ -394,7 +431,7 @@ impl Node {
             }
             CodeKind::QueryMode => {
                 let v = self.state.mode(now, key);
-                [key, v.level as u64, ms(v.remaining), v.origin as u64]
+                [key, v.level as u64, ms(v.remaining), v.origin]
             }
             _ => {
                 let v = self.state.mark(now, key);
@@ -421,11 +458,47 @@ impl Node {
         if r.op.saves() {
             refused = self.save(now, &r);
         }
+        if r.op.sends() && matches!(action, Action::Mode { .. }) {
+            self.relay.observe(RelayMsg::from_record(&r));
+        }
         self.apply(now, self.id, action, r.ttl_ms);
         if r.op.sends() {
             self.enqueue(now, &r);
         }
         refused
+    }
+
+    /// Takes a record made by the sidecar itself on behalf of its filter
+    /// (a verdict's session mark, a relayed mode): checked, stamped,
+    /// applied, sent and saved exactly as if the filter had sent it; sent
+    /// with the next batch, or at once after [`Node::flush`].
+    pub fn inject(&mut self, now: Instant, r: Record) -> Result<(), LocalError> {
+        let action = classify(&r)?;
+        if matches!(action, Action::Query) {
+            return Err(LocalError::UnknownCode);
+        }
+        self.counters.local_records += 1;
+        self.submit(now, r, action)
+    }
+
+    /// Seals the records queued so far into a datagram now instead of at
+    /// the batch deadline (after [`Node::inject`]: verdicts and relayed
+    /// modes are rare and urgent, like mode claims).
+    pub fn flush(&mut self) {
+        self.seal();
+    }
+
+    /// The cross-cluster relay: outbound ring and inbound dedup.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    pub fn relay_mut(&mut self) -> &mut Relay {
+        &mut self.relay
+    }
+
+    pub fn cluster(&self) -> u32 {
+        self.cluster
     }
 
     fn save(&mut self, now: Instant, r: &Record) -> Result<(), LocalError> {
@@ -459,7 +532,21 @@ impl Node {
                 a
             }
             Action::Mode { resource, level } => {
-                self.state.apply_mode(now, origin, resource, level, ttl_ms)
+                self.state
+                    .apply_mode(now, origin.into(), resource, level, ttl_ms)
+            }
+            Action::RemoteMode {
+                resource,
+                level,
+                claimant,
+                seq,
+            } => {
+                if self.relay.accept((claimant >> 32) as u32, seq) {
+                    self.state
+                        .apply_mode(now, claimant, resource, level, ttl_ms)
+                } else {
+                    Applied::Ok
+                }
             }
             Action::Mark { key, mark } => {
                 self.state.apply_mark(now, origin, key, mark, ttl_ms);
@@ -491,7 +578,7 @@ impl Node {
     fn claim(&mut self, now: Instant, d: Decision) {
         let ttl_ms = u32::try_from(d.ttl.as_millis()).unwrap_or(u32::MAX);
         self.state
-            .apply_mode(now, self.id, d.resource, d.level, ttl_ms);
+            .apply_mode(now, self.id.into(), d.resource, d.level, ttl_ms);
         self.record_seq += 1;
         let r = Record {
             timing_us: self.wall_us(now),
@@ -503,6 +590,7 @@ impl Node {
             fields: [d.resource, d.level as u64, 0, 0],
         };
         self.counters.mode_claims_sent += 1;
+        self.relay.observe(RelayMsg::from_record(&r));
         self.enqueue(now, &r);
         // Mode changes do not wait for the batch timer.
         self.seal();
@@ -712,6 +800,9 @@ impl Node {
                 }
                 Err(_) => self.counters.records_bad += 1,
                 Ok(action) => {
+                    if matches!(action, Action::Mode { .. }) {
+                        self.relay.observe(RelayMsg::from_record(&r));
+                    }
                     self.apply(now, r.origin, action, r.ttl_ms);
                     applied += 1;
                 }

@@ -21,14 +21,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::forwarder::Forwarder;
+use crate::http::{self, Request, Response};
 use crate::metrics::{self, IoStats};
 use crate::node::{Node, NodeParams};
 use crate::storage::Storage;
 use crate::transport::{self, TransportError};
+use crate::verdicts::Api;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -89,6 +91,19 @@ impl Shared {
             }
             n += 1;
         }
+    }
+
+    /// Runs `f` on the node from outside the hot threads (the API, the
+    /// forwarder) and multicasts whatever it made ready.
+    pub(crate) fn with_node<R>(&self, f: impl FnOnce(&mut Node) -> R) -> R {
+        let mut outbox = Vec::new();
+        let (r, ready) = {
+            let mut node = self.lock();
+            let r = f(&mut node);
+            (r, Shared::drain(&mut node, &mut outbox))
+        };
+        self.send_all(&outbox[..ready]);
+        r
     }
 
     fn send_all(&self, outbox: &[Vec<u8>]) {
@@ -163,6 +178,13 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         Some(st) => Some(start_storage(&rt, st, &cfg, &shared)?),
         None => None,
     };
+    let (api, forwarder) = match &cfg.verdicts {
+        Some(v) => {
+            let (a, f) = start_verdicts(&rt, v, &cfg, &shared)?;
+            (Some(Arc::new(a)), f)
+        }
+        None => (None, None),
+    };
     // Bound before the node says it serves, so /metrics answers as soon as
     // the log line is out.
     let http = bind_http(&rt, &cfg.http.listen)?;
@@ -193,6 +215,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         socket = %cfg.local.socket.display(),
         http = %cfg.http.listen,
         auth = cfg.auth.is_some(),
+        verdicts = api.is_some(),
         startup_us = started.elapsed().as_micros() as u64,
         "shoal node serving"
     );
@@ -202,8 +225,20 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
             let _ = stop_rx.await;
         }))
     });
-    let result = rt.block_on(serve_until_signal(Arc::clone(&shared), http));
+    let (fwd_stop_tx, fwd_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let forwarder = forwarder.map(|f| {
+        rt.spawn(f.run(async move {
+            let _ = fwd_stop_rx.await;
+        }))
+    });
+    let max_body = cfg.verdicts.as_ref().map_or(4096, |v| v.max_body);
+    let result = rt.block_on(serve_until_signal(Arc::clone(&shared), http, api, max_body));
     shared.shutdown.store(true, Ordering::Relaxed);
+    if let Some(f) = forwarder {
+        // Hands the lease over at once rather than after it runs out.
+        let _ = fwd_stop_tx.send(());
+        let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), f).await });
+    }
     let _ = ingress.join();
     if let Some(saver) = saver {
         // Stop taking records first, then let the saver drain.
@@ -254,6 +289,42 @@ fn start_storage(
         ),
     }
     Ok(storage)
+}
+
+/// The verdict API and, when this node takes part in the election, the
+/// forwarder; both on one connection to the cluster's verdict store, which
+/// connects in the background (the API answers 503 until it is up).
+fn start_verdicts(
+    rt: &tokio::runtime::Runtime,
+    v: &crate::config::VerdictsSection,
+    cfg: &Config,
+    shared: &Arc<Shared>,
+) -> Result<(Api, Option<Forwarder>), ServerError> {
+    let _rt = rt.enter();
+    let name = v.node_name(cfg.node.cluster, cfg.node.id);
+    let client = shoal_tarantool::Client::new(shoal_tarantool::ClientConfig {
+        request_timeout: Duration::from_millis(v.request_timeout_ms),
+        ..shoal_tarantool::ClientConfig::new(v.store.clone(), v.user.clone(), v.password()?)
+    });
+    let forwarder = v.forwarder.then(|| Forwarder {
+        client: client.clone(),
+        name: name.clone(),
+        cluster: cfg.node.cluster,
+        lease: Duration::from_millis(v.lease_ms),
+        poll: Duration::from_millis(v.poll_ms),
+        shared: Arc::clone(shared),
+    });
+    let api = Api {
+        client,
+        name,
+        cluster: cfg.node.cluster,
+        api_tokens: v.api_tokens()?,
+        keys: v.token_keys()?,
+        max_ttl_s: v.max_ttl_s,
+        shared: Arc::clone(shared),
+        next_id: wall_us().into(),
+    };
+    Ok((api, forwarder))
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, ServerError> {
@@ -384,6 +455,8 @@ fn bind_http(
 async fn serve_until_signal(
     s: Arc<Shared>,
     listener: Option<tokio::net::TcpListener>,
+    api: Option<Arc<Api>>,
+    max_body: usize,
 ) -> Result<(), ServerError> {
     let http = async {
         let Some(l) = listener else {
@@ -395,8 +468,15 @@ async fn serve_until_signal(
                 continue;
             };
             let s = Arc::clone(&s);
+            let api = api.clone();
             tokio::spawn(async move {
-                if let Err(e) = serve_http(conn, &s).await {
+                let served = http::serve(conn, max_body, |req| {
+                    let s = Arc::clone(&s);
+                    let api = api.clone();
+                    async move { route(&s, api.as_deref(), req).await }
+                })
+                .await;
+                if let Err(e) = served {
                     debug!(error = %e, "http connection failed");
                 }
             });
@@ -411,62 +491,29 @@ async fn serve_until_signal(
     }
 }
 
-async fn serve_http(mut conn: tokio::net::TcpStream, s: &Shared) -> std::io::Result<()> {
-    let mut req = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk))
-            .await
-            .map_err(|_| std::io::Error::new(ErrorKind::TimedOut, "request header timeout"))??;
-        if n == 0 {
-            return Ok(());
-        }
-        req.extend_from_slice(&chunk[..n]);
-        if req.len() > 16 << 10 {
-            break;
-        }
+async fn route(s: &Shared, api: Option<&Api>, req: Request) -> Response {
+    let path = req.path.split('?').next().unwrap_or("");
+    if path.starts_with("/v1/") {
+        return match api {
+            Some(api) => api.handle(&req).await,
+            None => Response::error(404, "no [verdicts] section: the API is off"),
+        };
     }
-    let line = req.split(|b| *b == b'\r').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, ctype, body) = if method != "GET" {
-        (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_string(),
-        )
-    } else {
-        match path {
-            "/metrics" => {
-                let node = s.lock();
-                (
-                    "200 OK",
-                    "text/plain; version=0.0.4",
-                    metrics::render(&node, &s.io, Instant::now()),
-                )
-            }
-            "/status" => {
-                let node = s.lock();
-                (
-                    "200 OK",
-                    "text/plain",
-                    metrics::status(&node, Instant::now(), 50),
-                )
-            }
-            "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-            _ => (
-                "404 Not Found",
-                "text/plain",
-                "try /metrics, /status or /healthz\n".to_string(),
-            ),
+    if req.method != "GET" {
+        return Response::text(405, "GET only\n");
+    }
+    match path {
+        "/metrics" => {
+            let node = s.lock();
+            let mut r = Response::text(200, metrics::render(&node, &s.io, Instant::now()));
+            r.content_type = "text/plain; version=0.0.4";
+            r
         }
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    conn.write_all(head.as_bytes()).await?;
-    conn.write_all(body.as_bytes()).await?;
-    conn.shutdown().await
+        "/status" => {
+            let node = s.lock();
+            Response::text(200, metrics::status(&node, Instant::now(), 50))
+        }
+        "/healthz" => Response::text(200, "ok\n"),
+        _ => Response::text(404, "try /metrics, /status, /healthz or /v1/...\n"),
+    }
 }

@@ -29,7 +29,9 @@ pub struct LoadView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ModeView {
     pub level: u8,
-    pub origin: u32,
+    /// Who holds the winning claim: a node of this cluster (its id), or
+    /// `cluster << 32 | node` for a claim relayed from another cluster.
+    pub origin: u64,
     pub remaining: Duration,
 }
 
@@ -50,7 +52,7 @@ struct Gauge {
 
 #[derive(Debug, Clone, Copy)]
 struct Claim {
-    origin: u32,
+    origin: u64,
     level: u8,
     expires: Instant,
 }
@@ -130,11 +132,12 @@ impl ClusterState {
         Applied::Ok
     }
 
-    /// Records `origin`'s mode claim; level 0 withdraws it.
+    /// Records `origin`'s mode claim (see [`ModeView::origin`]); level 0
+    /// withdraws it.
     pub fn apply_mode(
         &mut self,
         now: Instant,
-        origin: u32,
+        origin: u64,
         resource: u64,
         level: u8,
         ttl_ms: u32,

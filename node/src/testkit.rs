@@ -100,7 +100,13 @@ impl NodeProcess {
     /// Starts `bin run` for `spec` and waits until its local socket answers.
     pub fn spawn(bin: &Path, spec: &NodeSpec) -> std::io::Result<NodeProcess> {
         std::fs::create_dir_all(&spec.dir)?;
-        let http = format!("127.0.0.1:{}", free_tcp_port());
+        // A node in a namespace listens on its own address, which the host
+        // reaches over the bridge.
+        let host = match spec.netns {
+            Some(_) => spec.interface,
+            None => Ipv4Addr::LOCALHOST,
+        };
+        let http = format!("{host}:{}", free_tcp_port());
         let config = spec.dir.join(format!("node{}.toml", spec.id));
         std::fs::write(&config, spec.config_text(&http))?;
         let log = spec.dir.join(format!("node{}.log", spec.id));
@@ -164,7 +170,7 @@ impl NodeProcess {
         LocalClient::connect_from(&self.socket, &own)
     }
 
-    /// The node's Prometheus page (only reachable for loopback nodes).
+    /// The node's Prometheus page.
     pub fn metrics(&self) -> std::io::Result<String> {
         http_get(&self.http, "/metrics")
     }

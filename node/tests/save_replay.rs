@@ -28,6 +28,7 @@ fn params(id: u32, capacity: usize) -> NodeParams {
         max_peers: 16,
         modes: ModesSection::default(),
         store: Some(BacklogLimits { capacity, batch: 3 }),
+        relay_capacity: shoal_node::DEFAULT_RELAY_CAPACITY,
     }
 }
 

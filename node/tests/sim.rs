@@ -98,6 +98,7 @@ fn params(id: u32) -> NodeParams {
             resource: vec![],
         },
         store: None,
+        relay_capacity: 64,
     }
 }
 

@@ -12,6 +12,8 @@
 -- each range from {node, now} on, never touching dead tuples. `id` is a
 -- per-node strictly increasing number (unique across restarts) that keeps
 -- keys unique; `timing_us` is when the filter made the record.
+local common = require('shoal_common')
+
 local M = {}
 
 local LOG_FORMAT = {
@@ -28,14 +30,7 @@ local LOG_FORMAT = {
     {name = 'f3', type = 'unsigned'},
 }
 
--- Names a node may have: short, printable, no separators that could be
--- confused in logs.
-local function check_node(node)
-    if type(node) ~= 'string' or #node == 0 or #node > 64
-        or node:find('[^%w%._%-]') then
-        error('bad node name: ' .. tostring(node))
-    end
-end
+local check_node = common.check_node
 
 -- Runs once per replica set (box.once is replicated through _schema: the
 -- second master joins the first and finds the key already set).
@@ -48,19 +43,10 @@ local function bootstrap(password, repl_password)
         if_not_exists = true,
     })
 
-    box.schema.user.create('shoal', {password = password, if_not_exists = true})
+    common.create_users(password, repl_password)
     box.schema.user.grant('shoal', 'read,write', 'space', 'shoal_log',
         {if_not_exists = true})
-    for _, f in ipairs({'shoal_save', 'shoal_health', 'shoal_stats'}) do
-        box.schema.func.create(f, {if_not_exists = true})
-        box.schema.user.grant('shoal', 'execute', 'function', f,
-            {if_not_exists = true})
-    end
-
-    box.schema.user.create('replicator', {password = repl_password,
-        if_not_exists = true})
-    box.schema.user.grant('replicator', 'replication', nil, nil,
-        {if_not_exists = true})
+    common.grant_funcs({'shoal_save', 'shoal_health', 'shoal_stats'})
 end
 
 -- Saves one batch from one node in one transaction (one WAL write).
@@ -86,26 +72,7 @@ end
 -- Replication as a node or a test wants to see it: per peer, the
 -- upstream and downstream status.
 function shoal_health()
-    local peers = {}
-    for _, r in pairs(box.info.replication) do
-        if r.uuid ~= box.info.uuid then
-            table.insert(peers, {
-                id = r.id,
-                uuid = r.uuid,
-                upstream = r.upstream and r.upstream.status or 'none',
-                downstream = r.downstream and r.downstream.status or 'none',
-                lag = r.upstream and r.upstream.lag or 0,
-            })
-        end
-    end
-    return {
-        id = box.info.id,
-        uuid = box.info.uuid,
-        status = box.info.status,
-        ro = box.info.ro,
-        peers = peers,
-        log_len = box.space.shoal_log:len(),
-    }
+    return common.health({log_len = box.space.shoal_log:len()})
 end
 
 -- Counters for the node's /metrics: the store's size and, when loaded,
@@ -124,9 +91,7 @@ end
 
 -- Called by instance.lua after box.cfg.
 function M.start(opts)
-    assert(opts.password and #opts.password > 0, 'shoal password must be set')
-    assert(opts.repl_password and #opts.repl_password > 0,
-        'replicator password must be set')
+    common.check_start_opts(opts)
     box.once('shoal-schema-v1', bootstrap, opts.password, opts.repl_password)
     if opts.expirer then
         M.expirer = require(opts.expirer)

@@ -1,5 +1,8 @@
-//! A real local pair of state-store masters, driven through
-//! `tarantool/scripts/pair.sh` so tests run exactly what an operator runs.
+//! A real local pair of store masters, driven through
+//! `tarantool/scripts/pair.sh` (which starts each through
+//! `scripts/instance.sh`) so tests run exactly what an operator runs:
+//! a cluster state store ([`Pair::start`]) or a verdict-store pair, a the
+//! instance of cluster 1 and b that of cluster 2 ([`Pair::start_verdict`]).
 //! Stopped (SIGTERM, both) when dropped.
 
 use std::path::{Path, PathBuf};
@@ -30,18 +33,45 @@ pub struct Pair {
     pub b: String,
     /// Password of the `shoal` user.
     pub password: String,
+    /// Cluster ids of a and b in a verdict-store pair (`None` in a
+    /// cluster state store).
+    clusters: Option<[u32; 2]>,
     /// Extra environment for the instances (e.g. the expirer module).
     env: Vec<(String, String)>,
+    /// Whether dropping this handle stops the pair (not for
+    /// [`Pair::attach`]).
+    owned: bool,
 }
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pair.sh")
 }
 
+/// `tarantool/scripts/instance.sh`, which starts one instance in a
+/// directory (see its header): for harnesses that run each cluster's
+/// store elsewhere, e.g. in a network namespace.
+pub fn instance_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/instance.sh")
+}
+
 impl Pair {
     /// Starts a fresh pair in `dir` (wiped first) on free ports.
     pub fn start(dir: &Path) -> std::io::Result<Pair> {
         Pair::start_with(dir, &[])
+    }
+
+    /// Starts a fresh verdict-store pair in `dir` (wiped first):
+    /// `SHOAL_TT_SCHEMA=verdict`, a is cluster 1 and b cluster 2.
+    pub fn start_verdict(dir: &Path) -> std::io::Result<Pair> {
+        Pair::start_verdict_with(dir, &[])
+    }
+
+    /// As [`Pair::start_verdict`], with extra environment for the
+    /// instances (`SHOAL_TT_XQ_RETAIN_S`, `SHOAL_TT_CLUSTER_A`, ...).
+    pub fn start_verdict_with(dir: &Path, env: &[(&str, &str)]) -> std::io::Result<Pair> {
+        let mut all = vec![("SHOAL_TT_SCHEMA", "verdict")];
+        all.extend_from_slice(env);
+        Pair::start_with(dir, &all)
     }
 
     /// As [`Pair::start`], with extra environment for the instances
@@ -69,28 +99,58 @@ impl Pair {
             a: String::new(),
             b: String::new(),
             password: String::new(),
+            clusters: None,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            owned: true,
         };
         pair.run(&["start"])?;
-        let text = std::fs::read_to_string(dir.join("env"))?;
+        pair.read_env()?;
+        Ok(pair)
+    }
+
+    /// A handle on a pair that runs already in `dir` (started by another
+    /// [`Pair`] or by `pair.sh`), from its `DIR/env`. It stops, kills and
+    /// restarts masters like the owner's handle (restarts without the
+    /// owner's extra environment; the schema and cluster ids are in
+    /// `DIR/env`), but dropping it leaves the pair running.
+    pub fn attach(dir: &Path) -> std::io::Result<Pair> {
+        let mut pair = Pair {
+            dir: dir.to_path_buf(),
+            a: String::new(),
+            b: String::new(),
+            password: String::new(),
+            clusters: None,
+            env: Vec::new(),
+            owned: false,
+        };
+        pair.read_env()?;
+        Ok(pair)
+    }
+
+    fn read_env(&mut self) -> std::io::Result<()> {
+        let text = std::fs::read_to_string(self.dir.join("env"))?;
+        let (mut ca, mut cb) = (None, None);
         for line in text.lines() {
             match line.split_once('=') {
-                Some(("SHOAL_TT_A", v)) => pair.a = v.to_string(),
-                Some(("SHOAL_TT_B", v)) => pair.b = v.to_string(),
-                Some(("SHOAL_TT_PASSWORD", v)) => pair.password = v.to_string(),
+                Some(("SHOAL_TT_A", v)) => self.a = v.to_string(),
+                Some(("SHOAL_TT_B", v)) => self.b = v.to_string(),
+                Some(("SHOAL_TT_PASSWORD", v)) => self.password = v.to_string(),
+                Some(("SHOAL_TT_CLUSTER_A", v)) => ca = v.parse::<u32>().ok(),
+                Some(("SHOAL_TT_CLUSTER_B", v)) => cb = v.parse::<u32>().ok(),
                 _ => {}
             }
         }
-        if pair.a.is_empty() || pair.b.is_empty() || pair.password.is_empty() {
+        self.clusters = ca.zip(cb).map(|(a, b)| [a, b]);
+        if self.a.is_empty() || self.b.is_empty() || self.password.is_empty() {
             return Err(std::io::Error::other(format!(
                 "{}/env is incomplete",
-                dir.display()
+                self.dir.display()
             )));
         }
-        Ok(pair)
+        Ok(())
     }
 
     fn run(&self, args: &[&str]) -> std::io::Result<()> {
@@ -121,6 +181,15 @@ impl Pair {
         }
     }
 
+    /// The cluster id of one instance of a verdict-store pair; `None` for
+    /// a cluster state store.
+    pub fn cluster(&self, m: Master) -> Option<u32> {
+        self.clusters.map(|[a, b]| match m {
+            Master::A => a,
+            Master::B => b,
+        })
+    }
+
     /// Stops one master gracefully.
     pub fn stop(&self, m: Master) -> std::io::Result<()> {
         self.run(&["stop", m.arg()])
@@ -140,31 +209,7 @@ impl Pair {
     /// Runs one line of Lua on a master's admin console and returns the
     /// YAML the console answers (`---\n- value\n...`).
     pub fn console(&self, m: Master, lua: &str) -> std::io::Result<String> {
-        use std::io::{BufRead, BufReader, Write};
-        let path = self.dir.join(m.arg()).join("console.sock");
-        let stream = std::os::unix::net::UnixStream::connect(&path)?;
-        stream.set_read_timeout(Some(std::time::Duration::from_secs(600)))?;
-        let mut reader = BufReader::new(stream.try_clone()?);
-        // The greeting: two lines.
-        let mut line = String::new();
-        for _ in 0..2 {
-            line.clear();
-            reader.read_line(&mut line)?;
-        }
-        let mut w = stream;
-        w.write_all(lua.replace('\n', " ").as_bytes())?;
-        w.write_all(b"\n")?;
-        let mut out = String::new();
-        loop {
-            line.clear();
-            if reader.read_line(&mut line)? == 0 {
-                return Err(std::io::Error::other(format!("console closed: {out}")));
-            }
-            if line == "...\n" {
-                return Ok(out);
-            }
-            out.push_str(&line);
-        }
+        console(&self.dir.join(m.arg()).join("console.sock"), lua)
     }
 
     /// The master's own log, for failure messages.
@@ -175,6 +220,38 @@ impl Pair {
 
 impl Drop for Pair {
     fn drop(&mut self) {
-        let _ = self.run(&["stop"]);
+        if self.owned {
+            let _ = self.run(&["stop"]);
+        }
+    }
+}
+
+/// Runs one line of Lua on the admin console listening at `path` (any
+/// instance started by `instance.sh`: `DIR/console.sock`) and returns the
+/// YAML it answers (`---\n- value\n...`).
+pub fn console(path: &Path, lua: &str) -> std::io::Result<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::os::unix::net::UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(600)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    // The greeting: two lines.
+    let mut line = String::new();
+    for _ in 0..2 {
+        line.clear();
+        reader.read_line(&mut line)?;
+    }
+    let mut w = stream;
+    w.write_all(lua.replace('\n', " ").as_bytes())?;
+    w.write_all(b"\n")?;
+    let mut out = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::other(format!("console closed: {out}")));
+        }
+        if line == "...\n" {
+            return Ok(out);
+        }
+        out.push_str(&line);
     }
 }

@@ -21,6 +21,12 @@ impl Code {
     /// Session mark: `f0` session key, `f1` mark ([`Record::MARK_LEGITIMATE`]
     /// or [`Record::MARK_SUSPICIOUS`]); `ttl_ms` bounds it.
     pub const SESSION_MARK: Code = Code(0x0003);
+    /// Protection mode relayed from another cluster by this cluster's
+    /// forwarder: `f0` resource id, `f1` level (0 withdraws), `f2` the
+    /// claimant (`origin cluster << 32 | origin node`), `f3` the message's
+    /// sequence in the origin cluster's queue (receivers apply each
+    /// sequence once). `ttl_ms` as for [`Code::MODE`].
+    pub const REMOTE_MODE: Code = Code(0x0004);
     /// Local API only: cluster load of resource `f0`.
     pub const QUERY_LOAD: Code = Code(0x0101);
     /// Local API only: effective mode of resource `f0`.
@@ -40,6 +46,7 @@ impl Code {
             0x0001 => CodeKind::Load,
             0x0002 => CodeKind::Mode,
             0x0003 => CodeKind::SessionMark,
+            0x0004 => CodeKind::RemoteMode,
             0x0101 => CodeKind::QueryLoad,
             0x0102 => CodeKind::QueryMode,
             0x0103 => CodeKind::QuerySession,
@@ -56,6 +63,7 @@ pub enum CodeKind {
     Load,
     Mode,
     SessionMark,
+    RemoteMode,
     QueryLoad,
     QueryMode,
     QuerySession,
@@ -232,7 +240,7 @@ mod tests {
     #[test]
     fn code_ranges() {
         assert_eq!(Code(0x0001).kind(), CodeKind::Load);
-        assert_eq!(Code(0x0004).kind(), CodeKind::Unknown);
+        assert_eq!(Code(0x0005).kind(), CodeKind::Unknown);
         assert_eq!(Code(0x7fff).kind(), CodeKind::Unknown);
         assert_eq!(Code(0x8000).kind(), CodeKind::Extension);
         assert_eq!(Code(0xffff).kind(), CodeKind::Extension);
