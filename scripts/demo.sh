@@ -24,7 +24,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 cargo build --release -q -p shoal-expirer
-echo "== starting a Tarantool master pair (master-master) in $DIR/tt, the native expirer on both"
+echo "== starting a Tarantool master pair (master-master) in $DIR/tt, the native expirer and save procedure on both"
 SHOAL_TT_EXPIRER=shoal_expirer LUA_CPATH="$PWD/target/release/lib?.so;;" \
   bash tarantool/scripts/pair.sh start "$DIR/tt"
 # shellcheck disable=SC1091
@@ -54,6 +54,7 @@ listen = "127.0.0.1:$(( PORT + i ))"
 [store]
 masters = ["$SHOAL_TT_A", "$SHOAL_TT_B"]
 password = "$SHOAL_TT_PASSWORD"
+save_function = "shoal_expirer.shoal_save"   # the module's C procedure
 
 [modes.default]
 min_hold_ms = 2000

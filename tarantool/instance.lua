@@ -17,7 +17,9 @@
 --   SHOAL_TT_EXPIRER        Lua module name of the expiry worker to load
 --                           (e.g. shoal_expirer), found on LUA_CPATH; it
 --                           runs on shoal_log (`store`) or verdict
---                           (`verdict`; without it a Lua fiber expires)
+--                           (`verdict`; without it a Lua fiber expires);
+--                           `store` also registers its native save
+--                           procedure, <module>.shoal_save
 --   SHOAL_TT_EXPIRER_BATCH  deletes per expiry transaction (default 300)
 --   SHOAL_TT_EXPIRER_IDLE_MS  expiry worker's sleep when nothing more has
 --                           expired, in ms (default 100)

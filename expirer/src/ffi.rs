@@ -3,7 +3,7 @@
 //! `tarantool` executable exports. They resolve when Tarantool loads the
 //! shared object; nothing here is linked at build time.
 
-use std::ffi::{c_char, c_double, c_int, c_void};
+use std::ffi::{c_char, c_double, c_int, c_uint, c_void};
 
 /// `struct fiber`, `box_iterator_t`, `box_tuple_t`, `box_error_t`,
 /// `lua_State`: opaque.
@@ -27,6 +27,11 @@ pub(crate) struct BoxError {
 pub(crate) struct LuaState {
     _private: [u8; 0],
 }
+/// `box_function_ctx_t`: what Tarantool passes a stored C procedure.
+#[repr(C)]
+pub(crate) struct BoxFunctionCtx {
+    _private: [u8; 0],
+}
 
 /// `int (*fiber_func)(va_list)`. The worker takes no arguments and never
 /// reads the `va_list`; on x86-64 and AArch64 it is passed as a pointer.
@@ -43,6 +48,8 @@ pub(crate) const BOX_ID_NIL: u32 = 2_147_483_647;
 pub(crate) const S_ERROR: c_int = 2;
 pub(crate) const S_WARN: c_int = 4;
 pub(crate) const S_INFO: c_int = 5;
+/// `ER_PROC_C` of `enum box_error_code`: message format "%s".
+pub(crate) const ER_PROC_C: u32 = 102;
 pub(crate) const LUA_TSTRING: c_int = 4;
 pub(crate) const LUA_TNUMBER: c_int = 3;
 
@@ -61,6 +68,24 @@ extern "C" {
 
     pub(crate) fn box_error_last() -> *mut BoxError;
     pub(crate) fn box_error_message(error: *const BoxError) -> *const c_char;
+    pub(crate) fn box_error_set(
+        file: *const c_char,
+        line: c_uint,
+        code: u32,
+        format: *const c_char,
+        ...
+    ) -> c_int;
+    pub(crate) fn box_return_mp(
+        ctx: *mut BoxFunctionCtx,
+        mp: *const c_char,
+        mp_end: *const c_char,
+    ) -> c_int;
+    pub(crate) fn box_replace(
+        space_id: u32,
+        tuple: *const c_char,
+        tuple_end: *const c_char,
+        result: *mut *mut BoxTuple,
+    ) -> c_int;
     pub(crate) fn box_space_id_by_name(name: *const c_char, len: u32) -> u32;
     pub(crate) fn box_index_iterator(
         space_id: u32,

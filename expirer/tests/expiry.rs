@@ -10,24 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use shoal_tarantool::testkit::{Master, Pair};
 
-/// `LUA_CPATH` for the cdylib this package builds: cargo writes it to
-/// `target/<profile>/deps/` (next to this test binary) and links it up to
-/// `target/<profile>/`.
-fn module_cpath() -> String {
-    let exe = std::env::current_exe().expect("test binary path");
-    let deps = exe.parent().expect("target/<profile>/deps");
-    let profile = deps.parent().expect("target/<profile>");
-    let found = [profile, deps]
-        .iter()
-        .any(|d| d.join("libshoal_expirer.so").exists());
-    assert!(
-        found,
-        "libshoal_expirer.so is in neither {} nor {}: build the package",
-        profile.display(),
-        deps.display()
-    );
-    format!("{}/lib?.so;{}/lib?.so;;", profile.display(), deps.display())
-}
+mod common;
+use common::module_cpath;
 
 fn start(name: &str, env: &[(&str, &str)]) -> Pair {
     let cpath = module_cpath();

@@ -140,6 +140,12 @@ pub struct StoreSection {
     /// stored context (logged, and `shoal_replay_ok 0`).
     #[serde(default = "default_replay_timeout_ms")]
     pub replay_timeout_ms: u64,
+    /// The stored procedure each batch is saved with: the Lua
+    /// `shoal_save`, or the expiry module's native one,
+    /// `shoal_expirer.shoal_save` (same arguments, same effect; the
+    /// masters must run with `SHOAL_TT_EXPIRER=shoal_expirer`).
+    #[serde(default = "default_save_function")]
+    pub save_function: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -332,6 +338,9 @@ fn default_request_timeout_ms() -> u64 {
 }
 fn default_replay_timeout_ms() -> u64 {
     10_000
+}
+fn default_save_function() -> String {
+    "shoal_save".to_string()
 }
 fn default_verdict_timeout_ms() -> u64 {
     2_000
@@ -558,6 +567,12 @@ impl StoreSection {
         }
         if self.request_timeout_ms == 0 {
             return Err(invalid("store.request_timeout_ms", "must be non-zero"));
+        }
+        if self.save_function.is_empty() {
+            return Err(invalid(
+                "store.save_function",
+                "must name a stored procedure (e.g. shoal_save)",
+            ));
         }
         Ok(())
     }
@@ -905,5 +920,21 @@ socket = "/tmp/shoal.sock"
         assert_eq!(keys.previous.as_ref().map(|k| k.id), Some(1));
         assert_eq!(c.modes.resource[0].id, 9);
         assert_eq!(c.modes.default.as_ref().map(|r| r.min_hold_ms), Some(100));
+    }
+
+    #[test]
+    fn store_save_function_defaults_to_the_lua_procedure() {
+        let store = "[store]\nmasters = [\"127.0.0.1:3301\"]\npassword = \"pw\"\n";
+        let c = Config::parse(&format!("{MINIMAL}{store}")).expect("valid");
+        let s = c.store.expect("a store section");
+        assert_eq!(s.save_function, "shoal_save");
+        let native = format!("{MINIMAL}{store}save_function = \"shoal_expirer.shoal_save\"\n");
+        let c = Config::parse(&native).expect("valid");
+        assert_eq!(
+            c.store.expect("a store section").save_function,
+            "shoal_expirer.shoal_save"
+        );
+        let empty = format!("{MINIMAL}{store}save_function = \"\"\n");
+        assert!(err(&empty).contains("store.save_function"));
     }
 }

@@ -2,12 +2,14 @@
 //! that moves batches from the node's backlog to the cluster's store, and
 //! the scrape of the masters' own counters.
 //!
-//! Saves go to one master at a time (the active one) as `shoal_save`
-//! calls of up to `store.batch` records, several in flight on one
-//! connection. A batch that fails or times out goes back to the front of
-//! the backlog and is sent again, to the other master when the active one
-//! is down: `shoal_save` replaces tuples under keys only this node writes,
-//! so a batch saved twice, or on both masters, is harmless.
+//! Saves go to one master at a time (the active one) as calls of
+//! `store.save_function` (the Lua `shoal_save`, or the expiry module's
+//! native `shoal_expirer.shoal_save`) of up to `store.batch` records,
+//! several in flight on one connection. A batch that fails or times out
+//! goes back to the front of the backlog and is sent again, to the other
+//! master when the active one is down: both procedures replace tuples
+//! under keys only this node writes, so a batch saved twice, or on both
+//! masters, is harmless.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,6 +32,9 @@ const SCRAPE_EVERY: Duration = Duration::from_secs(2);
 /// Wait before retrying when no master answers.
 const RETRY_MIN: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// How long, from start, saves and replay wait for the preferred master
+/// before taking another that is already connected.
+const PREFERRED_GRACE: Duration = Duration::from_millis(500);
 /// How long a stopping node keeps saving what it still holds.
 const DRAIN_ON_STOP: Duration = Duration::from_secs(3);
 
@@ -37,11 +42,14 @@ const DRAIN_ON_STOP: Duration = Duration::from_secs(3);
 pub(crate) struct Storage {
     name: String,
     masters: Vec<Client>,
+    /// The stored procedure batches are saved with.
+    save_function: Arc<str>,
     active: usize,
     batch_limit: usize,
     in_flight: usize,
     replay_timeout: Duration,
     shared: Arc<Shared>,
+    started: Instant,
 }
 
 /// One `shoal_log` tuple as it comes back from a select.
@@ -53,6 +61,24 @@ impl LogTuple {
         [
             self.1, self.2, self.3, self.4, self.5, self.6, self.7, self.8, self.9, self.10,
         ]
+    }
+}
+
+/// What a save call returns: the number of rows saved. The Lua procedure
+/// returns it bare; Tarantool 2.6 wraps each value a C procedure returns
+/// in an array over IPROTO `call`, so the native one's comes as `[n]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SaveReply {
+    Count(u64),
+    Wrapped((u64,)),
+}
+
+impl SaveReply {
+    fn count(&self) -> u64 {
+        match self {
+            SaveReply::Count(n) | SaveReply::Wrapped((n,)) => *n,
+        }
     }
 }
 
@@ -125,11 +151,13 @@ impl Storage {
         Ok(Storage {
             name,
             masters,
+            save_function: Arc::from(cfg.save_function.as_str()),
             active: 0,
             batch_limit: cfg.batch,
             in_flight: cfg.in_flight,
             replay_timeout: Duration::from_millis(cfg.replay_timeout_ms),
             shared,
+            started: Instant::now(),
         })
     }
 
@@ -141,14 +169,28 @@ impl Storage {
         }
     }
 
+    /// The active master if connected, else the next connected one; at
+    /// start-up only the active (preferred) master, for `PREFERRED_GRACE`:
+    /// all connections start at once, and the preferred one should not lose
+    /// to whichever handshake happened to finish first.
+    fn connected(&self) -> Option<usize> {
+        let n = self.masters.len();
+        if self.masters[self.active].is_connected() {
+            return Some(self.active);
+        }
+        if self.started.elapsed() < PREFERRED_GRACE {
+            return None;
+        }
+        (1..n)
+            .map(|k| (self.active + k) % n)
+            .find(|&i| self.masters[i].is_connected())
+    }
+
     /// The first master to answer, within the replay timeout.
     async fn any_master(&self, timeout: Duration) -> Option<usize> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(i) = (0..self.masters.len())
-                .map(|k| (self.active + k) % self.masters.len())
-                .find(|&i| self.masters[i].is_connected())
-            {
+            if let Some(i) = self.connected() {
                 return Some(i);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -166,7 +208,6 @@ impl Storage {
         let Some(i) = self.any_master(self.replay_timeout).await else {
             return Err(TtError::Disconnected);
         };
-        self.active = i;
         let client = &self.masters[i];
         let now = now_wall_us;
         let mut rows: Vec<(String, Row)> = Vec::new();
@@ -241,10 +282,7 @@ impl Storage {
     /// Picks the master to save to: the active one while it is connected,
     /// else the next connected one (a failover).
     fn pick(&mut self) -> Option<usize> {
-        let n = self.masters.len();
-        let i = (0..n)
-            .map(|k| (self.active + k) % n)
-            .find(|&i| self.masters[i].is_connected())?;
+        let i = self.connected()?;
         if i != self.active {
             warn!(
                 from = %self.masters[self.active].addr(),
@@ -270,7 +308,8 @@ impl Storage {
     pub(crate) async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         let shared = Arc::clone(&self.shared);
         let backlog = || shared.lock().backlog().map_or(0, |b| b.len());
-        let mut calls: JoinSet<(BatchId, usize, Result<(u64,), TtError>)> = JoinSet::new();
+        type Done = (BatchId, usize, usize, Result<(SaveReply,), TtError>);
+        let mut calls: JoinSet<Done> = JoinSet::new();
         let mut buf: Vec<Row> = Vec::with_capacity(self.batch_limit);
         let mut retry = RETRY_MIN;
         let mut next_scrape = Instant::now();
@@ -286,10 +325,11 @@ impl Storage {
                 let id = { self.shared.lock().take_save_batch(&mut buf) };
                 let Some(id) = id else { break };
                 let client = self.masters[i].clone();
+                let function = Arc::clone(&self.save_function);
                 let args = (self.name.clone(), std::mem::take(&mut buf));
                 calls.spawn(async move {
-                    let r = client.call("shoal_save", &args).await;
-                    (id, i, r)
+                    let r = client.call(&function, &args).await;
+                    (id, i, args.1.len(), r)
                 });
             }
             if Instant::now() >= next_scrape {
@@ -311,9 +351,14 @@ impl Storage {
             let wait = if stalled { retry } else { SCRAPE_EVERY };
             tokio::select! {
                 Some(done) = calls.join_next(), if !calls.is_empty() => {
-                    let Ok((id, i, result)) = done else { continue };
+                    let Ok((id, i, sent, result)) = done else { continue };
                     match result {
-                        Ok(_) => {
+                        Ok((reply,)) => {
+                            if reply.count() != sent as u64 {
+                                // Both procedures save all or nothing; a
+                                // different count is a procedure not ours.
+                                warn!(master = %self.masters[i].addr(), sent, saved = reply.count(), "save call answered an unexpected count");
+                            }
                             self.shared.lock().save_acked(id);
                             retry = RETRY_MIN;
                             self.with_master(i, |m| m.batches += 1);

@@ -343,3 +343,67 @@ fn a_store_down_at_start_delays_saves_but_loses_none() {
     );
     assert_eq!(tuples(&rt, &pair, Master::B).len(), 1_000);
 }
+
+/// `LUA_CPATH` for `libshoal_expirer.so`: cargo builds it (a cdylib) as a
+/// dev-dependency of this package, into `target/<profile>/deps/`, next to
+/// this test binary; `cargo build` also links it to `target/<profile>/`.
+fn expirer_cpath() -> String {
+    let exe = std::env::current_exe().expect("test binary path");
+    let deps = exe.parent().expect("target/<profile>/deps");
+    let profile = deps.parent().expect("target/<profile>");
+    assert!(
+        [profile, deps]
+            .iter()
+            .any(|d| d.join("libshoal_expirer.so").exists()),
+        "libshoal_expirer.so is in neither {} nor {}",
+        profile.display(),
+        deps.display()
+    );
+    format!("{}/lib?.so;{}/lib?.so;;", deps.display(), profile.display())
+}
+
+#[test]
+fn a_node_saves_through_the_native_procedure() {
+    let dir = tempdir("native");
+    let cpath = expirer_cpath();
+    let pair = Pair::start_with(
+        &dir.join("tt"),
+        &[
+            ("SHOAL_TT_EXPIRER", "shoal_expirer"),
+            ("LUA_CPATH", cpath.as_str()),
+        ],
+    )
+    .expect("tarantool pair with the native module");
+    let rt = rt();
+    let (group, port) = unique_group();
+    let mut spec = node(&dir, 1, group, port, [&pair.a, &pair.b], &pair.password);
+    spec.extra
+        .push_str("save_function = \"shoal_expirer.shoal_save\"\n");
+    let n = NodeProcess::spawn(Path::new(BIN), &spec).expect("node starts");
+    const TOTAL: u64 = 5_000;
+    let mut c = n.client().expect("client");
+    send_marks(&mut c, 0, TOTAL, 600_000);
+    assert!(
+        wait_until(WAIT, || metric(&n, "shoal_store_saved_total") == TOTAL),
+        "saved {} of {TOTAL}",
+        metric(&n, "shoal_store_saved_total")
+    );
+    assert_eq!(metric(&n, "shoal_store_batches_failed_total"), 0);
+    assert!(
+        wait_until(WAIT, || tuples(&rt, &pair, Master::B).len()
+            == TOTAL as usize),
+        "b has every tuple: {}",
+        tuples(&rt, &pair, Master::B).len()
+    );
+    let a = tuples(&rt, &pair, Master::A);
+    assert_eq!(a, tuples(&rt, &pair, Master::B), "the masters agree");
+    // What the node sent, as the Lua procedure would have stored it.
+    let keys: BTreeSet<u64> = a.iter().map(|t| t.7).collect();
+    assert_eq!(keys, (0..TOTAL).collect());
+    for t in &a {
+        assert_eq!(t.0, "c1-n1");
+        assert_eq!(t.4, u64::from(Code::SESSION_MARK.0), "{t:?}");
+        assert_eq!(t.8, 1 + t.7 % 2, "{t:?}");
+        assert_eq!(t.6, 1, "origin {t:?}");
+    }
+}

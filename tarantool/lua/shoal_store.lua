@@ -89,11 +89,27 @@ function shoal_stats()
     return s
 end
 
+-- The native shoal_save of the expiry module (`<module>.shoal_save`, a C
+-- stored procedure taking the same arguments and returning the count, as
+-- [n] over IPROTO in 2.6): registered once per replica set, like the schema, the first
+-- time a master starts with the module configured. A node uses it with
+-- `[store] save_function = "shoal_expirer.shoal_save"`.
+local function register_native_save(module)
+    common.grant_funcs({module .. '.shoal_save'}, {language = 'C'})
+end
+
 -- Called by instance.lua after box.cfg.
 function M.start(opts)
     common.check_start_opts(opts)
     box.once('shoal-schema-v1', bootstrap, opts.password, opts.repl_password)
     if opts.expirer then
+        -- Its own key: a pair first started without the module gets the
+        -- function when it is restarted with it. Both masters restarted
+        -- at once may both create it; the second _func/_priv write of the
+        -- same row is a conflict replication skips
+        -- (replication_skip_conflict).
+        box.once('shoal-native-save-' .. opts.expirer, register_native_save,
+            opts.expirer)
         M.expirer = require(opts.expirer)
         M.expirer.start({
             space = 'shoal_log',

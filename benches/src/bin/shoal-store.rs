@@ -13,8 +13,17 @@
 //!    them, and the process start to "serving" is reported beside it.
 //!
 //! Each figure is the median of `--runs` runs.
+//!
+//! The node saves with the Lua `shoal_save` by default. `--native` saves
+//! with the expiry module's C procedure instead (`save_function =
+//! "shoal_expirer.shoal_save"`), `--both` measures both in every run; the
+//! masters then load the module (`SHOAL_TT_EXPIRER=shoal_expirer`,
+//! `LUA_CPATH` at `--lib`, default the directory of `--bin`: build it with
+//! `cargo build --release -p shoal-expirer`).
+//!
 //! Usage: shoal-store [--bin target/release/shoal] [--records 500000]
-//!                    [--replay 1000000] [--runs 3]
+//!                    [--replay 1000000] [--runs 3] [--native | --both]
+//!                    [--lib target/release]
 //!                    [--store 'in_flight = 8,batch = 1000']  (extra [store] keys)
 
 use std::path::{Path, PathBuf};
@@ -32,6 +41,36 @@ struct Args {
     runs: usize,
     /// Extra `[store]` keys for the node, e.g. `in_flight = 8`.
     store: String,
+    /// Which save procedures the node is measured with.
+    saves: Vec<Save>,
+    /// Where `libshoal_expirer.so` is (default: the directory of `bin`).
+    lib: Option<PathBuf>,
+}
+
+/// The procedure a node saves with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Save {
+    /// `shoal_save`, in Lua.
+    Lua,
+    /// `shoal_expirer.shoal_save`, the module's C procedure.
+    Native,
+}
+
+impl Save {
+    fn label(self) -> &'static str {
+        match self {
+            Save::Lua => "lua proc",
+            Save::Native => "native proc",
+        }
+    }
+
+    /// The node's `[store]` keys for this procedure, after `extra`.
+    fn store_keys(self, extra: &str) -> String {
+        match self {
+            Save::Lua => extra.to_string(),
+            Save::Native => format!("{extra}\nsave_function = \"shoal_expirer.shoal_save\""),
+        }
+    }
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -41,6 +80,8 @@ fn parse_args() -> anyhow::Result<Args> {
         replay: 1_000_000,
         runs: 3,
         store: String::new(),
+        saves: vec![Save::Lua],
+        lib: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,6 +92,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--replay" => a.replay = value()?.parse()?,
             "--runs" => a.runs = value()?.parse()?,
             "--store" => a.store = value()?.replace(',', "\n"),
+            "--native" => a.saves = vec![Save::Native],
+            "--both" => a.saves = vec![Save::Lua, Save::Native],
+            "--lib" => a.lib = Some(PathBuf::from(value()?)),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -156,26 +200,63 @@ fn shoal_persist(bin: &Path, dir: &Path, pair: &Pair, n: u64, extra: &str) -> an
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let dir = std::env::temp_dir().join(format!("shoal-store-bench-{}", std::process::id()));
-    let pair = Pair::start_with(&dir.join("tt"), &[("SHOAL_TT_MEMTX_MB", "4096")])
-        .context("starting the tarantool pair")?;
+    let mut env = vec![("SHOAL_TT_MEMTX_MB".to_string(), "4096".to_string())];
+    if args.saves.contains(&Save::Native) {
+        let lib = match &args.lib {
+            Some(l) => l.clone(),
+            None => args
+                .bin
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        };
+        let so = lib.join("libshoal_expirer.so");
+        if !so.exists() {
+            bail!(
+                "{} is missing: cargo build --release -p shoal-expirer (or pass --lib DIR)",
+                so.display()
+            );
+        }
+        let lib = lib.canonicalize()?;
+        env.push(("SHOAL_TT_EXPIRER".into(), "shoal_expirer".into()));
+        env.push(("LUA_CPATH".into(), format!("{}/lib?.so;;", lib.display())));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let pair = Pair::start_with(&dir.join("tt"), &env).context("starting the tarantool pair")?;
     println!(
-        "shoal-store: pair {} / {}, {} records per persist run, {} for replay, {} runs",
-        pair.a, pair.b, args.records, args.replay, args.runs
+        "shoal-store: pair {} / {}, {} records per persist run, {} for replay, {} runs, node saving with {}",
+        pair.a,
+        pair.b,
+        args.records,
+        args.replay,
+        args.runs,
+        args.saves
+            .iter()
+            .map(|s| s.label())
+            .collect::<Vec<_>>()
+            .join(" and ")
     );
 
-    let (mut lua, mut shoal) = (Vec::new(), Vec::new());
+    let mut lua = Vec::new();
+    let mut shoal: Vec<Vec<f64>> = vec![Vec::new(); args.saves.len()];
     for run in 1..=args.runs {
         truncate(&pair)?;
         let l = lua_loop(&pair, args.records)?;
-        truncate(&pair)?;
-        let s = shoal_persist(&args.bin, &dir, &pair, args.records, &args.store)?;
-        let (lr, sr) = (args.records as f64 / l, args.records as f64 / s);
-        println!(
-            "run {run} persist: lua loop {lr:.0} rec/s, shoal {sr:.0} rec/s, ratio {:.3}",
-            sr / lr
-        );
+        let lr = args.records as f64 / l;
+        let mut line = format!("run {run} persist: lua loop {lr:.0} rec/s");
+        for (k, save) in args.saves.iter().enumerate() {
+            truncate(&pair)?;
+            let extra = save.store_keys(&args.store);
+            let s = shoal_persist(&args.bin, &dir, &pair, args.records, &extra)?;
+            let sr = args.records as f64 / s;
+            line.push_str(&format!(
+                ", shoal ({}) {sr:.0} rec/s, ratio {:.3}",
+                save.label(),
+                sr / lr
+            ));
+            shoal[k].push(sr);
+        }
+        println!("{line}");
         lua.push(lr);
-        shoal.push(sr);
     }
 
     let mut replay = Vec::new();
@@ -213,12 +294,16 @@ fn main() -> anyhow::Result<()> {
     }
 
     println!("\nmedians of {} runs:", args.runs);
-    let (l, s) = (median(lua), median(shoal));
+    let l = median(lua);
     println!("  lua loop, 1000 per txn        {l:.0} records/s");
-    println!(
-        "  shoal node, persisted         {s:.0} records/s  ({:.3} of the lua loop)",
-        s / l
-    );
+    for (save, rates) in args.saves.iter().zip(shoal) {
+        let s = median(rates);
+        println!(
+            "  shoal node, persisted         {s:.0} records/s  ({:.3} of the lua loop; {})",
+            s / l,
+            save.label()
+        );
+    }
     if !replay.is_empty() {
         println!(
             "  replay of {} live records     {:.3} s  (start to serving {:.3} s)",
