@@ -100,6 +100,9 @@ impl Shared {
         let (r, ready) = {
             let mut node = self.lock();
             let r = f(&mut node);
+            if node.backlog().is_some_and(|b| b.queued() > 0) {
+                self.store_wake.notify_one();
+            }
             (r, Shared::drain(&mut node, &mut outbox))
         };
         self.send_all(&outbox[..ready]);

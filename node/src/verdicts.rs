@@ -225,11 +225,17 @@ impl Api {
         let ttl_ms = u32::try_from(s.ttl_s.saturating_mul(1000)).unwrap_or(u32::MAX);
         let mut r = Record::new(Code::SESSION_MARK, [s.subject, mark, s.score as u64, 0]);
         r.ttl_ms = ttl_ms;
-        r.op = Op::SEND;
         r.timing_us = at_us;
-        // Stored already; the mark is the cluster's fast path. A refusal
-        // here (never for a send-only record) would not undo the store.
+        // Stored already; the mark is the cluster's fast path, and with a
+        // state store it is saved too, so a restarted node replays it like
+        // any mark. A full save backlog refuses only that save (counted),
+        // not the verdict.
         let _ = self.shared.with_node(|node| {
+            r.op = if node.backlog().is_some() {
+                Op::SEND_SAVE
+            } else {
+                Op::SEND
+            };
             let injected = node.inject(Instant::now(), r);
             node.flush();
             injected

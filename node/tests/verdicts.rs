@@ -389,3 +389,41 @@ fn modes_cross_clusters_once_and_survive_killing_both_forwarders() {
             .is_ok_and(|m| m.fields[1] == 3 && m.fields[3] >> 32 == 2)
     }));
 }
+
+#[test]
+fn a_verdicts_session_mark_is_saved_and_replayed_after_kill_9() {
+    let dir = tempdir("replay");
+    let verdicts = Pair::start_verdict(&dir.join("vs")).expect("verdict store");
+    let state = Pair::start(&dir.join("ss")).expect("state store");
+    let (group, port) = unique_group();
+    let mut spec = NodeSpec::loopback(1, group, port, &dir.join("n"));
+    spec.extra = format!(
+        "{}[store]\nmasters = [\"{}\", \"{}\"]\npassword = \"{}\"\n",
+        verdicts_toml(&verdicts.a, &verdicts.password, (KEY1, None)),
+        state.a,
+        state.b,
+        state.password
+    );
+    let mut n = NodeProcess::spawn(Path::new(BIN), &spec).expect("node starts");
+    let subject = 4242u64;
+    assert!(wait_until(WAIT, || post(
+        &n,
+        &format!(r#"{{"subject":{subject},"verdict":"bot","ttl_s":600}}"#)
+    )
+    .0 == 201));
+    assert!(
+        wait_until(WAIT, || metric(&n, "shoal_store_saved_total") == 1),
+        "the mark reached the state store"
+    );
+    n.kill();
+    let n = NodeProcess::spawn(Path::new(BIN), &spec).expect("node restarts");
+    let mut c = n.client().expect("client");
+    let r = c
+        .query(Code::QUERY_SESSION, subject, Duration::from_secs(1))
+        .expect("reply");
+    assert_eq!(
+        r.fields[1],
+        Record::MARK_SUSPICIOUS,
+        "replayed before serving"
+    );
+}
