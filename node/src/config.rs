@@ -343,7 +343,7 @@ fn default_save_function() -> String {
     "shoal_save".to_string()
 }
 fn default_verdict_timeout_ms() -> u64 {
-    2_000
+    1_000
 }
 fn default_max_body() -> usize {
     4096
@@ -474,8 +474,14 @@ impl VerdictsSection {
         if self.max_ttl_s == 0 {
             return Err(invalid("verdicts.max_ttl_s", "must be non-zero"));
         }
-        if self.lease_ms < 100 {
-            return Err(invalid("verdicts.lease_ms", "must be at least 100"));
+        if !(100..=86_400_000).contains(&self.lease_ms) {
+            return Err(invalid("verdicts.lease_ms", "must be in 100..=86400000"));
+        }
+        if self.request_timeout_ms > self.lease_ms {
+            return Err(invalid(
+                "verdicts.request_timeout_ms",
+                "must not exceed lease_ms: a hung renewal would outlive the lease",
+            ));
         }
         if self.poll_ms == 0 || self.poll_ms * 2 > self.lease_ms {
             return Err(invalid(

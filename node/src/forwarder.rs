@@ -59,13 +59,15 @@ pub(crate) struct ForwarderStats {
 
 /// One `xmsg` tuple: cluster, seq, node, oseq, code, ttl_ms, at_us, f0..f3.
 #[derive(Debug, Deserialize)]
+/// Wide types: a row another version wrote with larger values is dropped
+/// and counted, and does not stop the fetch.
 struct XmsgTuple(
-    u32,
     u64,
-    u32,
+    u64,
+    u64,
     IgnoredAny,
-    u16,
-    u32,
+    u64,
+    u64,
     u64,
     u64,
     u64,
@@ -118,7 +120,15 @@ impl Forwarder {
                 self.stats().leader.store(0, Ordering::Relaxed);
             }
             let Some(h) = held else { continue };
-            if let Err(e) = self.forward(h.epoch).await {
+            // A slow store must not delay the next renewal: the round is
+            // cut short then (safe: what it did not finish is published or
+            // fetched again, and both are idempotent).
+            let budget = next_lease.saturating_duration_since(Instant::now());
+            let Ok(done) = tokio::time::timeout(budget, self.forward(h.epoch)).await else {
+                debug!("forwarding round cut short to renew the lease");
+                continue;
+            };
+            if let Err(e) = done {
                 if e.to_string().contains("fenced:") {
                     self.stats().fenced.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, "fenced: another node holds the lease now");
@@ -179,7 +189,7 @@ impl Forwarder {
     }
 
     async fn forward(&self, epoch: u64) -> Result<(), shoal_tarantool::Error> {
-        let pending = self.shared.with_node(|n| n.relay().pending(BATCH));
+        let (pending, through) = self.shared.with_node(|n| n.relay().pending(BATCH));
         if !pending.is_empty() {
             let msgs: Vec<_> = pending.iter().map(msg_row).collect();
             let (inserted, skipped): (u64, u64) = self
@@ -189,8 +199,7 @@ impl Forwarder {
                     &(self.cluster, self.name.as_str(), epoch, msgs),
                 )
                 .await?;
-            self.shared
-                .with_node(|n| n.relay_mut().published(pending.len()));
+            self.shared.with_node(|n| n.relay_mut().published(through));
             self.stats()
                 .published
                 .fetch_add(inserted, Ordering::Relaxed);
@@ -209,7 +218,7 @@ impl Forwarder {
             .fetched
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
         let now_us = wall_us();
-        let mut acks: Vec<(u32, u64)> = Vec::new();
+        let mut acks: Vec<(u64, u64)> = Vec::new();
         self.shared.with_node(|n| {
             for t in &rows {
                 match acks.last_mut() {
@@ -259,12 +268,22 @@ fn msg_row(m: &RelayMsg) -> (u32, u64, u16, u32, u64, u64, u64, u64, u64) {
 /// when it has expired already or is not a mode.
 fn remote_record(t: &XmsgTuple, now_us: u64) -> Option<Record> {
     let XmsgTuple(cluster, seq, node, _, code, ttl_ms, at_us, f0, f1, ..) = *t;
+    let (Ok(cluster), Ok(node), Ok(code), Ok(ttl_ms)) = (
+        u32::try_from(cluster),
+        u32::try_from(node),
+        u16::try_from(code),
+        u32::try_from(ttl_ms),
+    ) else {
+        return None;
+    };
     if Code(code) != Code::MODE || cluster == 0 {
         return None;
     }
-    // What is left of the claim's lifetime; a withdrawal (level 0) is
+    // What is left of the claim's lifetime, never more than its TTL (the
+    // two clusters' clocks may disagree); a withdrawal (level 0) is
     // applied whatever its age.
-    let left_ms = (at_us + u64::from(ttl_ms) * 1000).saturating_sub(now_us) / 1000;
+    let ends_us = at_us.saturating_add(u64::from(ttl_ms) * 1000);
+    let left_ms = (ends_us.saturating_sub(now_us) / 1000).min(u64::from(ttl_ms));
     if f1 != 0 && left_ms == 0 {
         return None;
     }
@@ -283,7 +302,17 @@ mod tests {
 
     fn tuple(code: u16, ttl_ms: u32, at_us: u64, level: u64) -> XmsgTuple {
         XmsgTuple(
-            2, 9, 5, IgnoredAny, code, ttl_ms, at_us, 1000, level, IgnoredAny, IgnoredAny,
+            2,
+            9,
+            5,
+            IgnoredAny,
+            code.into(),
+            ttl_ms.into(),
+            at_us,
+            1000,
+            level,
+            IgnoredAny,
+            IgnoredAny,
         )
     }
 
@@ -294,6 +323,18 @@ mod tests {
         assert_eq!(r.fields, [1000, 3, 2 << 32 | 5, 9]);
         assert_eq!(r.ttl_ms, 7_000);
         assert!(r.op.sends());
+    }
+
+    #[test]
+    fn a_clock_ahead_never_lengthens_a_claim_and_odd_rows_are_dropped() {
+        let r = remote_record(&tuple(2, 10_000, u64::MAX - 5, 3), 0).unwrap();
+        assert_eq!(r.ttl_ms, 10_000);
+        let mut wide = tuple(2, 10_000, 0, 3);
+        wide.0 = 1 << 40;
+        assert!(remote_record(&wide, 0).is_none());
+        wide = tuple(2, 10_000, 0, 3);
+        wide.4 = 70_000;
+        assert!(remote_record(&wide, 0).is_none());
     }
 
     #[test]

@@ -180,9 +180,10 @@ pub(crate) fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, He
     }
     let body_len = match request.header("content-length") {
         None => 0,
-        Some(v) => v
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => v
             .parse::<usize>()
             .map_err(|_| HeadError::Malformed("Content-Length"))?,
+        Some(_) => return Err(HeadError::Malformed("Content-Length")),
     };
     if body_len > max_body {
         return Err(HeadError::BodyTooLarge(body_len, max_body));
@@ -216,17 +217,27 @@ where
     let mut buf: Vec<u8> = Vec::with_capacity(2048);
     let mut chunk = vec![0u8; 8192];
     loop {
+        // One deadline for the whole request (head and body), however
+        // slowly it trickles in; it also bounds an idle keep-alive.
+        let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+        // Bytes already searched for the end of the head, so a head sent
+        // a byte at a time is not scanned again from the start each time.
+        let mut scanned = 0usize;
         let head = loop {
-            match parse_head(&buf, max_body) {
-                Ok(Some(h)) => break h,
-                Ok(None) => {}
-                Err(e) => {
-                    let r = Response::error(e.status(), e.to_string());
-                    write(&mut conn, &r, false).await?;
-                    return Ok(());
+            let fresh = &buf[scanned.saturating_sub(3)..];
+            if buf.len() > MAX_HEAD || fresh.windows(4).any(|w| w == b"\r\n\r\n") {
+                match parse_head(&buf, max_body) {
+                    Ok(Some(h)) => break h,
+                    Ok(None) => {}
+                    Err(e) => {
+                        let r = Response::error(e.status(), e.to_string());
+                        write(&mut conn, &r, false).await?;
+                        return Ok(());
+                    }
                 }
             }
-            let n = match tokio::time::timeout(READ_TIMEOUT, conn.read(&mut chunk)).await {
+            scanned = buf.len();
+            let n = match tokio::time::timeout_at(deadline, conn.read(&mut chunk)).await {
                 Ok(r) => r?,
                 Err(_) if buf.is_empty() => return Ok(()),
                 Err(_) => {
@@ -240,8 +251,16 @@ where
             buf.extend_from_slice(&chunk[..n]);
         };
         let total = head.head_len + head.body_len;
+        if buf.len() < total
+            && head
+                .request
+                .header("expect")
+                .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+        {
+            conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        }
         while buf.len() < total {
-            let n = match tokio::time::timeout(READ_TIMEOUT, conn.read(&mut chunk)).await {
+            let n = match tokio::time::timeout_at(deadline, conn.read(&mut chunk)).await {
                 Ok(r) => r?,
                 Err(_) => {
                     write(&mut conn, &Response::error(408, "body too slow"), false).await?;
@@ -334,6 +353,7 @@ mod tests {
             b"GET nopath HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
             b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
             b"GET / SPDY/3\r\n\r\n",
         ] {
             assert_eq!(parse_head(bad, 100).unwrap_err().status(), 400, "{bad:?}");

@@ -22,6 +22,8 @@ pub struct IoStats {
     pub send_errors: AtomicU64,
     pub recv_errors: AtomicU64,
     pub local_reply_errors: AtomicU64,
+    /// HTTP connections closed at accept: too many open.
+    pub http_refused: AtomicU64,
     /// Microseconds the start-up took before the node answered its filter.
     pub startup_us: AtomicU64,
     /// The Tarantool side, when a store is configured.
@@ -374,7 +376,13 @@ fn render_xc(o: &mut String, node: &Node, io: &IoStats) {
     let r = node.relay().counters();
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let (a, f) = (&io.api, &io.forwarder);
-    let series: [(&str, &str, &str, u64); 21] = [
+    let series: [(&str, &str, &str, u64); 22] = [
+        (
+            "http_refused_total",
+            "counter",
+            "HTTP connections closed at accept because too many were open.",
+            g(&io.http_refused),
+        ),
         (
             "relay_observed_total",
             "counter",

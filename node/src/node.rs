@@ -285,7 +285,9 @@ impl Node {
             ready: VecDeque::new(),
             pool: Vec::new(),
             peers: HashMap::new(),
-            record_seq: 0,
+            // From the wall clock, like row ids: a record's (origin, seq)
+            // names it in the cross-cluster queue, also across restarts.
+            record_seq: wall_us,
             epoch: now,
             wall_at_epoch_us: wall_us,
             next_tick: now + TICK,
@@ -362,7 +364,12 @@ impl Node {
         for (i, chunk) in req.chunks_exact(RECORD_LEN).enumerate() {
             let parsed = Record::decode_slice(chunk).map_err(|_| LocalError::BadRecord);
             let seq = u64::from_le_bytes(chunk[8..16].try_into().unwrap_or_default());
-            let outcome = parsed.and_then(|r| classify(&r).map(|a| (r, a)));
+            let outcome = parsed.and_then(|r| match classify(&r) {
+                // Relayed modes come from the forwarder only: one from a
+                // filter could move the apply-once mark of a whole cluster.
+                Ok(Action::RemoteMode { .. }) => Err(LocalError::UnknownCode),
+                other => other.map(|a| (r, a)),
+            });
             match outcome {
                 Ok((r, Action::Query)) => {
                     self.counters.local_queries += 1;
@@ -459,7 +466,7 @@ impl Node {
             refused = self.save(now, &r);
         }
         if r.op.sends() && matches!(action, Action::Mode { .. }) {
-            self.relay.observe(RelayMsg::from_record(&r));
+            self.observe_mode(now, &r);
         }
         self.apply(now, self.id, action, r.ttl_ms);
         if r.op.sends() {
@@ -486,6 +493,12 @@ impl Node {
     /// modes are rare and urgent, like mode claims).
     pub fn flush(&mut self) {
         self.seal();
+    }
+
+    fn observe_mode(&mut self, now: Instant, r: &Record) {
+        let default_ms = u32::try_from(self.default_ttl.as_millis()).unwrap_or(u32::MAX);
+        let msg = RelayMsg::from_record(r, self.wall_us(now), default_ms);
+        self.relay.observe(msg);
     }
 
     /// The cross-cluster relay: outbound ring and inbound dedup.
@@ -541,12 +554,19 @@ impl Node {
                 claimant,
                 seq,
             } => {
-                if self.relay.accept((claimant >> 32) as u32, seq) {
-                    self.state
-                        .apply_mode(now, claimant, resource, level, ttl_ms)
-                } else {
-                    Applied::Ok
+                let cluster = (claimant >> 32) as u32;
+                if !self.relay.is_new(cluster, seq) {
+                    return;
                 }
+                let a = self
+                    .state
+                    .apply_mode(now, claimant, resource, level, ttl_ms);
+                // Not applied (table full): not counted as applied either,
+                // so the same message sent again is still taken.
+                if a == Applied::Ok {
+                    self.relay.applied_now(cluster, seq);
+                }
+                a
             }
             Action::Mark { key, mark } => {
                 self.state.apply_mark(now, origin, key, mark, ttl_ms);
@@ -590,7 +610,7 @@ impl Node {
             fields: [d.resource, d.level as u64, 0, 0],
         };
         self.counters.mode_claims_sent += 1;
-        self.relay.observe(RelayMsg::from_record(&r));
+        self.observe_mode(now, &r);
         self.enqueue(now, &r);
         // Mode changes do not wait for the batch timer.
         self.seal();
@@ -801,7 +821,7 @@ impl Node {
                 Err(_) => self.counters.records_bad += 1,
                 Ok(action) => {
                     if matches!(action, Action::Mode { .. }) {
-                        self.relay.observe(RelayMsg::from_record(&r));
+                        self.observe_mode(now, &r);
                     }
                     self.apply(now, r.origin, action, r.ttl_ms);
                     applied += 1;

@@ -34,13 +34,20 @@ pub struct RelayMsg {
 }
 
 impl RelayMsg {
-    pub fn from_record(r: &Record) -> RelayMsg {
+    /// The message for record `r`, seen at `seen_us` by this node's clock
+    /// (not the record's own `timing_us`, which a filter may set to
+    /// anything), with `ttl_ms` resolved (`default_ttl_ms` for 0).
+    pub fn from_record(r: &Record, seen_us: u64, default_ttl_ms: u32) -> RelayMsg {
         RelayMsg {
             node: r.origin,
             oseq: r.seq,
             code: r.code.0,
-            ttl_ms: r.ttl_ms,
-            at_us: r.timing_us,
+            ttl_ms: if r.ttl_ms == 0 {
+                default_ttl_ms
+            } else {
+                r.ttl_ms
+            },
+            at_us: seen_us,
             fields: r.fields,
         }
     }
@@ -51,8 +58,9 @@ impl RelayMsg {
 pub struct RelayCounters {
     /// Records taken into the outbound ring.
     pub observed: u64,
-    /// Records pushed out of a full ring before this node published them
-    /// (only meaningful on the forwarder).
+    /// Records pushed out of a full ring before the queue acknowledged
+    /// them from this node (only meaningful on the forwarder; ones in a
+    /// publish still in flight count too).
     pub overflowed: u64,
     /// Inbound messages applied, and skipped as already applied.
     pub applied: u64,
@@ -64,8 +72,12 @@ pub struct RelayCounters {
 pub struct Relay {
     cap: usize,
     ring: VecDeque<RelayMsg>,
-    /// Index in `ring` of the first message not yet published by this node.
-    unpublished: usize,
+    /// Running number of the ring's front entry (entries are numbered in
+    /// the order observed), and of the first one this node has not
+    /// published. Numbers, not positions: the ring moves while a publish
+    /// is in flight.
+    front: u64,
+    unpublished: u64,
     applied: HashMap<u32, u64>,
     counters: RelayCounters,
 }
@@ -76,6 +88,7 @@ impl Relay {
         Relay {
             cap: cap.max(1),
             ring: VecDeque::new(),
+            front: 0,
             unpublished: 0,
             applied: HashMap::new(),
             counters: RelayCounters::default(),
@@ -91,49 +104,62 @@ impl Relay {
         self.counters.observed += 1;
         if self.ring.len() == self.cap {
             self.ring.pop_front();
-            if self.unpublished == 0 {
+            if self.front >= self.unpublished {
                 self.counters.overflowed += 1;
-            } else {
-                self.unpublished -= 1;
+                self.unpublished = self.front + 1;
             }
+            self.front += 1;
         }
         self.ring.push_back(msg);
     }
 
     /// Up to `limit` messages this node has not published yet, oldest
-    /// first. They stay pending until [`Relay::published`].
-    pub fn pending(&self, limit: usize) -> Vec<RelayMsg> {
-        self.ring
-            .iter()
-            .skip(self.unpublished)
-            .take(limit)
-            .copied()
-            .collect()
+    /// first, and the number to hand to [`Relay::published`] once they are
+    /// in the queue.
+    pub fn pending(&self, limit: usize) -> (Vec<RelayMsg>, u64) {
+        let skip = (self.unpublished - self.front) as usize;
+        let msgs: Vec<RelayMsg> = self.ring.iter().skip(skip).take(limit).copied().collect();
+        let through = self.unpublished + msgs.len() as u64;
+        (msgs, through)
     }
 
-    /// The first `n` pending messages are in the queue.
-    pub fn published(&mut self, n: usize) {
-        self.unpublished = (self.unpublished + n).min(self.ring.len());
+    /// Everything before `through` (from [`Relay::pending`]) is in the
+    /// queue, whatever the ring did meanwhile.
+    pub fn published(&mut self, through: u64) {
+        self.unpublished = self.unpublished.max(through);
     }
 
     /// This node just became the forwarder: everything in the ring is
     /// pending again, since the previous forwarder may not have published
     /// it.
     pub fn restart(&mut self) {
-        self.unpublished = 0;
+        self.unpublished = self.front;
     }
 
-    /// Whether message `seq` of `cluster`'s queue is new here; if so it
-    /// counts as applied from now on.
-    pub fn accept(&mut self, cluster: u32, seq: u64) -> bool {
-        let hwm = self.applied.entry(cluster).or_insert(0);
-        if seq <= *hwm {
+    /// Whether message `seq` of `cluster`'s queue is new here (counts a
+    /// duplicate when it is not).
+    pub fn is_new(&mut self, cluster: u32, seq: u64) -> bool {
+        let new = self.applied.get(&cluster).map_or(true, |hwm| seq > *hwm);
+        if !new {
             self.counters.duplicates += 1;
-            return false;
         }
-        *hwm = seq;
+        new
+    }
+
+    /// Message `seq` of `cluster`'s queue was applied here.
+    pub fn applied_now(&mut self, cluster: u32, seq: u64) {
+        let hwm = self.applied.entry(cluster).or_insert(0);
+        *hwm = (*hwm).max(seq);
         self.counters.applied += 1;
-        true
+    }
+
+    /// [`Relay::is_new`], then [`Relay::applied_now`] if it is.
+    pub fn accept(&mut self, cluster: u32, seq: u64) -> bool {
+        let new = self.is_new(cluster, seq);
+        if new {
+            self.applied_now(cluster, seq);
+        }
+        new
     }
 
     /// The highest applied sequence per origin cluster.
@@ -163,15 +189,35 @@ mod tests {
         for i in 1..=5 {
             r.observe(msg(i));
         }
-        let p = r.pending(3);
+        let (p, through) = r.pending(3);
         assert_eq!(p.iter().map(|m| m.oseq).collect::<Vec<_>>(), [1, 2, 3]);
-        r.published(3);
-        assert_eq!(
-            r.pending(10).iter().map(|m| m.oseq).collect::<Vec<_>>(),
-            [4, 5]
-        );
+        r.published(through);
+        assert_eq!(oseqs(&r), [4, 5]);
         r.restart();
-        assert_eq!(r.pending(10).len(), 5);
+        assert_eq!(r.pending(10).0.len(), 5);
+    }
+
+    fn oseqs(r: &Relay) -> Vec<u64> {
+        r.pending(100).0.iter().map(|m| m.oseq).collect()
+    }
+
+    #[test]
+    fn records_arriving_while_a_publish_is_in_flight_stay_pending() {
+        let mut r = Relay::new(8);
+        for i in 1..=8 {
+            r.observe(msg(i));
+        }
+        r.restart();
+        let (sent, through) = r.pending(4); // 1..=4 in flight
+        assert_eq!(sent.len(), 4);
+        for i in 9..=11 {
+            r.observe(msg(i)); // pushes 1, 2, 3 out of the full ring
+        }
+        r.published(through);
+        assert_eq!(oseqs(&r), [5, 6, 7, 8, 9, 10, 11]);
+        // Counted: they left the ring before the queue acknowledged them
+        // (here they were in flight and made it).
+        assert_eq!(r.counters().overflowed, 3);
     }
 
     #[test]
@@ -180,20 +226,15 @@ mod tests {
         for i in 1..=3 {
             r.observe(msg(i));
         }
-        r.published(2);
+        let (_, through) = r.pending(2);
+        r.published(through);
         r.observe(msg(4)); // drops 1, which was published
         assert_eq!(r.counters().overflowed, 0);
-        assert_eq!(
-            r.pending(10).iter().map(|m| m.oseq).collect::<Vec<_>>(),
-            [3, 4]
-        );
+        assert_eq!(oseqs(&r), [3, 4]);
         r.observe(msg(5)); // drops 2, published
         r.observe(msg(6)); // drops 3, not published
         assert_eq!(r.counters().overflowed, 1);
-        assert_eq!(
-            r.pending(10).iter().map(|m| m.oseq).collect::<Vec<_>>(),
-            [4, 5, 6]
-        );
+        assert_eq!(oseqs(&r), [4, 5, 6]);
     }
 
     #[test]

@@ -455,6 +455,9 @@ fn bind_http(
     tokio::net::TcpListener::from_std(l).map(Some).map_err(err)
 }
 
+/// HTTP connections served at once; more are closed at accept (counted).
+const MAX_HTTP_CONNECTIONS: usize = 1024;
+
 async fn serve_until_signal(
     s: Arc<Shared>,
     listener: Option<tokio::net::TcpListener>,
@@ -466,13 +469,25 @@ async fn serve_until_signal(
             std::future::pending::<()>().await;
             return Ok(());
         };
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
         loop {
-            let Ok((conn, _)) = l.accept().await else {
+            let conn = match l.accept().await {
+                Ok((conn, _)) => conn,
+                Err(e) => {
+                    // Out of descriptors, typically: do not spin on it.
+                    debug!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                IoStats::inc(&s.io.http_refused);
                 continue;
             };
             let s = Arc::clone(&s);
             let api = api.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let served = http::serve(conn, max_body, |req| {
                     let s = Arc::clone(&s);
                     let api = api.clone();

@@ -215,7 +215,7 @@ impl Api {
         if let Err(e) = put {
             self.count(&self.stats().store_errors);
             debug!(error = %e, "verdict not stored");
-            return Response::error(503, format!("verdict store: {e}; not stored, retry"));
+            return Response::error(503, format!("verdict store: {e}; not acknowledged (it may or may not be stored: retrying is safe)"));
         }
         self.count(&self.stats().accepted);
         let mark = match s.verdict {

@@ -56,9 +56,12 @@ fn local_modes_enter_every_ring_and_relayed_ones_apply_once() {
     a.inject(now, mode).expect("mode");
     deliver(&mut a, &mut b, now);
     for n in [&a, &b] {
-        let p = n.relay().pending(10);
+        let (p, _) = n.relay().pending(10);
         assert_eq!(p.len(), 1, "node {}", n.id());
-        assert_eq!((p[0].node, p[0].oseq, p[0].fields[0]), (1, 1, 10));
+        // Sequences start at the wall clock, so they stay unique across
+        // restarts; the ttl 0 of the record became the default TTL.
+        assert_eq!((p[0].node, p[0].oseq, p[0].fields[0]), (1, WALL + 1, 10));
+        assert_eq!(p[0].ttl_ms, 10_000);
     }
 
     // Forwarder a multicasts message 1 of cluster 2; a second forwarder
@@ -75,7 +78,7 @@ fn local_modes_enter_every_ring_and_relayed_ones_apply_once() {
         assert_eq!((m.level, m.origin), (3, 2 << 32 | 7));
         assert_eq!(n.mode(now, 21).level, 4);
         // Relayed modes never go back out through the ring.
-        assert_eq!(n.relay().pending(10).len(), 1);
+        assert_eq!(n.relay().pending(10).0.len(), 1);
     }
 }
 
@@ -94,4 +97,20 @@ fn relayed_records_with_a_bad_claimant_or_sequence_are_refused() {
     assert!(a.inject(now, bad).is_err(), "level over 255");
     assert_eq!(a.mode(now, 1).level, 0);
     assert_eq!(a.relay().counters().applied, 0);
+}
+
+#[test]
+fn a_filter_cannot_send_a_relayed_mode() {
+    let now = Instant::now();
+    let mut a = node(1);
+    let mut reply = Vec::new();
+    let mut r = remote(1, 2, u64::MAX);
+    r.op = Op::SEND;
+    a.handle_local(now, &r.to_bytes(), &mut reply);
+    let unknown = shoal_node::LocalError::UnknownCode as usize - 1;
+    assert_eq!(a.counters().local_rejected[unknown], 1, "refused, counted");
+    assert_eq!(a.mode(now, 1).level, 0);
+    // The forwarder's path still takes sequence 1 of that cluster.
+    a.inject(now, remote(1, 2, 1)).expect("forwarder");
+    assert_eq!(a.mode(now, 1).level, 2);
 }

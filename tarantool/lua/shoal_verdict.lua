@@ -299,6 +299,7 @@ function shoal_xq_publish(cluster, node, epoch, msgs)
     want_node(fn, node)
     local n = want_array(msgs, fn .. ': msgs', MAX_BATCH)
     local names = {'node_id', 'oseq', 'code', 'ttl_ms', 'at_us', 'f0', 'f1', 'f2', 'f3'}
+    local MSG_MAX = {0xffffffff, nil, 0xffff, 0xffffffff}
     for i = 1, n do
         local m = msgs[i]
         local at = string.format('%s: msg %d', fn, i)
@@ -306,12 +307,16 @@ function shoal_xq_publish(cluster, node, epoch, msgs)
             fail('%s must be {node_id, oseq, code, ttl_ms, at_us, f0, f1, f2, f3}', at)
         end
         for k = 1, 9 do
-            want_uint(m[k], at .. ': ' .. names[k])
+            -- node_id and ttl_ms are u32 and code u16 on the wire.
+            want_uint(m[k], at .. ': ' .. names[k], MSG_MAX[k])
         end
     end
     want_lease(fn, node, epoch)
     local x = box.space.xmsg
     local inserted, skipped = 0, 0
+    -- at_us never ahead of this store's clock: retention trims in at_us
+    -- order and would stop at a message from the future.
+    local now = now_us()
     box.atomic(function()
         local last = x.index.primary:max({CLUSTER})
         local seq = last ~= nil and last[2] or 0
@@ -321,7 +326,9 @@ function shoal_xq_publish(cluster, node, epoch, msgs)
                 skipped = skipped + 1
             else
                 seq = seq + 1
-                x:insert({CLUSTER, seq, m[1], m[2], m[3], m[4], m[5],
+                local at = m[5]
+                if at > now then at = now end
+                x:insert({CLUSTER, seq, m[1], m[2], m[3], m[4], at,
                     m[6], m[7], m[8], m[9]})
                 inserted = inserted + 1
             end
