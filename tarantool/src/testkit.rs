@@ -255,3 +255,31 @@ pub fn console(path: &Path, lua: &str) -> std::io::Result<String> {
         out.push_str(&line);
     }
 }
+
+/// A pair in a temporary directory of its own: stopped, and the directory
+/// removed, when dropped (tests).
+pub struct TempPair(Option<Pair>);
+
+impl TempPair {
+    pub fn new(pair: Pair) -> TempPair {
+        TempPair(Some(pair))
+    }
+}
+
+impl std::ops::Deref for TempPair {
+    type Target = Pair;
+    fn deref(&self) -> &Pair {
+        // Some until dropped.
+        self.0.as_ref().expect("pair")
+    }
+}
+
+impl Drop for TempPair {
+    fn drop(&mut self) {
+        if let Some(pair) = self.0.take() {
+            let dir = pair.dir.clone();
+            drop(pair);
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-use shoal_tarantool::testkit::{Master, Pair};
+use shoal_tarantool::testkit::{Master, Pair, TempPair};
 use shoal_tarantool::{Client, ClientConfig, Error, Iter, Select, Tarantool};
 use tokio::task::JoinSet;
 
@@ -15,34 +15,14 @@ type Row = (u64, u64, u64, u64, u64, u64, u64, u64, u64, u64);
 /// A `shoal_log` tuple: the node, then a row.
 type Tuple = (String, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64);
 
-/// A pair in its own temporary directory, stopped and removed when dropped.
-struct TestPair(Option<Pair>);
-
-impl std::ops::Deref for TestPair {
-    type Target = Pair;
-    fn deref(&self) -> &Pair {
-        self.0.as_ref().expect("pair")
-    }
-}
-
-impl Drop for TestPair {
-    fn drop(&mut self) {
-        if let Some(pair) = self.0.take() {
-            let dir = pair.dir.clone();
-            drop(pair);
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-fn start_pair(name: &str) -> TestPair {
+fn start_pair(name: &str) -> TempPair {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
     let dir: PathBuf =
         std::env::temp_dir().join(format!("shoal-iproto-{}-{name}", std::process::id()));
-    TestPair(Some(Pair::start(&dir).expect("start the tarantool pair")))
+    TempPair::new(Pair::start(&dir).expect("start the tarantool pair"))
 }
 
 fn config(pair: &Pair) -> ClientConfig {

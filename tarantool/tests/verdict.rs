@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use shoal_tarantool::testkit::{instance_script, Master, Pair};
+use shoal_tarantool::testkit::{instance_script, Master, Pair, TempPair};
 use shoal_tarantool::{Client, ClientConfig, Error, Tarantool};
 
 /// {expires_us, id, subject, verdict, score, at_us, cluster, source}
@@ -25,36 +25,15 @@ type Lease = (String, u64, u64, u64);
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A verdict pair in its own temporary directory, stopped and removed
-/// when dropped.
-struct TestPair(Option<Pair>);
-
-impl std::ops::Deref for TestPair {
-    type Target = Pair;
-    fn deref(&self) -> &Pair {
-        self.0.as_ref().expect("pair")
-    }
-}
-
-impl Drop for TestPair {
-    fn drop(&mut self) {
-        if let Some(pair) = self.0.take() {
-            let dir = pair.dir.clone();
-            drop(pair);
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
 fn tempdir(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("shoal-verdict-{}-{name}", std::process::id()))
 }
 
-fn start_pair(name: &str) -> TestPair {
+fn start_pair(name: &str) -> TempPair {
     let pair = Pair::start_verdict(&tempdir(name)).expect("start the verdict pair");
     assert_eq!(pair.cluster(Master::A), Some(1));
     assert_eq!(pair.cluster(Master::B), Some(2));
-    TestPair(Some(pair))
+    TempPair::new(pair)
 }
 
 async fn client(pair: &Pair, m: Master) -> Client {
