@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use shoal_wire::{Code, Record, RECORD_LEN};
 
-use crate::node::MAX_LOCAL_RECORDS;
+use shoal_core::MAX_LOCAL_RECORDS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use shoal_core::{
+    BacklogLimits, Level, ModeRules, NodeParams, Rule, StateLimits, DEFAULT_RELAY_CAPACITY,
+};
 use shoal_wire::{MacKey, MacKeys, HEADER_LEN, MAX_DATAGRAM};
 
 /// Why a configuration was refused.
@@ -358,7 +361,7 @@ fn default_poll_ms() -> u64 {
     20
 }
 fn default_relay_capacity() -> usize {
-    crate::node::DEFAULT_RELAY_CAPACITY
+    DEFAULT_RELAY_CAPACITY
 }
 fn default_min_hold_ms() -> u64 {
     5_000
@@ -527,7 +530,7 @@ impl VerdictsSection {
     }
 
     /// The session-token keys.
-    pub fn token_keys(&self) -> Result<crate::token::TokenKeys, ConfigError> {
+    pub fn token_keys(&self) -> Result<shoal_core::TokenKeys, ConfigError> {
         let previous = match (self.previous_token_key_id, &self.previous_token_secret) {
             (Some(id), Some(s)) => Some((id, s.as_bytes())),
             (None, None) => None,
@@ -544,7 +547,7 @@ impl VerdictsSection {
                 ))
             }
         };
-        crate::token::TokenKeys::new((self.token_key_id, self.token_secret.as_bytes()), previous)
+        shoal_core::TokenKeys::new((self.token_key_id, self.token_secret.as_bytes()), previous)
             .map_err(|e| invalid("verdicts.token_secret", e.to_string()))
     }
 }
@@ -746,6 +749,67 @@ impl Config {
 
     pub fn flush_interval(&self) -> Duration {
         Duration::from_micros(self.multicast.flush_us)
+    }
+
+    /// The core's parameters for this node.
+    pub fn node_params(&self) -> NodeParams {
+        NodeParams {
+            id: self.node.id,
+            cluster: self.node.cluster,
+            max_datagram: self.multicast.max_datagram,
+            flush: self.flush_interval(),
+            keys: self.mac_keys(),
+            limits: StateLimits {
+                load_stale: Duration::from_millis(self.state.load_stale_ms),
+                max_resources: self.state.max_resources,
+                session_capacity: self.state.session_capacity,
+                default_ttl: Duration::from_millis(self.state.default_ttl_ms),
+            },
+            max_peers: self.state.max_peers,
+            modes: self.modes.rules(),
+            store: self.store.as_ref().map(|s| BacklogLimits {
+                capacity: s.backlog,
+                batch: s.batch,
+            }),
+            relay_capacity: self
+                .verdicts
+                .as_ref()
+                .map_or(DEFAULT_RELAY_CAPACITY, |v| v.relay_capacity),
+        }
+    }
+}
+
+impl ModesSection {
+    /// The controller's rules, from the validated sections.
+    pub fn rules(&self) -> ModeRules {
+        ModeRules {
+            default: self.default.as_ref().map(RuleSection::rule),
+            resources: self
+                .resource
+                .iter()
+                .map(|r| (r.id, r.rule.rule()))
+                .collect(),
+        }
+    }
+}
+
+impl RuleSection {
+    fn rule(&self) -> Rule {
+        Rule {
+            min_hold: Duration::from_millis(self.min_hold_ms),
+            claim_ttl: Duration::from_millis(self.claim_ttl_ms),
+            levels: self
+                .levels
+                .iter()
+                .map(|l| Level {
+                    level: l.level,
+                    total_up: l.total_up,
+                    total_down: l.total_down,
+                    local_up: l.local_up,
+                    local_down: l.local_down,
+                })
+                .collect(),
+        }
     }
 }
 

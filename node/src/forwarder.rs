@@ -33,8 +33,8 @@ use shoal_tarantool::{Client, Tarantool};
 use shoal_wire::{Code, Op, Record};
 use tracing::{debug, info, warn};
 
-use crate::relay::RelayMsg;
 use crate::server::{wall_us, Shared};
+use shoal_core::RelayMsg;
 
 /// Messages per publish or fetch call.
 const BATCH: usize = 500;

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use shoal_wire::DecodeError;
 
-use crate::node::{LocalError, Node};
-use crate::store::Backlog;
+use shoal_core::Backlog;
+use shoal_core::{LocalError, Node};
 
 /// Counters kept by the I/O driver, outside the node's lock.
 #[derive(Debug, Default)]
@@ -307,7 +307,7 @@ pub fn render(node: &Node, io: &IoStats, now: Instant) -> String {
     );
     let mut peers: Vec<_> = node.peers().collect();
     peers.sort_by_key(|(id, _)| *id);
-    type PeerField = fn(&crate::node::PeerStats) -> u64;
+    type PeerField = fn(&shoal_core::PeerStats) -> u64;
     let per_peer: [(&str, &str, PeerField); 7] = [
         (
             "peer_datagrams_total",

@@ -27,10 +27,10 @@ use crate::config::Config;
 use crate::forwarder::Forwarder;
 use crate::http::{self, Request, Response};
 use crate::metrics::{self, IoStats};
-use crate::node::{Node, NodeParams};
 use crate::storage::Storage;
 use crate::transport::{self, TransportError};
 use crate::verdicts::Api;
+use shoal_core::Node;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -164,7 +164,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         );
     }
     let local = bind_local(&cfg.local.socket)?;
-    let node = Node::new(NodeParams::from_config(&cfg), Instant::now(), wall_us());
+    let node = Node::new(cfg.node_params(), Instant::now(), wall_us());
     let shared = Arc::new(Shared {
         node: Mutex::new(node),
         io,

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use crate::config::{ConfigError, StoreSection};
 use crate::metrics::{ExpirerStats, MasterStats};
 use crate::server::Shared;
-use crate::store::{BatchId, Row};
+use shoal_core::{BatchId, Row};
 
 /// Rows per select while replaying.
 const REPLAY_PAGE: u32 = 20_000;

@@ -24,7 +24,7 @@ use tracing::debug;
 
 use crate::http::{Request, Response};
 use crate::server::{wall_us, Shared};
-use crate::token::{Claims, TokenKeys, Verdict};
+use shoal_core::{Claims, TokenKeys, Verdict};
 
 /// What a client may submit.
 #[derive(Debug, Deserialize)]

@@ -1,11 +1,13 @@
 //! The node logic on a virtual clock: N `Node`s joined by simulated links
 //! with loss and delay, no sockets, no real time. Exact and fast.
+// A test needs a base instant; the code under test never reads the clock.
+#![allow(clippy::disallowed_methods)]
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
-use shoal_node::{LevelSection, ModesSection, Node, NodeParams, Refused, RuleSection, StateLimits};
+use shoal_core::{Level, ModeRules, Node, NodeParams, Refused, Rule, StateLimits};
 use shoal_wire::{Code, DatagramWriter, MacKey, MacKeys, Record, ReplayVerdict, RECORD_LEN};
 
 const CLUSTER: u32 = 5;
@@ -53,19 +55,19 @@ struct Sim {
     captured: Vec<Vec<u8>>,
 }
 
-fn rule() -> RuleSection {
-    RuleSection {
-        min_hold_ms: 1_000,
-        claim_ttl_ms: 3_000,
+fn rule() -> Rule {
+    Rule {
+        min_hold: ms(1_000),
+        claim_ttl: ms(3_000),
         levels: vec![
-            LevelSection {
+            Level {
                 level: 1,
                 total_up: 10_000,
                 total_down: 8_000,
                 local_up: Some(5_000),
                 local_down: Some(4_000),
             },
-            LevelSection {
+            Level {
                 level: 2,
                 total_up: 50_000,
                 total_down: 40_000,
@@ -93,9 +95,9 @@ fn params(id: u32) -> NodeParams {
             default_ttl: ms(10_000),
         },
         max_peers: 16,
-        modes: ModesSection {
+        modes: ModeRules {
             default: Some(rule()),
-            resource: vec![],
+            resources: vec![],
         },
         store: None,
         relay_capacity: 64,

@@ -6,24 +6,32 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::config::{LevelSection, ModesSection, RuleSection};
-
-/// A rule, as validated by the config.
-#[derive(Debug, Clone)]
-pub(crate) struct Rule {
-    pub min_hold: Duration,
-    pub claim_ttl: Duration,
-    pub levels: Vec<LevelSection>,
+/// One level of a rule: where it switches on and where it may switch off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Level {
+    pub level: u8,
+    /// Cluster total (requests/s) at which this level switches on.
+    pub total_up: u64,
+    /// Cluster total below which it may switch off again.
+    pub total_down: u64,
+    /// This node's own rate at which it switches on; `None`: never alone.
+    pub local_up: Option<u64>,
+    pub local_down: Option<u64>,
 }
 
-impl From<&RuleSection> for Rule {
-    fn from(r: &RuleSection) -> Rule {
-        Rule {
-            min_hold: Duration::from_millis(r.min_hold_ms),
-            claim_ttl: Duration::from_millis(r.claim_ttl_ms),
-            levels: r.levels.clone(),
-        }
-    }
+/// A rule: its levels, the minimum hold and the claim TTL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub min_hold: Duration,
+    pub claim_ttl: Duration,
+    pub levels: Vec<Level>,
+}
+
+/// Every rule of a node: one for all resources, and overrides by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModeRules {
+    pub default: Option<Rule>,
+    pub resources: Vec<(u64, Rule)>,
 }
 
 impl Rule {
@@ -79,14 +87,10 @@ pub struct ModeController {
 }
 
 impl ModeController {
-    pub fn new(cfg: &ModesSection) -> ModeController {
+    pub fn new(rules: &ModeRules) -> ModeController {
         ModeController {
-            default: cfg.default.as_ref().map(Rule::from),
-            rules: cfg
-                .resource
-                .iter()
-                .map(|r| (r.id, Rule::from(&r.rule)))
-                .collect(),
+            default: rules.default.clone(),
+            rules: rules.resources.iter().cloned().collect(),
             active: HashMap::new(),
         }
     }
@@ -173,23 +177,23 @@ impl ModeController {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a test needs a base instant
 mod tests {
     use super::*;
-    use crate::config::ResourceRuleSection;
 
     fn controller() -> ModeController {
-        let rule = RuleSection {
-            min_hold_ms: 1_000,
-            claim_ttl_ms: 3_000,
+        let rule = Rule {
+            min_hold: ms(1_000),
+            claim_ttl: ms(3_000),
             levels: vec![
-                LevelSection {
+                Level {
                     level: 1,
                     total_up: 1_000,
                     total_down: 800,
                     local_up: Some(400),
                     local_down: Some(300),
                 },
-                LevelSection {
+                Level {
                     level: 2,
                     total_up: 5_000,
                     total_down: 4_000,
@@ -198,9 +202,9 @@ mod tests {
                 },
             ],
         };
-        ModeController::new(&ModesSection {
+        ModeController::new(&ModeRules {
             default: None,
-            resource: vec![ResourceRuleSection { id: 7, rule }],
+            resources: vec![(7, rule)],
         })
     }
 

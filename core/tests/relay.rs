@@ -2,10 +2,12 @@
 //! cluster's mode records enter every node's relay ring whoever made them,
 //! relayed modes do not, and a relayed message multicast twice (two
 //! forwarders for a moment) is applied once on every node.
+// A test needs a base instant; the code under test never reads the clock.
+#![allow(clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 
-use shoal_node::{ModesSection, Node, NodeParams, StateLimits};
+use shoal_core::{ModeRules, Node, NodeParams, StateLimits};
 use shoal_wire::{Code, Op, Record};
 
 const WALL: u64 = 1_767_225_600_000_000;
@@ -24,7 +26,7 @@ fn node(id: u32) -> Node {
             default_ttl: Duration::from_secs(10),
         },
         max_peers: 16,
-        modes: ModesSection::default(),
+        modes: ModeRules::default(),
         store: None,
         relay_capacity: 16,
     };
@@ -107,7 +109,7 @@ fn a_filter_cannot_send_a_relayed_mode() {
     let mut r = remote(1, 2, u64::MAX);
     r.op = Op::SEND;
     a.handle_local(now, &r.to_bytes(), &mut reply);
-    let unknown = shoal_node::LocalError::UnknownCode as usize - 1;
+    let unknown = shoal_core::LocalError::UnknownCode as usize - 1;
     assert_eq!(a.counters().local_rejected[unknown], 1, "refused, counted");
     assert_eq!(a.mode(now, 1).level, 0);
     // The forwarder's path still takes sequence 1 of that cluster.

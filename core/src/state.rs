@@ -314,6 +314,7 @@ impl ClusterState {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a test needs a base instant
 mod tests {
     use super::*;
 

@@ -2,11 +2,13 @@
 //! turns save records into stored rows, batches them, keeps them until
 //! acknowledged, tells the filter when the backlog is full, and a new node
 //! replaying those rows answers the filter as the first one did.
+// A test needs a base instant; the code under test never reads the clock.
+#![allow(clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 
-use shoal_node::{
-    from_row, BacklogLimits, LocalError, ModesSection, Node, NodeParams, Row, StateLimits,
+use shoal_core::{
+    from_row, BacklogLimits, LocalError, ModeRules, Node, NodeParams, Row, StateLimits,
 };
 use shoal_wire::{Code, Op, Record, RECORD_LEN};
 
@@ -26,9 +28,9 @@ fn params(id: u32, capacity: usize) -> NodeParams {
             default_ttl: Duration::from_secs(10),
         },
         max_peers: 16,
-        modes: ModesSection::default(),
+        modes: ModeRules::default(),
         store: Some(BacklogLimits { capacity, batch: 3 }),
-        relay_capacity: shoal_node::DEFAULT_RELAY_CAPACITY,
+        relay_capacity: shoal_core::DEFAULT_RELAY_CAPACITY,
     }
 }
 

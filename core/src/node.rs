@@ -15,8 +15,7 @@ use shoal_wire::{
     ReplayWindow, RECORD_LEN,
 };
 
-use crate::config::{Config, ModesSection};
-use crate::controller::{Decision, ModeController};
+use crate::controller::{Decision, ModeController, ModeRules};
 use crate::relay::{Relay, RelayMsg};
 use crate::state::{Applied, ClusterState, LoadView, MarkView, ModeView, StateLimits};
 use crate::store::{self, Backlog, BacklogLimits, BatchId, Offer, Row};
@@ -30,7 +29,7 @@ pub const DEFAULT_RELAY_CAPACITY: usize = 4096;
 /// How often stale state is purged.
 const PURGE_EVERY: Duration = Duration::from_millis(250);
 
-/// Everything a node needs to start, taken from the config.
+/// Everything a node needs to start (the binary builds it from its config).
 #[derive(Debug, Clone)]
 pub struct NodeParams {
     pub id: u32,
@@ -40,39 +39,11 @@ pub struct NodeParams {
     pub keys: Option<MacKeys>,
     pub limits: StateLimits,
     pub max_peers: usize,
-    pub modes: ModesSection,
+    pub modes: ModeRules,
     /// The save backlog, when a Tarantool store is configured.
     pub store: Option<BacklogLimits>,
     /// Mode records kept for the cross-cluster forwarder (see `relay`).
     pub relay_capacity: usize,
-}
-
-impl NodeParams {
-    pub fn from_config(cfg: &Config) -> NodeParams {
-        NodeParams {
-            id: cfg.node.id,
-            cluster: cfg.node.cluster,
-            max_datagram: cfg.multicast.max_datagram,
-            flush: cfg.flush_interval(),
-            keys: cfg.mac_keys(),
-            limits: StateLimits {
-                load_stale: Duration::from_millis(cfg.state.load_stale_ms),
-                max_resources: cfg.state.max_resources,
-                session_capacity: cfg.state.session_capacity,
-                default_ttl: Duration::from_millis(cfg.state.default_ttl_ms),
-            },
-            max_peers: cfg.state.max_peers,
-            modes: cfg.modes.clone(),
-            store: cfg.store.as_ref().map(|s| BacklogLimits {
-                capacity: s.backlog,
-                batch: s.batch,
-            }),
-            relay_capacity: cfg
-                .verdicts
-                .as_ref()
-                .map_or(DEFAULT_RELAY_CAPACITY, |v| v.relay_capacity),
-        }
-    }
 }
 
 /// Error codes of the local API (`f0` of a [`Code::REPLY_ERROR`] record).

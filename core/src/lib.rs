@@ -1,0 +1,31 @@
+//! Shoal's sans-IO core: every decision the sidecar makes, as plain code
+//! fed `now`. No sockets, no threads, no clock, no config parsing; the
+//! `shoal-node` binary drives it and the simulator runs it on a virtual
+//! clock.
+//!
+//! # Layout
+//! - `node`: the state machine joining the rest: local records in,
+//!   datagrams out, datagrams in, timers; per-peer accounting.
+//! - `state`: load gauges, mode claims, session marks.
+//! - `controller`: thresholds, hysteresis and hold for modes.
+//! - `relay`: what crosses clusters: the outbound ring of mode records and
+//!   the apply-once rule for relayed ones.
+//! - `store`: the bounded save backlog and its batches.
+//! - `token`: signed session tokens (verdict cookies).
+
+mod controller;
+mod node;
+mod relay;
+mod state;
+mod store;
+mod token;
+
+pub use controller::{Decision, Level, ModeController, ModeRules, Rule};
+pub use node::{
+    Counters, LocalError, Node, NodeParams, PeerStats, Refused, DEFAULT_RELAY_CAPACITY,
+    MAX_LOCAL_RECORDS,
+};
+pub use relay::{Relay, RelayCounters, RelayMsg};
+pub use state::{LoadView, MarkView, ModeView, StateLimits};
+pub use store::{from_row, to_row, Backlog, BacklogCounters, BacklogLimits, BatchId, Offer, Row};
+pub use token::{Claims, KeyError, TokenError, TokenKeys, Verdict, TOKEN_BYTES, TOKEN_CHARS};
