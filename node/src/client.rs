@@ -14,14 +14,16 @@ use shoal_wire::{Code, Record, RECORD_LEN};
 
 use shoal_core::MAX_LOCAL_RECORDS;
 
+/// I/O causes are sources, not part of the message: `{:#}` prints each
+/// once.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("local socket {path}: {source}")]
+    #[error("local socket {path}")]
     Connect {
         path: String,
         source: std::io::Error,
     },
-    #[error("local socket I/O: {0}")]
+    #[error("local socket I/O")]
     Io(#[from] std::io::Error),
     #[error("no reply within {0:?}")]
     Timeout(Duration),

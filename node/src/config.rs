@@ -2,6 +2,7 @@
 //! names the offending key, so an operator can fix the file without
 //! reading code.
 
+use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +16,9 @@ use shoal_wire::{MacKey, MacKeys, HEADER_LEN, MAX_DATAGRAM};
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    /// The I/O error is the source, not part of the message: `{:#}` prints
+    /// the chain once.
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -25,6 +28,51 @@ pub enum ConfigError {
     #[error("invalid `{key}`: {message}")]
     Invalid { key: String, message: String },
 }
+
+/// A secret from the config or from a file it names: cluster keys,
+/// passwords, API tokens, token keys. It has no `Display`, and its `Debug`
+/// prints `<redacted N bytes>`, so printing a config (`shoal check`, a
+/// `?cfg` in a log line) cannot show one; code that needs the bytes asks
+/// for them by name with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<redacted {} bytes>", self.0.len())
+    }
+}
+
+/// Largest `state.session_capacity`: a mark takes about 120 bytes (table
+/// entry and eviction queue, measured at 4 M marks), so ~6 GB at the limit.
+pub const MAX_SESSION_CAPACITY: usize = 50_000_000;
+/// Largest `state.max_resources`: a resource takes about 1 KB with 16 nodes
+/// reporting (a load gauge and a mode claim per node, measured), so ~5 GB
+/// at the limit.
+pub const MAX_RESOURCES: usize = 5_000_000;
+/// Largest `state.max_peers`: every peer adds a gauge and a claim to each
+/// resource; a cluster is ~16 nodes.
+pub const MAX_PEERS: usize = 4096;
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -65,7 +113,7 @@ pub struct VerdictsSection {
     #[serde(default = "default_store_user")]
     pub user: String,
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     #[serde(default)]
     pub password_file: Option<PathBuf>,
     /// This node's key prefix in the verdict store and its name as
@@ -77,7 +125,7 @@ pub struct VerdictsSection {
     /// Bearer tokens the HTTP API accepts (any one of them), or a file
     /// holding one per line.
     #[serde(default)]
-    pub api_tokens: Vec<String>,
+    pub api_tokens: Vec<Secret>,
     #[serde(default)]
     pub api_tokens_file: Option<PathBuf>,
     /// Largest request body the API reads, in bytes.
@@ -89,11 +137,11 @@ pub struct VerdictsSection {
     /// The session-token key tokens are minted with, and the previous one
     /// still accepted during a rotation (at least 16 bytes each).
     pub token_key_id: u8,
-    pub token_secret: String,
+    pub token_secret: Secret,
     #[serde(default)]
     pub previous_token_key_id: Option<u8>,
     #[serde(default)]
-    pub previous_token_secret: Option<String>,
+    pub previous_token_secret: Option<Secret>,
     /// Take part in the election of this cluster's queue forwarder.
     #[serde(default = "default_true")]
     pub forwarder: bool,
@@ -119,7 +167,7 @@ pub struct StoreSection {
     pub user: String,
     /// The password, or `password_file` naming a file that holds it.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     #[serde(default)]
     pub password_file: Option<PathBuf>,
     /// This node's key prefix in the log; default `c<cluster>-n<id>`.
@@ -186,18 +234,98 @@ pub struct MulticastSection {
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     pub key_id: u8,
-    pub secret: String,
+    pub secret: Secret,
     #[serde(default)]
     pub previous_key_id: Option<u8>,
     #[serde(default)]
-    pub previous_secret: Option<String>,
+    pub previous_secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalSection {
     pub socket: PathBuf,
+    /// Create the socket's missing directories (mode 0755). Off by
+    /// default: a typo in `socket` must not make directories anywhere.
+    #[serde(default)]
+    pub create_dir: bool,
+    /// Permissions of the socket file, as an octal string (`"0660"`);
+    /// absent leaves the process umask's. Connecting needs write access.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Group of the socket file: a name or a gid. A filter running as
+    /// another user in that group can then connect (with `mode` 0660).
+    #[serde(default)]
+    pub group: Option<GroupSpec>,
 }
+
+/// A group as the config names it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum GroupSpec {
+    Id(u32),
+    Name(String),
+}
+
+impl LocalSection {
+    /// The socket's permission bits, from the validated `mode`.
+    pub fn mode_bits(&self) -> Option<u32> {
+        self.mode.as_deref().and_then(parse_mode)
+    }
+
+    /// What can be judged from the text alone; the file system is looked
+    /// at by [`Config::preflight`](crate::Config::preflight).
+    fn validate(&self) -> Result<(), ConfigError> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = self.socket.as_os_str().as_bytes();
+        if path.is_empty() || path.ends_with(b"/") {
+            return Err(invalid("local.socket", "must be the path of a file"));
+        }
+        if path.contains(&0) {
+            return Err(invalid("local.socket", "must not contain a NUL byte"));
+        }
+        if path.len() > MAX_SOCKET_PATH {
+            return Err(invalid(
+                "local.socket",
+                format!(
+                    "{} bytes is longer than a Unix socket path can be ({MAX_SOCKET_PATH})",
+                    path.len()
+                ),
+            ));
+        }
+        if let Some(m) = &self.mode {
+            if parse_mode(m).is_none() {
+                return Err(invalid(
+                    "local.mode",
+                    format!("`{m}` is not octal permission bits up to 0777, e.g. \"0660\""),
+                ));
+            }
+        }
+        if let Some(GroupSpec::Name(n)) = &self.group {
+            if n.is_empty() || n.len() > 64 || n.bytes().any(|b| b == b':' || b.is_ascii_control())
+            {
+                return Err(invalid(
+                    "local.group",
+                    "must be a group name or a numeric gid",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Octal permission bits: `"0660"`, `"660"` or `"0o660"`, at most 0777.
+fn parse_mode(s: &str) -> Option<u32> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 4 {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o777)
+}
+
+/// The longest socket path `bind` takes: `sun_path` is 108 bytes with
+/// its terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -373,7 +501,7 @@ fn default_claim_ttl_ms() -> u64 {
 /// Checks a `password` / `password_file` pair of section `sec`.
 fn validate_password(
     sec: &str,
-    password: &Option<String>,
+    password: &Option<Secret>,
     file: &Option<PathBuf>,
 ) -> Result<(), ConfigError> {
     match (password, file) {
@@ -393,19 +521,21 @@ fn validate_password(
 /// The password of section `sec`, read from its file when given that way.
 fn read_password(
     sec: &str,
-    password: &Option<String>,
+    password: &Option<Secret>,
     file: &Option<PathBuf>,
-) -> Result<String, ConfigError> {
+) -> Result<Secret, ConfigError> {
     match (password, file) {
         (Some(p), _) => Ok(p.clone()),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-            .map_err(|e| {
-                invalid(
-                    &format!("{sec}.password_file"),
-                    format!("{}: {e}", f.display()),
-                )
-            }),
+        (None, Some(f)) => {
+            let key = format!("{sec}.password_file");
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| invalid(&key, format!("cannot read {}: {e}", f.display())))?;
+            let p = text.trim_end_matches(['\n', '\r']);
+            if p.is_empty() {
+                return Err(invalid(&key, format!("{} is empty", f.display())));
+            }
+            Ok(Secret::new(p))
+        }
         (None, None) => Err(invalid(&format!("{sec}.password"), "required")),
     }
 }
@@ -498,8 +628,9 @@ impl VerdictsSection {
         self.token_keys().map(|_| ())
     }
 
+    /// The password, read from `password_file` when given that way.
     pub fn password(&self) -> Result<String, ConfigError> {
-        read_password("verdicts", &self.password, &self.password_file)
+        read_password("verdicts", &self.password, &self.password_file).map(|p| p.0)
     }
 
     pub fn node_name(&self, cluster: u32, id: u32) -> String {
@@ -508,10 +639,13 @@ impl VerdictsSection {
 
     /// The accepted API bearer tokens: the inline ones and the file's.
     pub fn api_tokens(&self) -> Result<Vec<String>, ConfigError> {
-        let mut all = self.api_tokens.clone();
+        let mut all: Vec<String> = self.api_tokens.iter().map(|t| t.0.clone()).collect();
         if let Some(f) = &self.api_tokens_file {
             let text = std::fs::read_to_string(f).map_err(|e| {
-                invalid("verdicts.api_tokens_file", format!("{}: {e}", f.display()))
+                invalid(
+                    "verdicts.api_tokens_file",
+                    format!("cannot read {}: {e}", f.display()),
+                )
             })?;
             for t in text.lines().map(str::trim).filter(|t| !t.is_empty()) {
                 if t.len() < 16 {
@@ -532,7 +666,7 @@ impl VerdictsSection {
     /// The session-token keys.
     pub fn token_keys(&self) -> Result<shoal_core::TokenKeys, ConfigError> {
         let previous = match (self.previous_token_key_id, &self.previous_token_secret) {
-            (Some(id), Some(s)) => Some((id, s.as_bytes())),
+            (Some(id), Some(s)) => Some((id, s.expose().as_bytes())),
             (None, None) => None,
             (Some(_), None) => {
                 return Err(invalid(
@@ -547,8 +681,11 @@ impl VerdictsSection {
                 ))
             }
         };
-        shoal_core::TokenKeys::new((self.token_key_id, self.token_secret.as_bytes()), previous)
-            .map_err(|e| invalid("verdicts.token_secret", e.to_string()))
+        shoal_core::TokenKeys::new(
+            (self.token_key_id, self.token_secret.expose().as_bytes()),
+            previous,
+        )
+        .map_err(|e| invalid("verdicts.token_secret", e.to_string()))
     }
 }
 
@@ -588,7 +725,7 @@ impl StoreSection {
 
     /// The password, read from `password_file` when given that way.
     pub fn password(&self) -> Result<String, ConfigError> {
-        read_password("store", &self.password, &self.password_file)
+        read_password("store", &self.password, &self.password_file).map(|p| p.0)
     }
 
     /// This node's key prefix in the log.
@@ -696,9 +833,7 @@ impl Config {
         if let Some(v) = &self.verdicts {
             v.validate(self.node.cluster)?;
         }
-        if self.local.socket.as_os_str().is_empty() {
-            return Err(invalid("local.socket", "must be a path"));
-        }
+        self.local.validate()?;
         if !self.http.listen.is_empty() && self.http.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 "http.listen",
@@ -709,13 +844,29 @@ impl Config {
         if s.load_stale_ms == 0 {
             return Err(invalid("state.load_stale_ms", "must be non-zero"));
         }
-        for (key, v) in [
-            ("state.max_resources", s.max_resources),
-            ("state.max_peers", s.max_peers),
-            ("state.session_capacity", s.session_capacity),
+        // Bounded by the memory an entry takes (see the constants).
+        for (key, v, max, per_entry) in [
+            (
+                "state.max_resources",
+                s.max_resources,
+                MAX_RESOURCES,
+                "about 1 KB per resource with 16 nodes reporting",
+            ),
+            (
+                "state.max_peers",
+                s.max_peers,
+                MAX_PEERS,
+                "each peer adds a gauge and a claim to every resource",
+            ),
+            (
+                "state.session_capacity",
+                s.session_capacity,
+                MAX_SESSION_CAPACITY,
+                "about 120 bytes per mark",
+            ),
         ] {
-            if v == 0 {
-                return Err(invalid(key, "must be non-zero"));
+            if v == 0 || v > max {
+                return Err(invalid(key, format!("must be in 1..={max} ({per_entry})")));
             }
         }
         if s.default_ttl_ms == 0 || s.default_ttl_ms > u32::MAX as u64 {
@@ -739,11 +890,11 @@ impl Config {
     /// The MAC keys, when the cluster authenticates its datagrams.
     pub fn mac_keys(&self) -> Option<MacKeys> {
         self.auth.as_ref().map(|a| MacKeys {
-            current: MacKey::derive(a.key_id, a.secret.as_bytes()),
+            current: MacKey::derive(a.key_id, a.secret.expose().as_bytes()),
             previous: a
                 .previous_key_id
                 .zip(a.previous_secret.as_ref())
-                .map(|(id, s)| MacKey::derive(id, s.as_bytes())),
+                .map(|(id, s)| MacKey::derive(id, s.expose().as_bytes())),
         })
     }
 
@@ -990,6 +1141,138 @@ socket = "/tmp/shoal.sock"
         assert_eq!(keys.previous.as_ref().map(|k| k.id), Some(1));
         assert_eq!(c.modes.resource[0].id, 9);
         assert_eq!(c.modes.default.as_ref().map(|r| r.min_hold_ms), Some(100));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let text = format!(
+            "{MINIMAL}[auth]\nkey_id = 2\nsecret = \"cluster-secret-0123\"\nprevious_key_id = 1\nprevious_secret = \"previous-secret-0123\"\n\
+             [store]\nmasters = [\"127.0.0.1:3301\"]\npassword = \"store-password\"\n\
+             [verdicts]\nstore = \"127.0.0.1:3302\"\npassword = \"verdict-password\"\napi_tokens = [\"api-token-0123456789\"]\n\
+             token_key_id = 2\ntoken_secret = \"token-secret-0123\"\nprevious_token_key_id = 1\nprevious_token_secret = \"old-token-secret-0123\"\n"
+        );
+        let c = Config::parse(&text).expect("valid");
+        let shown = format!("{c:?} {c:#?}");
+        for s in [
+            "cluster-secret-0123",
+            "previous-secret-0123",
+            "store-password",
+            "verdict-password",
+            "api-token-0123456789",
+            "token-secret-0123",
+            "old-token-secret-0123",
+        ] {
+            assert!(!shown.contains(s), "{s} shown");
+        }
+        assert!(shown.contains("<redacted 19 bytes>"), "{shown}");
+        // The bytes are still there for the code that uses them.
+        assert_eq!(
+            c.store.as_ref().expect("store").password().expect("pw"),
+            "store-password"
+        );
+        assert!(c.mac_keys().is_some());
+    }
+
+    #[test]
+    fn state_tables_are_bounded() {
+        for (key, max) in [
+            ("session_capacity", MAX_SESSION_CAPACITY),
+            ("max_resources", MAX_RESOURCES),
+            ("max_peers", MAX_PEERS),
+        ] {
+            let at = format!("{MINIMAL}[state]\n{key} = {max}\n");
+            Config::parse(&at).expect("the limit itself is fine");
+            for bad in [max as u64 + 1, 1_000_000_000_000_000, 0] {
+                let e = err(&format!("{MINIMAL}[state]\n{key} = {bad}\n"));
+                assert!(e.contains(&format!("state.{key}")), "{e}");
+                assert!(
+                    e.contains(&max.to_string()),
+                    "the error says the limit: {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn local_section_is_checked() {
+        let with = |extra: &str| MINIMAL.replace("socket = \"/tmp/shoal.sock\"\n", extra);
+        let c = Config::parse(&with(
+            "socket = \"/tmp/shoal.sock\"\nmode = \"0660\"\ngroup = \"shoal\"\ncreate_dir = true\n",
+        ))
+        .expect("valid");
+        assert_eq!(c.local.mode_bits(), Some(0o660));
+        assert_eq!(c.local.group, Some(GroupSpec::Name("shoal".into())));
+        assert!(c.local.create_dir);
+        let c = Config::parse(&with("socket = \"/tmp/shoal.sock\"\ngroup = 65534\n")).expect("gid");
+        assert_eq!(c.local.group, Some(GroupSpec::Id(65534)));
+        assert!(!c.local.create_dir, "off by default");
+        for m in ["660", "0o660", "0600", "0"] {
+            let c = Config::parse(&with(&format!("socket = \"/s\"\nmode = \"{m}\"\n"))).expect(m);
+            assert!(c.local.mode_bits().is_some(), "{m}");
+        }
+        for (local, key) in [
+            ("socket = \"/s\"\nmode = \"0999\"\n", "local.mode"),
+            ("socket = \"/s\"\nmode = \"4755\"\n", "local.mode"),
+            ("socket = \"/s\"\nmode = \"\"\n", "local.mode"),
+            ("socket = \"/s\"\nmode = 660\n", "mode"),
+            ("socket = \"/s\"\ngroup = \"\"\n", "local.group"),
+            ("socket = \"/s\"\ngroup = \"a:b\"\n", "local.group"),
+            ("socket = \"\"\n", "local.socket"),
+            ("socket = \"/run/shoal/\"\n", "local.socket"),
+            ("socket = \"/tmp/a\\u0000b\"\n", "local.socket"),
+        ] {
+            let e = err(&with(local));
+            assert!(e.contains(key), "{local}: {e}");
+        }
+        let long = format!("socket = \"/{}\"\n", "a".repeat(MAX_SOCKET_PATH));
+        assert!(err(&with(&long)).contains("local.socket"));
+        let longest = format!("socket = \"/{}\"\n", "a".repeat(MAX_SOCKET_PATH - 1));
+        Config::parse(&with(&longest)).expect("107 bytes fit");
+    }
+
+    #[test]
+    fn a_password_file_is_read_and_must_hold_one() {
+        let dir = std::env::temp_dir().join(format!("shoal-config-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let pw = dir.join("pw");
+        let store = |f: &Path| {
+            format!(
+                "{MINIMAL}[store]\nmasters = [\"127.0.0.1:3301\"]\npassword_file = \"{}\"\n",
+                f.display()
+            )
+        };
+        std::fs::write(&pw, "from-file\n").expect("write");
+        let c = Config::parse(&store(&pw)).expect("valid");
+        assert_eq!(
+            c.store.as_ref().expect("store").password().expect("read"),
+            "from-file"
+        );
+        std::fs::write(&pw, "\n").expect("write");
+        let c = Config::parse(&store(&pw)).expect("the text is valid");
+        let e = c
+            .store
+            .as_ref()
+            .expect("store")
+            .password()
+            .expect_err("empty")
+            .to_string();
+        assert!(
+            e.contains("store.password_file") && e.contains("empty"),
+            "{e}"
+        );
+        let c = Config::parse(&store(&dir.join("missing"))).expect("the text is valid");
+        let e = c
+            .store
+            .as_ref()
+            .expect("store")
+            .password()
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            e.contains("store.password_file") && e.contains("No such file"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -20,6 +20,9 @@
 //! - `verdicts`: the post-markup API (verdicts, session tokens) on the
 //!   cluster's verdict store.
 //! - `forwarder`: lease election and the queue <-> multicast forwarder.
+//! - `preflight`: what `run` and `check` both check outside the config
+//!   text (secret files, the socket's path and group), and binding the
+//!   local socket with its mode and group.
 //! - `server`: threads, sockets, HTTP and signals around the node.
 //! - `client`: the local API client used by the CLI, tests and harness.
 //! - `testkit`: starting real `shoal` processes for tests and benches.
@@ -29,6 +32,7 @@ mod config;
 mod forwarder;
 mod http;
 mod metrics;
+mod preflight;
 mod server;
 mod storage;
 pub mod testkit;
@@ -37,8 +41,10 @@ mod verdicts;
 
 pub use client::{http_get, http_request, ClientError, LocalClient};
 pub use config::{
-    Config, ConfigError, LevelSection, ModesSection, ResourceRuleSection, RuleSection, StoreSection,
+    Config, ConfigError, GroupSpec, LevelSection, LocalSection, ModesSection, ResourceRuleSection,
+    RuleSection, Secret, StoreSection, MAX_PEERS, MAX_RESOURCES, MAX_SESSION_CAPACITY,
 };
 pub use metrics::{render as render_metrics, status as render_status, IoStats};
+pub use preflight::{probe, BindError, Preflight, Probe, SocketPath};
 pub use server::{run, wall_us, ServerError};
 pub use transport::{open as open_multicast, Multicast, RcvBuf, TransportError};

@@ -1,12 +1,13 @@
 //! The `shoal` command: run the sidecar, inspect it, and poke it.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use shoal_node::{http_get, Config, LocalClient};
+use shoal_node::{http_get, probe, Config, LocalClient, Preflight, Probe, SocketPath};
 use shoal_wire::{Code, Op, Record};
 
 #[derive(Parser)]
@@ -27,7 +28,9 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Validate a config file and print what it resolves to.
+    /// Validate a config file as `run` does (secret files read, socket
+    /// path and group checked) and print what it resolves to, secrets
+    /// redacted.
     Check {
         #[arg(short, long)]
         config: PathBuf,
@@ -112,6 +115,8 @@ fn main() -> ExitCode {
     match real_main(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // `{:#}` prints the cause chain, each error once: library
+            // errors keep their I/O cause as a source, not in the message.
             eprintln!("shoal: {e:#}");
             ExitCode::FAILURE
         }
@@ -126,7 +131,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Check { config } => {
             let cfg = Config::load(&config)?;
-            println!("{cfg:#?}");
+            let pre = cfg.preflight()?;
+            check_report(&cfg, &pre).context("writing the report")?;
         }
         Cmd::Status { config, metrics } => {
             let cfg = Config::load(&config)?;
@@ -194,6 +200,37 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 QueryWhat::Session => println!("session={k} mark={a} remaining_ms={b} origin={c}"),
             }
         }
+    }
+    Ok(())
+}
+
+/// What `shoal check` prints once the config passed the same checks as
+/// `run`: the resolved config and preflight (secrets redacted by their
+/// `Debug`), what will happen to the socket path, and warnings on stderr.
+fn check_report(cfg: &Config, pre: &Preflight) -> anyhow::Result<()> {
+    let path = &cfg.local.socket;
+    let socket = match &pre.socket {
+        SocketPath::Free => "free".to_string(),
+        SocketPath::CreateDir(d) => format!("directory {} will be created", d.display()),
+        SocketPath::Socket => match probe(path) {
+            Probe::Stale => "a stale socket, replaced at start".to_string(),
+            Probe::Live => "served by a running sidecar: `run` refuses until it stops".to_string(),
+            Probe::Unknown(e) => {
+                bail!("local.socket: a socket exists at {} and cannot be probed ({e}): `run` would refuse", path.display())
+            }
+        },
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{cfg:#?}")?;
+    writeln!(out, "{pre:#?}")?;
+    writeln!(out, "local.socket {}: {socket}", path.display())?;
+    writeln!(out, "config ok")?;
+    out.flush()?;
+    if cfg.auth.is_none() {
+        eprintln!(
+            "shoal: warning: no [auth]: datagrams are not signed, so every host that can reach {}:{} is trusted to change this cluster's state",
+            cfg.multicast.group, cfg.multicast.port
+        );
     }
     Ok(())
 }

@@ -26,6 +26,8 @@ pub struct IoStats {
     pub http_refused: AtomicU64,
     /// Microseconds the start-up took before the node answered its filter.
     pub startup_us: AtomicU64,
+    /// 1 with `[auth]` (signed datagrams), 0 without: alert on 0.
+    pub auth_enabled: AtomicU64,
     /// The Tarantool side, when a store is configured.
     pub store: StoreIo,
     /// The post-markup API and the forwarder, with `[verdicts]`.
@@ -304,6 +306,13 @@ pub fn render(node: &Node, io: &IoStats, now: Instant) -> String {
         "gauge",
         "Time from start to answering the filter.",
         g(&io.startup_us),
+    );
+    metric(
+        &mut o,
+        "auth_enabled",
+        "gauge",
+        "1 when datagrams are signed ([auth]); 0 trusts every host on the segment.",
+        g(&io.auth_enabled),
     );
     let mut peers: Vec<_> = node.peers().collect();
     peers.sort_by_key(|(id, _)| *id);

@@ -15,7 +15,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -27,29 +27,27 @@ use crate::config::Config;
 use crate::forwarder::Forwarder;
 use crate::http::{self, Request, Response};
 use crate::metrics::{self, IoStats};
+use crate::preflight::{bind_local, BindError};
 use crate::storage::Storage;
 use crate::transport::{self, TransportError};
 use crate::verdicts::Api;
 use shoal_core::Node;
 
+/// Why the node could not start or stopped. I/O causes are sources, not
+/// part of the message: `{:#}` prints each once.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("local socket {path}: {source}")]
-    Local {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("another sidecar is already serving {0}")]
-    AlreadyRunning(PathBuf),
-    #[error("http listener {addr}: {source}")]
+    #[error(transparent)]
+    Local(#[from] BindError),
+    #[error("http listener {addr}")]
     Http {
         addr: String,
         source: std::io::Error,
     },
-    #[error("runtime: {0}")]
-    Runtime(std::io::Error),
+    #[error("runtime")]
+    Runtime(#[source] std::io::Error),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 }
@@ -119,32 +117,25 @@ impl Shared {
     }
 }
 
-/// Binds the filter's socket, refusing to steal it from a live sidecar.
-fn bind_local(path: &Path) -> Result<UnixDatagram, ServerError> {
-    let local_err = |source| ServerError::Local {
-        path: path.to_path_buf(),
-        source,
-    };
-    if path.exists() {
-        let probe = UnixDatagram::unbound().map_err(local_err)?;
-        if probe.connect(path).is_ok() {
-            return Err(ServerError::AlreadyRunning(path.to_path_buf()));
-        }
-        std::fs::remove_file(path).map_err(local_err)?;
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(local_err)?;
-    }
-    UnixDatagram::bind(path).map_err(local_err)
-}
-
 /// Runs the sidecar until SIGINT or SIGTERM.
 pub fn run(cfg: Config) -> Result<(), ServerError> {
     let started = Instant::now();
     let span = tracing::info_span!("node", id = cfg.node.id, cluster = cfg.node.cluster);
     let _enter = span.enter();
+    // The same checks as `shoal check`, before anything is opened.
+    let pre = cfg.preflight()?;
+    if cfg.auth.is_none() {
+        warn!(
+            group = %cfg.multicast.group,
+            port = cfg.multicast.port,
+            "no [auth]: datagrams are not signed, so every host that can reach the multicast group is trusted to change this cluster's state"
+        );
+    }
     let mc = transport::open(&cfg.multicast)?;
     let io = IoStats::default();
+    // 0 without [auth]: alert on it (shoal_auth_enabled).
+    io.auth_enabled
+        .store(u64::from(cfg.auth.is_some()), Ordering::Relaxed);
     io.rcvbuf_requested
         .store(mc.rcvbuf.requested as u64, Ordering::Relaxed);
     io.rcvbuf_effective
@@ -163,7 +154,13 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
             "receive buffer sized"
         );
     }
-    let local = bind_local(&cfg.local.socket)?;
+    let local = bind_local(&cfg.local, pre.socket_gid)?;
+    info!(
+        socket = %cfg.local.socket.display(),
+        mode = cfg.local.mode.as_deref().unwrap_or("umask"),
+        gid = pre.socket_gid,
+        "local socket bound"
+    );
     let node = Node::new(cfg.node_params(), Instant::now(), wall_us());
     let shared = Arc::new(Shared {
         node: Mutex::new(node),

@@ -12,7 +12,7 @@ use crate::config::MulticastSection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("{what} ({group}:{port} on {interface}): {source}")]
+    #[error("{what} ({group}:{port} on {interface})")]
     Setup {
         what: &'static str,
         group: Ipv4Addr,
