@@ -34,7 +34,10 @@ pub enum ConfigError {
 /// prints `<redacted N bytes>`, so printing a config (`shoal check`, a
 /// `?cfg` in a log line) cannot show one; code that needs the bytes asks
 /// for them by name with [`Secret::expose`].
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+///
+/// No `PartialEq` either: compare tokens in constant time where they are
+/// checked.
+#[derive(Clone, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -73,6 +76,28 @@ pub const MAX_RESOURCES: usize = 5_000_000;
 /// Largest `state.max_peers`: every peer adds a gauge and a claim to each
 /// resource; a cluster is ~16 nodes.
 pub const MAX_PEERS: usize = 4096;
+
+/// Largest config file read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Largest password or token file read (`/dev/zero` must not fill memory).
+const MAX_SECRET_FILE_BYTES: u64 = 64 << 10;
+
+/// Reads a UTF-8 file of at most `max` bytes; a longer one is an
+/// `InvalidData` error rather than a read without end.
+fn read_bounded(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("longer than {max} bytes"),
+        ));
+    }
+    Ok(text)
+}
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -528,7 +553,7 @@ fn read_password(
         (Some(p), _) => Ok(p.clone()),
         (None, Some(f)) => {
             let key = format!("{sec}.password_file");
-            let text = std::fs::read_to_string(f)
+            let text = read_bounded(f, MAX_SECRET_FILE_BYTES)
                 .map_err(|e| invalid(&key, format!("cannot read {}: {e}", f.display())))?;
             let p = text.trim_end_matches(['\n', '\r']);
             if p.is_empty() {
@@ -641,7 +666,7 @@ impl VerdictsSection {
     pub fn api_tokens(&self) -> Result<Vec<String>, ConfigError> {
         let mut all: Vec<String> = self.api_tokens.iter().map(|t| t.0.clone()).collect();
         if let Some(f) = &self.api_tokens_file {
-            let text = std::fs::read_to_string(f).map_err(|e| {
+            let text = read_bounded(f, MAX_SECRET_FILE_BYTES).map_err(|e| {
                 invalid(
                     "verdicts.api_tokens_file",
                     format!("cannot read {}: {e}", f.display()),
@@ -737,7 +762,7 @@ impl StoreSection {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = read_bounded(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
@@ -1018,6 +1043,7 @@ fn validate_rule(key: &str, r: &RuleSection) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::error::Error as _;
 
     pub(crate) const MINIMAL: &str = r#"
 [node]
@@ -1272,6 +1298,20 @@ socket = "/tmp/shoal.sock"
             e.contains("store.password_file") && e.contains("No such file"),
             "{e}"
         );
+        // A file without end is refused after a bounded read.
+        let c = Config::parse(&store(Path::new("/dev/zero"))).expect("the text is valid");
+        let e = c
+            .store
+            .as_ref()
+            .expect("store")
+            .password()
+            .expect_err("endless")
+            .to_string();
+        assert!(e.contains("longer than 65536 bytes"), "{e}");
+        assert!(Config::load(Path::new("/dev/zero"))
+            .expect_err("endless config")
+            .source()
+            .is_some_and(|e| e.to_string().contains("longer than")));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
