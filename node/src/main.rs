@@ -215,9 +215,10 @@ fn check_report(cfg: &Config, pre: &Preflight) -> anyhow::Result<()> {
         SocketPath::Socket => match probe(path) {
             Probe::Stale => "a stale socket, replaced at start".to_string(),
             Probe::Live => "served by a running sidecar: `run` refuses until it stops".to_string(),
-            Probe::Unknown(e) => {
-                bail!("local.socket: a socket exists at {} and cannot be probed ({e}): `run` would refuse", path.display())
-            }
+            Probe::Unknown(e) => bail!(
+                "local.socket: a socket exists at {} and cannot be probed ({e}): `run` would refuse",
+                path.display()
+            ),
         },
     };
     let mut out = std::io::stdout().lock();

@@ -300,6 +300,22 @@ pub(crate) fn bind_local(
     Ok(sock)
 }
 
+/// Identity (device, inode) of the file at `path`, not following links.
+pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Removes the socket this process bound at stop, and only that: if the
+/// path now holds another file (replaced while running), it stays.
+pub(crate) fn remove_if_same(path: &Path, bound: Option<(u64, u64)>) {
+    if bound.is_some() && file_id(path) == bound {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,5 +412,25 @@ mod tests {
             e.contains("local.group") && e.contains("no-such-group-shoal"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn stop_removes_only_the_socket_it_bound() {
+        let d = scratch("stop");
+        let sock = d.join("s.sock");
+        let bound = bind_local(&local(&sock, false), None).expect("bound");
+        let id = file_id(&sock);
+        assert!(id.is_some());
+        // Replaced while running: left alone.
+        std::fs::remove_file(&sock).expect("rm");
+        std::fs::write(&sock, b"someone else's").expect("write");
+        remove_if_same(&sock, id);
+        assert_eq!(std::fs::read(&sock).expect("kept"), b"someone else's");
+        drop(bound);
+        std::fs::remove_file(&sock).expect("rm");
+        let _bound = bind_local(&local(&sock, false), None).expect("bound");
+        remove_if_same(&sock, file_id(&sock));
+        assert!(!sock.exists(), "its own socket is removed");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

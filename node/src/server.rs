@@ -15,7 +15,6 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::UnixDatagram;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -27,7 +26,7 @@ use crate::config::Config;
 use crate::forwarder::Forwarder;
 use crate::http::{self, Request, Response};
 use crate::metrics::{self, IoStats};
-use crate::preflight::{bind_local, BindError};
+use crate::preflight::{bind_local, file_id, remove_if_same, BindError};
 use crate::storage::Storage;
 use crate::transport::{self, TransportError};
 use crate::verdicts::Api;
@@ -155,6 +154,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         );
     }
     let local = bind_local(&cfg.local, pre.socket_gid)?;
+    let local_id = file_id(&cfg.local.socket);
     info!(
         socket = %cfg.local.socket.display(),
         mode = cfg.local.mode.as_deref().unwrap_or("umask"),
@@ -246,7 +246,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         let _ = rt.block_on(saver);
     }
     let _ = rx.join();
-    let _ = std::fs::remove_file(&cfg.local.socket);
+    remove_if_same(&cfg.local.socket, local_id);
     info!("shoal node stopped");
     result
 }
