@@ -875,7 +875,7 @@ impl Config {
                 "state.max_resources",
                 s.max_resources,
                 MAX_RESOURCES,
-                "about 1 KB per resource with 16 nodes reporting",
+                "about 1 KB per resource with 16 nodes reporting, ~5 GB at the limit",
             ),
             (
                 "state.max_peers",
@@ -887,7 +887,7 @@ impl Config {
                 "state.session_capacity",
                 s.session_capacity,
                 MAX_SESSION_CAPACITY,
-                "about 120 bytes per mark",
+                "about 120 bytes per mark, ~6 GB at the limit",
             ),
         ] {
             if v == 0 || v > max {
