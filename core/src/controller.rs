@@ -3,7 +3,7 @@
 //! local rate and the cluster total; the cluster's effective mode is the
 //! highest live claim of any node (see `state`). Plain code fed `now`.
 
-use std::collections::HashMap;
+use crate::hash::{Map, SeededState};
 use std::time::{Duration, Instant};
 
 /// One level of a rule: where it switches on and where it may switch off.
@@ -79,19 +79,21 @@ struct Active {
 }
 
 /// Decides this node's mode claims.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ModeController {
     default: Option<Rule>,
-    rules: HashMap<u64, Rule>,
-    active: HashMap<u64, Active>,
+    rules: Map<u64, Rule>,
+    active: Map<u64, Active>,
 }
 
 impl ModeController {
-    pub fn new(rules: &ModeRules) -> ModeController {
+    pub fn new(rules: &ModeRules, hasher: SeededState) -> ModeController {
+        let mut by_id = Map::with_hasher(hasher);
+        by_id.extend(rules.resources.iter().cloned());
         ModeController {
             default: rules.default.clone(),
-            rules: rules.resources.iter().cloned().collect(),
-            active: HashMap::new(),
+            rules: by_id,
+            active: Map::with_hasher(hasher),
         }
     }
 
@@ -202,10 +204,13 @@ mod tests {
                 },
             ],
         };
-        ModeController::new(&ModeRules {
-            default: None,
-            resources: vec![(7, rule)],
-        })
+        ModeController::new(
+            &ModeRules {
+                default: None,
+                resources: vec![(7, rule)],
+            },
+            SeededState::new(1),
+        )
     }
 
     fn ms(n: u64) -> Duration {

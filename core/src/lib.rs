@@ -12,8 +12,10 @@
 //!   the apply-once rule for relayed ones.
 //! - `store`: the bounded save backlog and its batches.
 //! - `token`: signed session tokens (verdict cookies).
+//! - `hash`: the keyed hasher of every map here (seeded by the caller).
 
 mod controller;
+mod hash;
 mod node;
 mod relay;
 mod state;
@@ -21,6 +23,7 @@ mod store;
 mod token;
 
 pub use controller::{Decision, Level, ModeController, ModeRules, Rule};
+pub use hash::{Map, SeededState};
 pub use node::{
     Counters, LocalError, Node, NodeParams, PeerStats, Refused, DEFAULT_RELAY_CAPACITY,
     MAX_LOCAL_RECORDS,

@@ -7,7 +7,7 @@
 //! Outputs: datagrams to multicast, drained with [`Node::poll_transmit`],
 //! and the next deadline, [`Node::poll_timeout`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use shoal_wire::{
@@ -16,6 +16,7 @@ use shoal_wire::{
 };
 
 use crate::controller::{Decision, ModeController, ModeRules};
+use crate::hash::{Map, SeededState};
 use crate::relay::{Relay, RelayMsg};
 use crate::state::{Applied, ClusterState, LoadView, MarkView, ModeView, StateLimits};
 use crate::store::{self, Backlog, BacklogLimits, BatchId, Offer, Row};
@@ -44,6 +45,9 @@ pub struct NodeParams {
     pub store: Option<BacklogLimits>,
     /// Mode records kept for the cross-cluster forwarder (see `relay`).
     pub relay_capacity: usize,
+    /// Key of the node's hash maps (see `hash`): secret and random in the
+    /// binary (keys come from hostile traffic), fixed in the simulator.
+    pub hash_seed: u128,
 }
 
 /// Error codes of the local API (`f0` of a [`Code::REPLY_ERROR`] record).
@@ -214,7 +218,7 @@ pub struct Node {
     batch_since: Option<Instant>,
     ready: VecDeque<Vec<u8>>,
     pool: Vec<Vec<u8>>,
-    peers: HashMap<u32, PeerStats>,
+    peers: Map<u32, PeerStats>,
     record_seq: u64,
     epoch: Instant,
     wall_at_epoch_us: u64,
@@ -236,6 +240,7 @@ impl Node {
     /// A node starting at `now`, when the wall clock reads `wall_us`
     /// microseconds since the Unix epoch (also its incarnation).
     pub fn new(p: NodeParams, now: Instant, wall_us: u64) -> Node {
+        let hasher = SeededState::new(p.hash_seed);
         Node {
             default_ttl: p.limits.default_ttl,
             id: p.id,
@@ -250,12 +255,12 @@ impl Node {
             keys: p.keys,
             max_peers: p.max_peers,
             flush: p.flush,
-            state: ClusterState::new(p.id, p.limits),
-            controller: ModeController::new(&p.modes),
+            state: ClusterState::new(p.id, p.limits, hasher),
+            controller: ModeController::new(&p.modes, hasher),
             batch_since: None,
             ready: VecDeque::new(),
             pool: Vec::new(),
-            peers: HashMap::new(),
+            peers: Map::with_hasher(hasher),
             // From the wall clock, like row ids: a record's (origin, seq)
             // names it in the cross-cluster queue, also across restarts.
             record_seq: wall_us,
@@ -267,7 +272,7 @@ impl Node {
             counters: Counters::default(),
             backlog: p.store.map(Backlog::new),
             next_row_id: wall_us,
-            relay: Relay::new(p.relay_capacity),
+            relay: Relay::new(p.relay_capacity, hasher),
         }
     }
 

@@ -16,9 +16,11 @@
 //! to apply each message once, however many times a forwarder (or two, for
 //! a moment during failover) multicasts it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use shoal_wire::Record;
+
+use crate::hash::{Map, SeededState};
 
 /// One message of the cross-cluster queue, as the forwarder publishes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,19 +80,19 @@ pub struct Relay {
     /// is in flight.
     front: u64,
     unpublished: u64,
-    applied: HashMap<u32, u64>,
+    applied: Map<u32, u64>,
     counters: RelayCounters,
 }
 
 impl Relay {
     /// A relay keeping the last `cap` outbound messages (at least 1).
-    pub fn new(cap: usize) -> Relay {
+    pub fn new(cap: usize, hasher: SeededState) -> Relay {
         Relay {
             cap: cap.max(1),
             ring: VecDeque::new(),
             front: 0,
             unpublished: 0,
-            applied: HashMap::new(),
+            applied: Map::with_hasher(hasher),
             counters: RelayCounters::default(),
         }
     }
@@ -185,7 +187,7 @@ mod tests {
 
     #[test]
     fn pending_until_published_and_all_again_after_restart() {
-        let mut r = Relay::new(8);
+        let mut r = Relay::new(8, SeededState::new(1));
         for i in 1..=5 {
             r.observe(msg(i));
         }
@@ -203,7 +205,7 @@ mod tests {
 
     #[test]
     fn records_arriving_while_a_publish_is_in_flight_stay_pending() {
-        let mut r = Relay::new(8);
+        let mut r = Relay::new(8, SeededState::new(1));
         for i in 1..=8 {
             r.observe(msg(i));
         }
@@ -222,7 +224,7 @@ mod tests {
 
     #[test]
     fn a_full_ring_drops_the_oldest_and_counts_unpublished_losses() {
-        let mut r = Relay::new(3);
+        let mut r = Relay::new(3, SeededState::new(1));
         for i in 1..=3 {
             r.observe(msg(i));
         }
@@ -239,7 +241,7 @@ mod tests {
 
     #[test]
     fn each_queued_message_is_applied_once_per_origin_cluster() {
-        let mut r = Relay::new(1);
+        let mut r = Relay::new(1, SeededState::new(1));
         assert!(r.accept(1, 1));
         assert!(r.accept(1, 2));
         assert!(!r.accept(1, 2), "sent again by a second forwarder");

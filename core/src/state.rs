@@ -2,8 +2,10 @@
 //! origin, protection-mode claims, and session marks. Plain data fed
 //! `now`; no I/O, no clock, no locking.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use crate::hash::{Map, SeededState};
 
 /// Bounds and lifetimes of the state tables.
 #[derive(Debug, Clone)]
@@ -79,9 +81,9 @@ pub enum Applied {
 pub struct ClusterState {
     limits: StateLimits,
     self_id: u32,
-    loads: HashMap<u64, Vec<Gauge>>,
-    modes: HashMap<u64, Vec<Claim>>,
-    marks: HashMap<u64, Mark>,
+    loads: Map<u64, Vec<Gauge>>,
+    modes: Map<u64, Vec<Claim>>,
+    marks: Map<u64, Mark>,
     /// Insertion order of marks, for oldest-first eviction. Entries whose
     /// stamp no longer matches the table are skipped lazily.
     mark_order: VecDeque<(u64, u64)>,
@@ -91,13 +93,13 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    pub fn new(self_id: u32, limits: StateLimits) -> ClusterState {
+    pub fn new(self_id: u32, limits: StateLimits, hasher: SeededState) -> ClusterState {
         ClusterState {
             limits,
             self_id,
-            loads: HashMap::new(),
-            modes: HashMap::new(),
-            marks: HashMap::new(),
+            loads: Map::with_hasher(hasher),
+            modes: Map::with_hasher(hasher),
+            marks: Map::with_hasher(hasher),
             mark_order: VecDeque::new(),
             next_stamp: 0,
             evictions: 0,
@@ -325,7 +327,10 @@ mod tests {
             session_capacity: cap,
             default_ttl: Duration::from_secs(10),
         };
-        (ClusterState::new(1, limits), Instant::now())
+        (
+            ClusterState::new(1, limits, SeededState::new(1)),
+            Instant::now(),
+        )
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!   (`LocalError::StoreFull`). A record taken into the backlog leaves it
 //!   only when Tarantool has acknowledged it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use shoal_wire::{Code, Record};
 
@@ -59,7 +59,7 @@ pub fn from_row(row: &Row) -> Option<Record> {
 
 /// A batch taken for persisting; give its id back through
 /// [`Backlog::ack`] or [`Backlog::fail`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BatchId(u64);
 
 /// Why a record was not taken.
@@ -88,7 +88,8 @@ pub struct BacklogCounters {
 pub struct Backlog {
     limits: BacklogLimits,
     queue: VecDeque<Row>,
-    in_flight: HashMap<BatchId, Vec<Row>>,
+    /// Ordered by id: no hasher, and the same order in every run.
+    in_flight: BTreeMap<BatchId, Vec<Row>>,
     in_flight_rows: usize,
     next_batch: u64,
     counters: BacklogCounters,
@@ -106,7 +107,7 @@ impl Backlog {
                 batch: limits.batch.max(1),
             },
             queue: VecDeque::new(),
-            in_flight: HashMap::new(),
+            in_flight: BTreeMap::new(),
             in_flight_rows: 0,
             next_batch: 1,
             counters: BacklogCounters::default(),

@@ -29,6 +29,7 @@ fn node(id: u32) -> Node {
         modes: ModeRules::default(),
         store: None,
         relay_capacity: 16,
+        hash_seed: u128::from(id),
     };
     Node::new(p, Instant::now(), WALL)
 }

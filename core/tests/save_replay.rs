@@ -31,6 +31,7 @@ fn params(id: u32, capacity: usize) -> NodeParams {
         modes: ModeRules::default(),
         store: Some(BacklogLimits { capacity, batch: 3 }),
         relay_capacity: shoal_core::DEFAULT_RELAY_CAPACITY,
+        hash_seed: 7,
     }
 }
 

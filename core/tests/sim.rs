@@ -101,6 +101,7 @@ fn params(id: u32) -> NodeParams {
         },
         store: None,
         relay_capacity: 64,
+        hash_seed: 0x5eed,
     }
 }
 

@@ -951,8 +951,26 @@ impl Config {
                 .verdicts
                 .as_ref()
                 .map_or(DEFAULT_RELAY_CAPACITY, |v| v.relay_capacity),
+            hash_seed: random_seed(),
         }
     }
+}
+
+/// A fresh secret key for the core's hash maps, from the OS.
+fn random_seed() -> u128 {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        // Never seen on Linux; std's per-process random keys are the
+        // next best source of a secret.
+        use std::hash::{BuildHasher, Hasher};
+        let s = std::collections::hash_map::RandomState::new();
+        for (i, chunk) in b.chunks_mut(8).enumerate() {
+            let mut h = s.build_hasher();
+            h.write_usize(i);
+            chunk.copy_from_slice(&h.finish().to_le_bytes());
+        }
+    }
+    u128::from_le_bytes(b)
 }
 
 impl ModesSection {
