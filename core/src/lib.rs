@@ -12,11 +12,19 @@
 //!   the apply-once rule for relayed ones.
 //! - `store`: the bounded save backlog and its batches.
 //! - `token`: signed session tokens (verdict cookies).
+//! - `ports`: the verdict store's traits (verdicts, cross-cluster queue,
+//!   lease) and their typed error; `fakes`: in-memory implementations with
+//!   faults on command, for the simulator.
+//! - `election`: the forwarder's lease and forwarding rounds as a state
+//!   machine that emits store calls.
 //! - `hash`: the keyed hasher of every map here (seeded by the caller).
 
 mod controller;
+pub mod election;
+pub mod fakes;
 mod hash;
 mod node;
+pub mod ports;
 mod relay;
 mod state;
 mod store;
