@@ -31,6 +31,10 @@ use crate::storage::Storage;
 use crate::transport::{self, TransportError};
 use crate::verdicts::Api;
 use shoal_core::Node;
+use shoal_tarantool::verdict::VerdictClient;
+
+/// The verdict store as the API and the forwarder use it.
+type Store = VerdictClient<shoal_tarantool::Client>;
 
 /// Why the node could not start or stopped. I/O causes are sources, not
 /// part of the message: `{:#}` prints each once.
@@ -299,23 +303,25 @@ fn start_verdicts(
     v: &crate::config::VerdictsSection,
     cfg: &Config,
     shared: &Arc<Shared>,
-) -> Result<(Api, Option<Forwarder>), ServerError> {
+) -> Result<(Api, Option<Forwarder<Store>>), ServerError> {
     let _rt = rt.enter();
     let name = v.node_name(cfg.node.cluster, cfg.node.id);
     let client = shoal_tarantool::Client::new(shoal_tarantool::ClientConfig {
         request_timeout: Duration::from_millis(v.request_timeout_ms),
         ..shoal_tarantool::ClientConfig::new(v.store.clone(), v.user.clone(), v.password()?)
     });
+    let store = VerdictClient::new(client);
     let forwarder = v.forwarder.then(|| Forwarder {
-        client: client.clone(),
+        port: store.clone(),
         name: name.clone(),
         cluster: cfg.node.cluster,
         lease: Duration::from_millis(v.lease_ms),
         poll: Duration::from_millis(v.poll_ms),
+        request_timeout: Duration::from_millis(v.request_timeout_ms),
         shared: Arc::clone(shared),
     });
     let api = Api {
-        client,
+        store,
         name,
         cluster: cfg.node.cluster,
         api_tokens: v.api_tokens()?,

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::json;
-use shoal_tarantool::{Client, Tarantool};
+use shoal_core::ports::{VerdictRow, VerdictStore};
+use shoal_tarantool::verdict::VerdictClient;
+use shoal_tarantool::Client;
 use shoal_wire::{Code, Op, Record};
 use tracing::debug;
 
@@ -105,19 +106,6 @@ fn verdict_name(v: Verdict) -> &'static str {
     }
 }
 
-fn verdict_of(code: u64) -> Option<Verdict> {
-    match code {
-        1 => Some(Verdict::Human),
-        2 => Some(Verdict::Bot),
-        _ => None,
-    }
-}
-
-/// One `verdict` tuple: node, expires_us, id, subject, verdict, score,
-/// at_us, cluster, source.
-#[derive(Debug, Deserialize)]
-struct VerdictTuple(String, u64, IgnoredAny, u64, u64, u64, u64, u64, String);
-
 /// Counters of the API, for metrics.
 #[derive(Debug, Default)]
 pub(crate) struct ApiStats {
@@ -132,7 +120,8 @@ pub(crate) struct ApiStats {
 
 /// The API of one node.
 pub(crate) struct Api {
-    pub(crate) client: Client,
+    /// The cluster's verdict store.
+    pub(crate) store: VerdictClient<Client>,
     pub(crate) name: String,
     pub(crate) cluster: u32,
     pub(crate) api_tokens: Vec<String>,
@@ -198,24 +187,23 @@ impl Api {
         let at_us = wall_us();
         let expires_us = at_us.saturating_add(s.ttl_s.saturating_mul(1_000_000));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let row = (
+        let row = VerdictRow {
             expires_us,
             id,
-            s.subject,
-            s.verdict as u64,
-            s.score as u64,
+            subject: s.subject,
+            verdict: s.verdict,
+            score: s.score,
             at_us,
-            self.cluster as u64,
-            s.source.as_str(),
-        );
-        let put: Result<(u64,), _> = self
-            .client
-            .call("shoal_verdict_put", &(self.name.as_str(), [row]))
-            .await;
-        if let Err(e) = put {
+            cluster: self.cluster,
+            source: s.source.clone(),
+        };
+        if let Err(e) = self.store.put(&self.name, &[row]).await {
             self.count(&self.stats().store_errors);
             debug!(error = %e, "verdict not stored");
-            return Response::error(503, format!("verdict store: {e}; not acknowledged (it may or may not be stored: retrying is safe)"));
+            return Response::error(
+                503,
+                format!("{e}; not acknowledged (it may or may not be stored: retrying is safe)"),
+            );
         }
         self.count(&self.stats().accepted);
         let mark = match s.verdict {
@@ -269,27 +257,25 @@ impl Api {
             return Response::error(400, "subject: a decimal 64-bit unsigned number");
         };
         self.count(&self.stats().reads);
-        let got: Result<(Option<VerdictTuple>,), _> =
-            self.client.call("shoal_verdict_get", &(subject,)).await;
-        match got {
+        match self.store.get(subject).await {
             Err(e) => {
                 self.count(&self.stats().store_errors);
-                Response::error(503, format!("verdict store: {e}"))
+                Response::error(503, e.to_string())
             }
-            Ok((None,)) => Response::error(404, "no live verdict for this subject"),
-            Ok((Some(t),)) => {
-                let v = verdict_of(t.4).map_or("unknown", verdict_name);
+            Ok(None) => Response::error(404, "no live verdict for this subject"),
+            Ok(Some(t)) => {
+                let v = t.kind().map_or("unknown", verdict_name);
                 Response::json(
                     200,
                     &json!({
-                        "subject": t.3.to_string(),
+                        "subject": t.subject.to_string(),
                         "verdict": v,
-                        "score": t.5,
-                        "expires_s": t.1 / 1_000_000,
-                        "at_us": t.6.to_string(),
-                        "node": t.0,
-                        "cluster": t.7,
-                        "source": t.8,
+                        "score": t.score,
+                        "expires_s": t.expires_us / 1_000_000,
+                        "at_us": t.at_us.to_string(),
+                        "node": t.node,
+                        "cluster": t.cluster,
+                        "source": t.source,
                     }),
                 )
             }

@@ -16,6 +16,9 @@
 //!   [`Select`] options.
 //! - `error`: [`Error`], which says whether a failed request may have been
 //!   executed ([`Error::outcome_unknown`]).
+//! - [`verdict`]: the verdict store's procedures behind `shoal-core`'s
+//!   traits (`VerdictStore`, `CrossQueue`, `Lease`): the only code that
+//!   knows their names and tuple layouts.
 //! - [`testkit`]: starts and stops a real local pair of state-store masters
 //!   through `tarantool/scripts/pair.sh`, for tests, benches and the demo.
 //!
@@ -41,6 +44,7 @@ mod client;
 mod codec;
 mod error;
 pub mod testkit;
+pub mod verdict;
 
 pub use api::{Iter, Select, Tarantool};
 pub use client::{Client, ClientConfig};
