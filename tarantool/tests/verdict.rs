@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use shoal_tarantool::testkit::{instance_script, Master, Pair, TempPair};
+use shoal_tarantool::verdict::procs;
 use shoal_tarantool::{Client, ClientConfig, Error, Tarantool};
 
 /// {expires_us, id, subject, verdict, score, at_us, cluster, source}
@@ -64,7 +65,7 @@ struct Cursor {
 }
 
 async fn stats(c: &Client) -> Stats {
-    let (s,): (Stats,) = c.call("shoal_verdict_stats", &()).await.expect("stats");
+    let (s,): (Stats,) = c.call(procs::VERDICT_STATS, &()).await.expect("stats");
     s
 }
 
@@ -82,7 +83,7 @@ struct Peer {
 /// Each instance sees the other as follow/follow.
 async fn both_follow(a: &Client, b: &Client) -> bool {
     for c in [a, b] {
-        let (h,): (Health,) = c.call("shoal_health", &()).await.expect("health");
+        let (h,): (Health,) = c.call(procs::HEALTH, &()).await.expect("health");
         if h.peers.len() != 1
             || h.peers
                 .iter()
@@ -115,12 +116,12 @@ fn server_error<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
 }
 
 async fn get(c: &Client, subject: u64) -> Option<Verdict> {
-    let (v,): (Option<Verdict>,) = c.call("shoal_verdict_get", &(subject,)).await.expect("get");
+    let (v,): (Option<Verdict>,) = c.call(procs::VERDICT_GET, &(subject,)).await.expect("get");
     v
 }
 
 async fn put(c: &Client, node: &str, rows: &[Row]) -> Result<u64, Error> {
-    c.call::<_, (u64,)>("shoal_verdict_put", &(node, rows))
+    c.call::<_, (u64,)>(procs::VERDICT_PUT, &(node, rows))
         .await
         .map(|(n,)| n)
 }
@@ -209,7 +210,7 @@ async fn verdicts_latest_live_replicated_both_ways() {
     let e = server_error(put(&a, "no spaces", &bad[..1]).await);
     assert!(e.contains("bad node name"), "{e}");
     let e = server_error(
-        a.call::<_, (u64,)>("shoal_verdict_put", &("a1", [(1u64, 2u64)]))
+        a.call::<_, (u64,)>(procs::VERDICT_PUT, &("a1", [(1u64, 2u64)]))
             .await,
     );
     assert!(
@@ -220,16 +221,13 @@ async fn verdicts_latest_live_replicated_both_ways() {
     );
     let e = server_error(
         a.call::<_, (u64,)>(
-            "shoal_verdict_put",
+            procs::VERDICT_PUT,
             &("a1", [(live, 12u64, 50u64, 1u64, 1u64, now, 1u64, 7u64)]),
         )
         .await,
     );
     assert!(e.contains("row 1: source must be a string"), "{e}");
-    let e = server_error(
-        a.call::<_, (u64,)>("shoal_verdict_put", &("a1", 5u64))
-            .await,
-    );
+    let e = server_error(a.call::<_, (u64,)>(procs::VERDICT_PUT, &("a1", 5u64)).await);
     assert!(e.contains("rows must be an array"), "{e}");
     // A node name of another cluster's range is refused.
     let e = server_error(put(&b, "a1", &[row(live, 99, 51, 1, now, 2)]).await);
@@ -238,7 +236,7 @@ async fn verdicts_latest_live_replicated_both_ways() {
     assert_eq!(get(&b, 51).await, None);
     assert_eq!(stats(&a).await.verdicts, 6);
     let e = server_error(
-        a.call::<_, (Option<Verdict>,)>("shoal_verdict_get", &("x",))
+        a.call::<_, (Option<Verdict>,)>(procs::VERDICT_GET, &("x",))
             .await,
     );
     assert!(e.contains("subject must be an unsigned integer"), "{e}");
@@ -294,7 +292,7 @@ async fn lease_fencing_and_retention() {
         let a = &a;
         async move {
             let (l,): (Lease,) = a
-                .call("shoal_lease", &(1u64, node, ttl_ms))
+                .call(procs::LEASE, &(1u64, node, ttl_ms))
                 .await
                 .expect("lease");
             l
@@ -315,7 +313,7 @@ async fn lease_fencing_and_retention() {
     assert!(now3 < expires3);
     // Only this store's cluster.
     let e = server_error(
-        a.call::<_, (Lease,)>("shoal_lease", &(2u64, "n1", 1_000u64))
+        a.call::<_, (Lease,)>(procs::LEASE, &(2u64, "n1", 1_000u64))
             .await,
     );
     assert!(
@@ -323,7 +321,7 @@ async fn lease_fencing_and_retention() {
         "{e}"
     );
     let e = server_error(
-        a.call::<_, (Lease,)>("shoal_lease", &(1u64, "n1", 0u64))
+        a.call::<_, (Lease,)>(procs::LEASE, &(1u64, "n1", 0u64))
             .await,
     );
     assert!(e.contains("ttl_ms must be at least 1"), "{e}");
@@ -340,7 +338,7 @@ async fn lease_fencing_and_retention() {
     let publish = |node: &'static str, epoch: u64, msgs: Vec<Msg>| {
         let a = &a;
         async move {
-            a.call::<_, (u64, u64)>("shoal_xq_publish", &(1u64, node, epoch, msgs))
+            a.call::<_, (u64, u64)>(procs::XQ_PUBLISH, &(1u64, node, epoch, msgs))
                 .await
         }
     };
@@ -349,13 +347,13 @@ async fn lease_fencing_and_retention() {
     let e = server_error(publish("n1", 2, vec![msg(1, now)]).await);
     assert!(e.starts_with("fenced:"), "{e}");
     let e = server_error(
-        a.call::<_, (u64,)>("shoal_xq_ack", &(1u64, "n1", 1u64, 2u64, 0u64))
+        a.call::<_, (u64,)>(procs::XQ_ACK, &(1u64, "n1", 1u64, 2u64, 0u64))
             .await,
     );
     assert!(e.starts_with("fenced:"), "{e}");
     assert_eq!(stats(&a).await.xmsg, 0, "nothing published while fenced");
     let (n,): (u64,) = a
-        .call("shoal_xq_ack", &(1u64, "n2", 2u64, 2u64, 0u64))
+        .call(procs::XQ_ACK, &(1u64, "n2", 2u64, 2u64, 0u64))
         .await
         .expect("ack by the holder");
     assert_eq!(n, 0);
@@ -363,12 +361,12 @@ async fn lease_fencing_and_retention() {
     // Release lets another node take it at once; a non-holder's release
     // does nothing.
     let (released,): (bool,) = a
-        .call("shoal_lease_release", &(1u64, "n1"))
+        .call(procs::LEASE_RELEASE, &(1u64, "n1"))
         .await
         .expect("release");
     assert!(!released);
     let (released,): (bool,) = a
-        .call("shoal_lease_release", &(1u64, "n2"))
+        .call(procs::LEASE_RELEASE, &(1u64, "n2"))
         .await
         .expect("release");
     assert!(released);
@@ -403,7 +401,7 @@ async fn lease_fencing_and_retention() {
     for c in [&a, &b] {
         wait_for("seq 3 trimmed once not the newest", || async {
             let (rows,): (Vec<Xmsg>,) = b
-                .call("shoal_xq_fetch", &(2u64, 100u64))
+                .call(procs::XQ_FETCH, &(2u64, 100u64))
                 .await
                 .expect("fetch");
             stats(c).await.xmsg == 1 && rows.iter().map(|r| r.1).collect::<Vec<_>>() == [4]
@@ -421,11 +419,11 @@ async fn queue_publish_dedup_fetch_and_ack() {
         client(&pair, Master::B).await,
     );
     let (l1,): (Lease,) = a
-        .call("shoal_lease", &(1u64, "fa", 30_000u64))
+        .call(procs::LEASE, &(1u64, "fa", 30_000u64))
         .await
         .expect("lease 1");
     let (l2,): (Lease,) = b
-        .call("shoal_lease", &(2u64, "fb", 30_000u64))
+        .call(procs::LEASE, &(2u64, "fb", 30_000u64))
         .await
         .expect("lease 2");
     let (e1, e2) = (l1.1, l2.1);
@@ -436,7 +434,7 @@ async fn queue_publish_dedup_fetch_and_ack() {
     // Dedup by {origin node, oseq}; seqs are contiguous per cluster.
     let (ins, skip): (u64, u64) = a
         .call(
-            "shoal_xq_publish",
+            procs::XQ_PUBLISH,
             &(1u64, "fa", e1, [msg(5, 1), msg(5, 2), msg(5, 3)]),
         )
         .await
@@ -444,23 +442,20 @@ async fn queue_publish_dedup_fetch_and_ack() {
     assert_eq!((ins, skip), (3, 0));
     let (ins, skip): (u64, u64) = a
         .call(
-            "shoal_xq_publish",
+            procs::XQ_PUBLISH,
             &(1u64, "fa", e1, [msg(5, 2), msg(5, 3), msg(6, 2), msg(5, 3)]),
         )
         .await
         .expect("publish again");
     assert_eq!((ins, skip), (1, 3));
     let (ins, skip): (u64, u64) = b
-        .call(
-            "shoal_xq_publish",
-            &(2u64, "fb", e2, [msg(9, 1), msg(9, 2)]),
-        )
+        .call(procs::XQ_PUBLISH, &(2u64, "fb", e2, [msg(9, 1), msg(9, 2)]))
         .await
         .expect("publish on b");
     assert_eq!((ins, skip), (2, 0));
     // Only a store's own cluster publishes there; shapes are checked.
     let e = server_error(
-        b.call::<_, (u64, u64)>("shoal_xq_publish", &(1u64, "fa", e1, [msg(5, 9)]))
+        b.call::<_, (u64, u64)>(procs::XQ_PUBLISH, &(1u64, "fa", e1, [msg(5, 9)]))
             .await,
     );
     assert!(
@@ -468,13 +463,13 @@ async fn queue_publish_dedup_fetch_and_ack() {
         "{e}"
     );
     let e = server_error(
-        a.call::<_, (u64, u64)>("shoal_xq_publish", &(1u64, "fa", e1, [(1u64, 2u64)]))
+        a.call::<_, (u64, u64)>(procs::XQ_PUBLISH, &(1u64, "fa", e1, [(1u64, 2u64)]))
             .await,
     );
     assert!(e.contains("msg 1 must be {node_id, oseq"), "{e}");
     let e = server_error(
         a.call::<_, (u64, u64)>(
-            "shoal_xq_publish",
+            procs::XQ_PUBLISH,
             &(
                 1u64,
                 "fa",
@@ -494,7 +489,7 @@ async fn queue_publish_dedup_fetch_and_ack() {
         let cl = if c == "a" { &a } else { &b };
         async move {
             let (rows,): (Vec<Xmsg>,) = cl
-                .call("shoal_xq_fetch", &(consumer, limit))
+                .call(procs::XQ_FETCH, &(consumer, limit))
                 .await
                 .expect("fetch");
             rows
@@ -519,23 +514,23 @@ async fn queue_publish_dedup_fetch_and_ack() {
 
     // The cursor: acked messages are not fetched again; it never goes back.
     let (cur,): (u64,) = b
-        .call("shoal_xq_ack", &(2u64, "fb", e2, 1u64, 2u64))
+        .call(procs::XQ_ACK, &(2u64, "fb", e2, 1u64, 2u64))
         .await
         .expect("ack");
     assert_eq!(cur, 2);
     assert_eq!(fetch("b", 2, 100).await, expected[2..]);
     let (cur,): (u64,) = b
-        .call("shoal_xq_ack", &(2u64, "fb", e2, 1u64, 1u64))
+        .call(procs::XQ_ACK, &(2u64, "fb", e2, 1u64, 1u64))
         .await
         .expect("ack lower");
     assert_eq!(cur, 2);
     let e = server_error(
-        b.call::<_, (u64,)>("shoal_xq_ack", &(2u64, "fb", e2, 1u64, 99u64))
+        b.call::<_, (u64,)>(procs::XQ_ACK, &(2u64, "fb", e2, 1u64, 99u64))
             .await,
     );
     assert!(e.contains("past the last message of cluster 1"), "{e}");
     let e = server_error(
-        b.call::<_, (u64,)>("shoal_xq_ack", &(1u64, "fa", e1, 2u64, 1u64))
+        b.call::<_, (u64,)>(procs::XQ_ACK, &(1u64, "fa", e1, 2u64, 1u64))
             .await,
     );
     assert!(
@@ -543,12 +538,12 @@ async fn queue_publish_dedup_fetch_and_ack() {
         "{e}"
     );
     let e = server_error(
-        b.call::<_, (u64,)>("shoal_xq_ack", &(2u64, "fb", e2 + 1, 1u64, 3u64))
+        b.call::<_, (u64,)>(procs::XQ_ACK, &(2u64, "fb", e2 + 1, 1u64, 3u64))
             .await,
     );
     assert!(e.starts_with("fenced:"), "{e}");
     let (cur,): (u64,) = b
-        .call("shoal_xq_ack", &(2u64, "fb", e2, 1u64, 4u64))
+        .call(procs::XQ_ACK, &(2u64, "fb", e2, 1u64, 4u64))
         .await
         .expect("ack all");
     assert_eq!(cur, 4);
@@ -589,6 +584,125 @@ async fn queue_publish_dedup_fetch_and_ack() {
     assert_eq!(fetch("a", 3, 5).await.len(), 5);
 
     assert!(both_follow(&a, &b).await, "replication follow/follow");
+}
+
+/// `VerdictClient`, the implementation of the core's traits, against the
+/// real procedures: each trait call does what the fake does (the
+/// simulator's assumptions hold on Tarantool), and a lost lease comes back
+/// as `StoreError::Fenced`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_core_traits_on_the_real_store() {
+    use shoal_core::ports::{CrossQueue, Lease as _, StoreError, VerdictRow, VerdictStore};
+    use shoal_core::{RelayMsg, Verdict as Kind};
+    use shoal_tarantool::verdict::VerdictClient;
+
+    let t = start_pair("traits");
+    let (a, b) = (
+        VerdictClient::new(client(&t, Master::A).await),
+        VerdictClient::new(client(&t, Master::B).await),
+    );
+    let now_us = stats(a.conn()).await.now_us;
+
+    // Verdicts: put on cluster 1, read back on cluster 2 after replication.
+    let row = VerdictRow {
+        expires_us: now_us + 600_000_000,
+        id: 1,
+        subject: 77,
+        verdict: Kind::Bot,
+        score: 90,
+        at_us: now_us,
+        cluster: 1,
+        source: "trait".into(),
+    };
+    assert_eq!(a.put("ta1", std::slice::from_ref(&row)).await, Ok(1));
+    let wrong = VerdictRow {
+        cluster: 2,
+        ..row.clone()
+    };
+    assert!(matches!(
+        a.put("ta1", &[wrong]).await,
+        Err(StoreError::Refused(_))
+    ));
+    wait_for("the verdict on b", || async {
+        b.get(77).await.expect("get").is_some()
+    })
+    .await;
+    let got = b.get(77).await.expect("get").expect("live");
+    assert_eq!(
+        (
+            got.node.as_str(),
+            got.subject,
+            got.kind(),
+            got.score,
+            got.cluster,
+            got.source.as_str()
+        ),
+        ("ta1", 77, Some(Kind::Bot), 90, 1, "trait")
+    );
+    assert_eq!(b.get(78).await, Ok(None));
+
+    // Lease: taken, held against another node, fenced once taken over.
+    let l = a.acquire(1, "fa", 30_000).await.expect("lease");
+    assert_eq!((l.holder.as_str(), l.epoch), ("fa", 1));
+    assert!(l.expires_us > l.now_us);
+    assert_eq!(
+        a.acquire(1, "fb", 30_000).await.expect("lease").holder,
+        "fa"
+    );
+    let msg = |oseq: u64| RelayMsg {
+        node: 4,
+        oseq,
+        code: 2,
+        ttl_ms: 60_000,
+        at_us: now_us,
+        fields: [500, 2, 0, 0],
+    };
+    let p = a
+        .publish(1, "fa", 1, &[msg(1), msg(2), msg(1)])
+        .await
+        .expect("publish");
+    assert_eq!((p.inserted, p.skipped), (2, 1));
+    assert!(matches!(
+        a.publish(1, "fb", 1, &[msg(3)]).await,
+        Err(StoreError::Fenced(m)) if m.starts_with("fenced:")
+    ));
+
+    // Queue: cluster 2 fetches cluster 1's messages and acks them.
+    b.acquire(2, "fz", 30_000).await.expect("lease b");
+    wait_for("the messages on b", || async {
+        b.fetch(2, 10).await.expect("fetch").len() == 2
+    })
+    .await;
+    let q = b.fetch(2, 10).await.expect("fetch");
+    assert_eq!(
+        q.iter()
+            .map(|m| (m.cluster, m.seq, m.node, m.oseq))
+            .collect::<Vec<_>>(),
+        [(1, 1, 4, 1), (1, 2, 4, 2)]
+    );
+    assert_eq!(q[0].fields, [500, 2, 0, 0]);
+    assert!(q[0].to_record(now_us).is_some());
+    assert_eq!(b.ack(2, "fz", 1, 1, 2).await, Ok(2));
+    assert_eq!(b.ack(2, "fz", 1, 1, 1).await, Ok(2), "never back");
+    assert!(matches!(
+        b.ack(2, "fz", 1, 1, 9).await,
+        Err(StoreError::Refused(_))
+    ));
+    assert!(matches!(
+        b.ack(2, "fy", 1, 1, 2).await,
+        Err(StoreError::Fenced(_))
+    ));
+    assert!(b.fetch(2, 10).await.expect("fetch").is_empty());
+
+    // Release: anyone takes it at once, at the next epoch.
+    assert_eq!(a.release(1, "fb").await, Ok(false));
+    assert_eq!(a.release(1, "fa").await, Ok(true));
+    let l = a.acquire(1, "fb", 30_000).await.expect("lease");
+    assert_eq!((l.holder.as_str(), l.epoch), ("fb", 2));
+    assert!(matches!(
+        a.publish(1, "fa", 1, &[msg(4)]).await,
+        Err(StoreError::Fenced(_))
+    ));
 }
 
 #[test]
