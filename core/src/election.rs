@@ -625,3 +625,194 @@ impl Election {
 fn timed_out(after: Duration) -> StoreError {
     StoreError::OutcomeUnknown(format!("no answer within {after:?}"))
 }
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a test needs a base instant
+mod tests {
+    use super::*;
+    use crate::node::NodeParams;
+    use crate::state::StateLimits;
+    use crate::ModeRules;
+
+    const LEASE: Duration = Duration::from_millis(900);
+
+    fn node(now: Instant) -> Node {
+        let p = NodeParams {
+            id: 1,
+            cluster: 1,
+            max_datagram: 1400,
+            flush: Duration::ZERO,
+            keys: None,
+            limits: StateLimits {
+                load_stale: Duration::from_millis(500),
+                max_resources: 100,
+                session_capacity: 100,
+                default_ttl: Duration::from_secs(10),
+            },
+            max_peers: 4,
+            modes: ModeRules::default(),
+            store: None,
+            relay_capacity: 16,
+            hash_seed: 1,
+        };
+        Node::new(p, now, 1_000_000)
+    }
+
+    fn election(now: Instant, request_timeout: Duration) -> Election {
+        Election::new(
+            ElectionParams {
+                cluster: 1,
+                name: "me".into(),
+                lease: LEASE,
+                poll: Duration::from_millis(20),
+                request_timeout,
+                batch: 10,
+            },
+            now,
+        )
+    }
+
+    fn sends(e: &mut Election) -> Vec<(OpId, Request)> {
+        let mut v = Vec::new();
+        while let Some(o) = e.poll_output() {
+            if let Output::Send(id, r) = o {
+                v.push((id, r));
+            }
+        }
+        v
+    }
+
+    fn granted(holder: &str, epoch: u64) -> Reply {
+        Reply::Lease(Ok(LeaseState {
+            holder: holder.into(),
+            epoch,
+            expires_us: 0,
+            now_us: 0,
+        }))
+    }
+
+    /// Takes the lease at `t0` (answered 100 ms later); returns the fetch
+    /// of the first round, in flight.
+    fn lead(e: &mut Election, n: &mut Node, t0: Instant) -> OpId {
+        e.handle_timeout(t0, n);
+        let s = sends(e);
+        assert!(matches!(s[..], [(_, Request::Acquire { ttl_ms: 900, .. })]));
+        e.handle_reply(t0 + Duration::from_millis(100), s[0].0, granted("me", 4), n);
+        assert!(e.is_leader());
+        let s = sends(e);
+        assert!(matches!(
+            s[..],
+            [(
+                _,
+                Request::Fetch {
+                    consumer: 1,
+                    limit: 10
+                }
+            )]
+        ));
+        s[0].0
+    }
+
+    #[test]
+    fn a_forwarding_call_in_flight_never_delays_renewal() {
+        let t0 = Instant::now();
+        let (mut n, mut e) = (node(t0), election(t0, LEASE));
+        let _fetch = lead(&mut e, &mut n, t0);
+        // The fetch hangs; at lease/3 the renewal goes out beside it.
+        assert_eq!(e.poll_timeout(), Some(t0 + LEASE / 3));
+        e.handle_timeout(t0 + LEASE / 3, &mut n);
+        let s = sends(&mut e);
+        assert!(matches!(s[..], [(_, Request::Acquire { .. })]), "{s:?}");
+    }
+
+    #[test]
+    fn the_lease_runs_out_by_its_own_clock_from_when_the_renewal_was_sent() {
+        let t0 = Instant::now();
+        let (mut n, mut e) = (node(t0), election(t0, Duration::from_millis(50)));
+        lead(&mut e, &mut n, t0);
+        let mut t = t0;
+        while t < t0 + LEASE {
+            t += Duration::from_millis(10);
+            e.handle_timeout(t, &mut n);
+            for (id, r) in sends(&mut e) {
+                if r.is_lease() {
+                    let err = StoreError::Unavailable("down".into());
+                    e.handle_reply(t, id, Reply::Lease(Err(err)), &mut n);
+                }
+            }
+            // Valid until t0 + lease (sent at t0), not t0 + 100 ms + lease.
+            assert_eq!(e.is_leader(), t < t0 + LEASE, "at {:?}", t - t0);
+        }
+        let c = e.counters();
+        assert_eq!((c.ran_out, c.takeovers), (1, 1));
+        assert!(c.lease_errors >= 2);
+    }
+
+    #[test]
+    fn fenced_stands_down_at_once_and_hung_calls_are_given_up() {
+        let t0 = Instant::now();
+        let (mut n, mut e) = (node(t0), election(t0, Duration::from_secs(60)));
+        let fetch = lead(&mut e, &mut n, t0);
+        let t = t0 + Duration::from_millis(150);
+        let rows = vec![QueuedMsg {
+            cluster: 2,
+            seq: 3,
+            node: 9,
+            oseq: 1,
+            code: 2,
+            ttl_ms: 60_000,
+            at_us: 1_000_000,
+            fields: [5, 1, 0, 0],
+        }];
+        e.handle_reply(t, fetch, Reply::Fetched(Ok(rows)), &mut n);
+        assert_eq!(n.mode(t, 5).level, 1, "the fetched mode is applied");
+        let s = sends(&mut e);
+        let [(
+            _,
+            Request::Ack {
+                origin: 2,
+                seq: 3,
+                epoch: 4,
+                ..
+            },
+        )] = s[..]
+        else {
+            panic!("{s:?}");
+        };
+        // request_timeout is capped at the lease: a hung ack is given up.
+        assert_eq!(e.poll_timeout(), Some(t0 + LEASE / 3));
+        e.handle_timeout(t0 + LEASE / 3, &mut n);
+        let renew = sends(&mut e)[0].0;
+        e.handle_reply(t0 + LEASE / 3, renew, granted("me", 4), &mut n);
+        e.handle_timeout(t + LEASE, &mut n);
+        assert!(e.counters().errors == 1 && e.is_leader());
+        // The next round's fetch answers fenced: stand down at once.
+        let mut t = t + LEASE;
+        let fetch = loop {
+            t += Duration::from_millis(10);
+            e.handle_timeout(t, &mut n);
+            if let Some((id, _)) = sends(&mut e).into_iter().find(|(_, r)| !r.is_lease()) {
+                break id;
+            }
+        };
+        let fenced = StoreError::Fenced("fenced: taken".into());
+        e.handle_reply(t, fetch, Reply::Fetched(Err(fenced)), &mut n);
+        assert!(!e.is_leader());
+        assert_eq!(e.counters().fenced, 1);
+    }
+
+    #[test]
+    fn stopping_releases_a_held_lease() {
+        let t0 = Instant::now();
+        let (mut n, mut e) = (node(t0), election(t0, LEASE));
+        lead(&mut e, &mut n, t0);
+        e.stop(t0 + Duration::from_millis(200));
+        let s = sends(&mut e);
+        assert!(matches!(s[..], [(_, Request::Release { .. })]), "{s:?}");
+        assert!(!e.is_done());
+        let t = t0 + Duration::from_millis(210);
+        e.handle_reply(t, s[0].0, Reply::Released(Ok(true)), &mut n);
+        assert!(e.is_done() && !e.is_leader());
+        assert_eq!(e.poll_timeout(), None);
+    }
+}
