@@ -434,6 +434,11 @@ fn forwarder_kill(seed: u64) -> World {
         .find(|(t, c, _)| *t > killed_at && *c == 1)
         .expect("a new forwarder in cluster 1");
     assert_ne!(by, id);
+    println!(
+        "seed {seed:#x}: c1n{id} killed at {:?}, c1n{by} forwarder {:?} later",
+        killed_at,
+        took_at - killed_at
+    );
     let bound = LEASE + LEASE / 3 + POLL + Duration::from_millis(6);
     assert!(
         took_at - killed_at <= bound,
