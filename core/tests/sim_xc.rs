@@ -9,7 +9,9 @@
 //! multicast fetched messages and before its ack (it stands down by its
 //! own clock, its late ack is fenced, its successor delivers the same
 //! messages again and every node applies them once), and the clusters are
-//! partitioned then healed (every mode record crosses exactly once). Each
+//! partitioned then healed (every mode record crosses exactly once), and
+//! a cluster's store hangs for a while (nobody forwards, then a forwarder
+//! republishes its ring and nothing is lost). Each
 //! is deterministic for a seed: run twice, the traces are equal.
 // A test needs a base instant; the code under test never reads the clock.
 #![allow(clippy::disallowed_methods)]
@@ -20,7 +22,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use shoal_core::election::{self, Election, ElectionParams, Event, OpId, Output, Reply};
-use shoal_core::fakes::{poll_once, FakeLink, FakeStore};
+use shoal_core::fakes::{poll_once, FakeLink, FakeStore, Fault};
 use shoal_core::{ModeRules, Node, NodeParams, StateLimits};
 use shoal_wire::{Code, Datagram, Op, Record};
 
@@ -402,8 +404,11 @@ impl World {
         let mut t = self.trace.clone();
         for c in &self.clusters {
             for m in &c.members {
+                // Peers in the node's map order: the order follows the
+                // hash seed alone, never a key drawn behind the core's back.
+                let peers: Vec<u32> = m.node.peers().map(|(id, _)| id).collect();
                 t.push(format!(
-                    "c{} n{} {:?} {:?} {:?}",
+                    "c{} n{} {:?} {:?} {:?} peers {peers:?}",
                     c.id,
                     m.node.id(),
                     m.election.counters(),
@@ -525,6 +530,35 @@ fn partition(seed: u64) -> World {
     w
 }
 
+/// Cluster 1's store stops answering for 3 s (calls hang): its forwarder
+/// gives the calls up, stands down by its own clock and nobody forwards;
+/// once the store answers again a forwarder takes over, publishes its
+/// whole ring again (the queue skips what it holds) and nothing is lost.
+fn hung_store(seed: u64) -> World {
+    let mut w = World::new(seed);
+    let every = Some(Duration::from_millis(25));
+    w.run(Duration::from_secs(2), every);
+    let l = w.leader(0).expect("cluster 1 elected a forwarder");
+    let before = w.clusters[0].members[l].election.counters();
+    w.clusters[0].store.set_fault(Fault::Hang);
+    w.trace.push("store 1 hangs".into());
+    w.run(LEASE + Duration::from_millis(50), every);
+    assert_eq!(w.leader(0), None, "no forwarder while the store hangs");
+    let hung = w.clusters[0].members[l].election.counters();
+    assert_eq!(hung.ran_out, before.ran_out + 1);
+    assert!(hung.lease_errors > before.lease_errors, "renewals given up");
+    w.run(Duration::from_secs(2), every);
+    w.clusters[0].store.set_fault(Fault::None);
+    w.trace.push("store 1 answers".into());
+    w.run(Duration::from_secs(2), every);
+    let now = w.leader(0).expect("a forwarder again");
+    let c = w.clusters[0].members[now].election.counters();
+    assert!(c.takeovers >= 1 && c.publish_skipped > 0, "{c:?}");
+    w.run(Duration::from_secs(3), None);
+    w.check_exactly_once();
+    w
+}
+
 fn deterministic(scenario: fn(u64) -> World) {
     let a = scenario(0x5eed).fingerprint();
     let b = scenario(0x5eed).fingerprint();
@@ -549,4 +583,9 @@ fn a_hung_forwarder_stands_down_and_its_messages_apply_once() {
 #[test]
 fn partition_then_heal_every_mode_crosses_exactly_once() {
     deterministic(partition);
+}
+
+#[test]
+fn a_hung_store_stops_forwarding_until_it_answers_and_loses_nothing() {
+    deterministic(hung_store);
 }
