@@ -230,6 +230,9 @@ pub struct Election {
 impl Election {
     /// A candidate starting at `now`; it asks for the lease at once.
     pub fn new(mut p: ElectionParams, now: Instant) -> Election {
+        // Degenerate values would make it spin; the config refuses them.
+        p.lease = p.lease.max(Duration::from_millis(3));
+        p.poll = p.poll.max(Duration::from_millis(1));
         p.request_timeout = p.request_timeout.min(p.lease);
         p.batch = p.batch.max(1);
         Election {

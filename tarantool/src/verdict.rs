@@ -73,16 +73,6 @@ impl<T: Tarantool> VerdictClient<T> {
     pub fn conn(&self) -> &T {
         &self.conn
     }
-
-    /// `shoal_verdict_stats()` into the caller's type.
-    pub async fn stats<R: serde::de::DeserializeOwned + Send>(&self) -> Result<R, StoreError> {
-        let (s,): (R,) = self
-            .conn
-            .call(procs::VERDICT_STATS, &())
-            .await
-            .map_err(store_error)?;
-        Ok(s)
-    }
 }
 
 /// The core's view of a client error.
