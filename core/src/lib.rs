@@ -33,8 +33,8 @@ mod token;
 pub use controller::{Decision, Level, ModeController, ModeRules, Rule};
 pub use hash::{Map, SeededState};
 pub use node::{
-    Counters, LocalError, Node, NodeParams, PeerStats, Refused, DEFAULT_RELAY_CAPACITY,
-    MAX_LOCAL_RECORDS,
+    BacklogSnapshot, Counters, LocalError, Node, NodeParams, NodeSnapshot, PeerSnapshot, PeerStats,
+    Refused, DEFAULT_RELAY_CAPACITY, MAX_LOCAL_RECORDS,
 };
 pub use relay::{Relay, RelayCounters, RelayMsg};
 pub use state::{LoadView, MarkView, ModeView, StateLimits};

@@ -17,9 +17,9 @@ use shoal_wire::{
 
 use crate::controller::{Decision, ModeController, ModeRules};
 use crate::hash::{Map, SeededState};
-use crate::relay::{Relay, RelayMsg};
+use crate::relay::{Relay, RelayCounters, RelayMsg};
 use crate::state::{Applied, ClusterState, LoadView, MarkView, ModeView, StateLimits};
-use crate::store::{self, Backlog, BacklogLimits, BatchId, Offer, Row};
+use crate::store::{self, Backlog, BacklogCounters, BacklogLimits, BatchId, Offer, Row};
 
 /// Most records a filter may put in one local datagram.
 pub const MAX_LOCAL_RECORDS: usize = 64;
@@ -202,6 +202,60 @@ pub struct Counters {
     pub records_extension: u64,
     pub resource_table_full: u64,
     pub mode_claims_sent: u64,
+}
+
+/// The numbers a metrics scrape needs, copied out of the node so the
+/// caller can release its lock before formatting anything.
+#[derive(Debug, Clone)]
+pub struct NodeSnapshot {
+    pub id: u32,
+    pub cluster: u32,
+    pub counters: Counters,
+    pub relay: RelayCounters,
+    pub session_evictions: u64,
+    /// Resources with a load gauge, with a live mode claim, session marks.
+    pub resources: usize,
+    pub modes: usize,
+    pub sessions: usize,
+    /// In no particular order.
+    pub peers: Vec<PeerSnapshot>,
+    pub backlog: Option<BacklogSnapshot>,
+}
+
+/// One peer's counters (see [`PeerStats`]), without its replay window.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerSnapshot {
+    pub id: u32,
+    pub datagrams: u64,
+    pub records: u64,
+    /// [`PeerStats::lost`].
+    pub lost: u64,
+    pub late: u64,
+    pub duplicates: u64,
+    pub stale: u64,
+    pub restarts: u64,
+    pub last_seen: Instant,
+}
+
+impl PeerSnapshot {
+    /// Lost datagrams per datagram expected, 0..=1.
+    pub fn loss_ratio(&self) -> f64 {
+        let expected = self.datagrams + self.lost;
+        if expected == 0 {
+            0.0
+        } else {
+            self.lost as f64 / expected as f64
+        }
+    }
+}
+
+/// The save backlog's size and counters.
+#[derive(Debug, Clone, Copy)]
+pub struct BacklogSnapshot {
+    /// Records queued or in flight.
+    pub len: usize,
+    pub batches_in_flight: usize,
+    pub counters: BacklogCounters,
 }
 
 /// The node state machine.
@@ -621,6 +675,42 @@ impl Node {
     /// The save backlog, when a store is configured.
     pub fn backlog(&self) -> Option<&Backlog> {
         self.backlog.as_ref()
+    }
+
+    /// Copies the numbers a metrics scrape needs: O(peers), no sorting,
+    /// nothing walked per resource.
+    pub fn snapshot(&self) -> NodeSnapshot {
+        let (resources, modes, sessions) = self.state.counts();
+        NodeSnapshot {
+            id: self.id,
+            cluster: self.cluster,
+            counters: self.counters.clone(),
+            relay: self.relay.counters(),
+            session_evictions: self.state.evictions,
+            resources,
+            modes,
+            sessions,
+            peers: self
+                .peers
+                .iter()
+                .map(|(&id, p)| PeerSnapshot {
+                    id,
+                    datagrams: p.datagrams,
+                    records: p.records,
+                    lost: p.lost(),
+                    late: p.late,
+                    duplicates: p.duplicates,
+                    stale: p.stale,
+                    restarts: p.restarts,
+                    last_seen: p.last_seen,
+                })
+                .collect(),
+            backlog: self.backlog.as_ref().map(|b| BacklogSnapshot {
+                len: b.len(),
+                batches_in_flight: b.batches_in_flight(),
+                counters: b.counters(),
+            }),
+        }
     }
 
     /// Cuts the next batch of records to save into `buf`.

@@ -310,6 +310,16 @@ impl ClusterState {
         ids
     }
 
+    /// Resources with a fresh gauge or a live claim, each once, in no
+    /// particular order (no allocation, unlike [`ClusterState::resources`]).
+    pub fn resource_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        let loads = &self.loads;
+        loads
+            .keys()
+            .chain(self.modes.keys().filter(move |r| !loads.contains_key(r)))
+            .copied()
+    }
+
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.loads.len(), self.modes.len(), self.marks.len())
     }

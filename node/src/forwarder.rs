@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 use shoal_core::election::{
     self, Election, ElectionParams, Event, OpId, Output, Reply, DEFAULT_BATCH,
 };
+use prometheus_client::registry::Registry;
 use shoal_core::ports::{CrossQueue, Lease};
 use tracing::{debug, info, warn};
 
+use crate::metrics;
 use crate::server::Shared;
 
 /// Counters of the forwarder, for metrics.
@@ -40,6 +42,78 @@ pub(crate) struct ForwarderStats {
     /// version does not relay.
     pub(crate) dropped: AtomicU64,
     pub(crate) errors: AtomicU64,
+}
+
+impl ForwarderStats {
+    /// Registers the forwarder's values as they are now.
+    pub(crate) fn register(&self, reg: &mut Registry) {
+        let [leader, epoch, takeovers, lease_errors, fenced, published, skipped, fetched, dropped, errors] =
+            [
+                &self.leader,
+                &self.epoch,
+                &self.takeovers,
+                &self.lease_errors,
+                &self.fenced,
+                &self.published,
+                &self.publish_skipped,
+                &self.fetched,
+                &self.dropped,
+                &self.errors,
+            ]
+            .map(|a| a.load(Ordering::Relaxed));
+        reg.register_collector(metrics::collector(move |o| {
+            o.gauge(
+                "forwarder_leader",
+                "1 while this node holds the cluster's forwarder lease.",
+                leader,
+            )?;
+            o.gauge(
+                "forwarder_epoch",
+                "Fencing epoch of the lease as last seen.",
+                epoch,
+            )?;
+            o.counter(
+                "forwarder_takeovers",
+                "Times this node became the forwarder.",
+                takeovers,
+            )?;
+            o.counter(
+                "forwarder_lease_errors",
+                "Lease requests that failed.",
+                lease_errors,
+            )?;
+            o.counter(
+                "forwarder_fenced",
+                "Queue writes refused because the lease had moved on.",
+                fenced,
+            )?;
+            o.counter(
+                "xc_published",
+                "Messages this node added to the cross-cluster queue.",
+                published,
+            )?;
+            o.counter(
+                "xc_publish_skipped",
+                "Messages published again and already queued.",
+                skipped,
+            )?;
+            o.counter(
+                "xc_fetched",
+                "Messages fetched from other clusters by this forwarder.",
+                fetched,
+            )?;
+            o.counter(
+                "xc_dropped",
+                "Fetched messages not relayed (expired, or not a mode).",
+                dropped,
+            )?;
+            o.counter(
+                "forwarder_errors",
+                "Forwarding rounds that failed and were retried.",
+                errors,
+            )
+        }));
+    }
 }
 
 pub(crate) struct Forwarder<P> {

@@ -12,7 +12,9 @@
 //!
 //! - `config`: TOML configuration, validated with errors naming the key,
 //!   turned into the core's parameter types.
-//! - `metrics`: Prometheus text and the status page, in one place.
+//! - `metrics`: `/metrics` (prometheus-client, from a snapshot taken
+//!   outside the node's lock; each component registers its own) and
+//!   `/status`.
 //! - `transport`: the multicast socket (socket2), buffer sizing.
 //! - `storage`: the Tarantool edge: replay at start, the save loop,
 //!   failover between masters, the masters' counters.
@@ -44,7 +46,6 @@ pub use config::{
     Config, ConfigError, GroupSpec, LevelSection, LocalSection, ModesSection, ResourceRuleSection,
     RuleSection, Secret, StoreSection, MAX_PEERS, MAX_RESOURCES, MAX_SESSION_CAPACITY,
 };
-pub use metrics::{render as render_metrics, status as render_status, IoStats};
 pub use preflight::{probe, BindError, Preflight, Probe, SocketPath};
 pub use server::{run, wall_us, ServerError};
 pub use transport::{open as open_multicast, Multicast, RcvBuf, TransportError};

@@ -525,15 +525,11 @@ async fn route(s: &Shared, api: Option<&Api>, req: Request) -> Response {
     }
     match path {
         "/metrics" => {
-            let node = s.lock();
-            let mut r = Response::text(200, metrics::render(&node, &s.io, Instant::now()));
-            r.content_type = "text/plain; version=0.0.4";
+            let mut r = Response::text(200, metrics::render(s));
+            r.content_type = metrics::CONTENT_TYPE;
             r
         }
-        "/status" => {
-            let node = s.lock();
-            Response::text(200, metrics::status(&node, Instant::now(), 50))
-        }
+        "/status" => Response::text(200, metrics::status(s)),
         "/healthz" => Response::text(200, "ok\n"),
         _ => Response::text(404, "try /metrics, /status, /healthz or /v1/...\n"),
     }

@@ -11,17 +11,18 @@
 //! under keys only this node writes, so a batch saved twice, or on both
 //! masters, is harmless.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use shoal_tarantool::{Client, ClientConfig, Error as TtError, Iter, Select, Tarantool};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::{ConfigError, StoreSection};
-use crate::metrics::{ExpirerStats, MasterStats};
+use crate::metrics;
 use crate::server::Shared;
 use shoal_core::{BatchId, Row};
 
@@ -37,6 +38,154 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 const PREFERRED_GRACE: Duration = Duration::from_millis(500);
 /// How long a stopping node keeps saving what it still holds.
 const DRAIN_ON_STOP: Duration = Duration::from_secs(3);
+
+/// What the storage driver reports (its backlog lives in the node).
+#[derive(Debug, Default)]
+pub(crate) struct StoreIo {
+    pub(crate) failovers: AtomicU64,
+    /// Records loaded from the store at start, and how long it took.
+    pub(crate) replay_records: AtomicU64,
+    pub(crate) replay_us: AtomicU64,
+    /// 1 when the start-up replay completed.
+    pub(crate) replay_ok: AtomicU64,
+    /// One entry per configured master; empty when no store is.
+    pub(crate) masters: Mutex<Vec<MasterStats>>,
+}
+
+/// One master of the cluster's store, as last seen.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MasterStats {
+    pub(crate) addr: String,
+    pub(crate) connected: bool,
+    /// Saves go here now.
+    pub(crate) active: bool,
+    /// Only ever incremented.
+    pub(crate) batches: u64,
+    pub(crate) errors: u64,
+    /// From `shoal_stats()` on the master.
+    pub(crate) log_len: u64,
+    pub(crate) log_bytes: u64,
+    pub(crate) lua_memory: u64,
+    pub(crate) expirer: Option<ExpirerStats>,
+}
+
+/// The native expiry worker's counters on one master (they restart from
+/// 0 when the master does, which Prometheus reads as a counter reset).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ExpirerStats {
+    pub(crate) deleted: u64,
+    pub(crate) scanned: u64,
+    pub(crate) batches: u64,
+    pub(crate) lag_ms: u64,
+}
+
+impl StoreIo {
+    /// Registers the store's values as they are now; nothing when no
+    /// store is configured.
+    pub(crate) fn register(&self, reg: &mut Registry) {
+        let masters = match self.masters.lock() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if masters.is_empty() {
+            return;
+        }
+        let [failovers, replay_records, replay_us, replay_ok] = [
+            &self.failovers,
+            &self.replay_records,
+            &self.replay_us,
+            &self.replay_ok,
+        ]
+        .map(|a| a.load(Ordering::Relaxed));
+        reg.register_collector(metrics::collector(move |o| {
+            o.counter(
+                "store_failovers",
+                "Switches of the active master.",
+                failovers,
+            )?;
+            o.gauge(
+                "replay_records",
+                "Records replayed from the store at start.",
+                replay_records,
+            )?;
+            o.gauge(
+                "replay_seconds",
+                "Time the start-up replay took.",
+                replay_us as f64 / 1e6,
+            )?;
+            o.gauge(
+                "replay_ok",
+                "1 when the start-up replay completed.",
+                replay_ok,
+            )?;
+            let each = |f: fn(&MasterStats) -> u64| {
+                masters
+                    .iter()
+                    .map(move |m| ([("master", m.addr.as_str())], f(m)))
+            };
+            o.gauges(
+                "store_master_up",
+                "1 when connected and authenticated.",
+                each(|m| m.connected.into()),
+            )?;
+            o.gauges(
+                "store_master_active",
+                "1 for the master saves go to.",
+                each(|m| m.active.into()),
+            )?;
+            o.counters(
+                "store_master_batches",
+                "Save batches committed by this master.",
+                each(|m| m.batches),
+            )?;
+            o.counters(
+                "store_master_errors",
+                "Failed requests to this master.",
+                each(|m| m.errors),
+            )?;
+            o.gauges(
+                "store_log_tuples",
+                "Tuples in shoal_log on this master.",
+                each(|m| m.log_len),
+            )?;
+            o.gauges(
+                "store_log_bytes",
+                "Bytes of shoal_log on this master.",
+                each(|m| m.log_bytes),
+            )?;
+            o.gauges(
+                "store_lua_memory_bytes",
+                "Lua memory of this master.",
+                each(|m| m.lua_memory),
+            )?;
+            let expirer = || {
+                masters
+                    .iter()
+                    .filter_map(|m| Some(([("master", m.addr.as_str())], m.expirer?)))
+            };
+            o.counters(
+                "expirer_deleted",
+                "Tuples deleted by the expiry worker.",
+                expirer().map(|(l, e)| (l, e.deleted)),
+            )?;
+            o.counters(
+                "expirer_scanned",
+                "Tuples looked at by the expiry worker.",
+                expirer().map(|(l, e)| (l, e.scanned)),
+            )?;
+            o.counters(
+                "expirer_batches",
+                "Expiry transactions committed.",
+                expirer().map(|(l, e)| (l, e.batches)),
+            )?;
+            o.gauges(
+                "expirer_lag_seconds",
+                "Age of the oldest expired tuple still present.",
+                expirer().map(|(l, e)| (l, e.lag_ms as f64 / 1e3)),
+            )
+        }));
+    }
+}
 
 /// The store connections of one node.
 pub(crate) struct Storage {

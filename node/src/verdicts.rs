@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::json;
 use shoal_core::ports::{VerdictRow, VerdictStore};
@@ -24,6 +25,7 @@ use shoal_wire::{Code, Op, Record};
 use tracing::debug;
 
 use crate::http::{Request, Response};
+use crate::metrics;
 use crate::server::{wall_us, Shared};
 use shoal_core::{Claims, TokenKeys, Verdict};
 
@@ -116,6 +118,51 @@ pub(crate) struct ApiStats {
     pub(crate) reads: AtomicU64,
     pub(crate) tokens_valid: AtomicU64,
     pub(crate) tokens_invalid: AtomicU64,
+}
+
+impl ApiStats {
+    /// Registers the API's counters as they are now.
+    pub(crate) fn register(&self, reg: &mut Registry) {
+        let [accepted, bad_request, unauthorized, store_errors, reads, valid, invalid] = [
+            &self.accepted,
+            &self.bad_request,
+            &self.unauthorized,
+            &self.store_errors,
+            &self.reads,
+            &self.tokens_valid,
+            &self.tokens_invalid,
+        ]
+        .map(|a| a.load(Ordering::Relaxed));
+        reg.register_collector(metrics::collector(move |o| {
+            o.counter(
+                "verdicts_accepted",
+                "Verdicts stored and acknowledged (201).",
+                accepted,
+            )?;
+            o.counter(
+                "verdicts_bad_request",
+                "API requests refused as malformed (400).",
+                bad_request,
+            )?;
+            o.counter(
+                "api_unauthorized",
+                "API requests without an accepted bearer token (401).",
+                unauthorized,
+            )?;
+            o.counter(
+                "verdicts_store_errors",
+                "API requests the verdict store did not serve (503).",
+                store_errors,
+            )?;
+            o.counter("verdicts_reads", "Verdict reads.", reads)?;
+            o.counter("tokens_valid", "Session tokens verified valid.", valid)?;
+            o.counter(
+                "tokens_invalid",
+                "Session tokens refused (forged, expired, unknown key).",
+                invalid,
+            )
+        }));
+    }
 }
 
 /// The API of one node.
