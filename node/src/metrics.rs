@@ -616,3 +616,622 @@ fn format_status(mut v: StatusView) -> String {
     }
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::time::Duration;
+
+    use shoal_core::{
+        BacklogCounters, BacklogLimits, BacklogSnapshot, Counters, ModeRules, NodeParams,
+        PeerSnapshot, RelayCounters, StateLimits,
+    };
+    use shoal_wire::{Code, Op, Record};
+
+    use super::*;
+    use crate::storage::{ExpirerStats, MasterStats};
+
+    /// One parsed exposition page: families by name, samples by series
+    /// (`name{k="v",...}` with label values unescaped).
+    #[derive(Debug, Default)]
+    struct Page {
+        help: HashMap<String, String>,
+        kind: HashMap<String, String>,
+        /// Family names in the order their TYPE line came.
+        order: Vec<String>,
+        samples: BTreeMap<String, f64>,
+    }
+
+    impl Page {
+        fn get(&self, series: &str) -> f64 {
+            *self
+                .samples
+                .get(series)
+                .unwrap_or_else(|| panic!("no sample {series}"))
+        }
+    }
+
+    /// Parses Prometheus text 0.0.4 strictly enough to catch what a
+    /// scraper would refuse: a sample before its family's TYPE, a family
+    /// declared twice, a TYPE without HELP, bad escapes, a stray line.
+    fn parse(text: &str) -> Page {
+        let mut p = Page::default();
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').expect("HELP name text");
+                assert!(
+                    p.help.insert(name.into(), help.into()).is_none(),
+                    "HELP twice for {name}"
+                );
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+                assert!(p.help.contains_key(name), "TYPE before HELP: {name}");
+                assert!(
+                    p.kind.insert(name.into(), kind.into()).is_none(),
+                    "TYPE twice for {name}"
+                );
+                p.order.push(name.into());
+                current = Some(name.into());
+            } else {
+                assert!(!line.starts_with('#'), "stray comment: {line}");
+                let (series, value) = line.rsplit_once(' ').expect("series value");
+                let (name, labels) = match series.split_once('{') {
+                    Some((n, l)) => (n, parse_labels(l.strip_suffix('}').expect("}"))),
+                    None => (series, Vec::new()),
+                };
+                assert_eq!(
+                    current.as_deref(),
+                    Some(name),
+                    "sample outside its family: {line}"
+                );
+                let value: f64 = value.parse().unwrap_or_else(|_| panic!("value: {line}"));
+                let key = if labels.is_empty() {
+                    name.to_string()
+                } else {
+                    let l: Vec<String> =
+                        labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                    format!("{name}{{{}}}", l.join(","))
+                };
+                assert!(p.samples.insert(key, value).is_none(), "twice: {line}");
+            }
+        }
+        p
+    }
+
+    fn parse_labels(s: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut chars = s.chars().peekable();
+        while chars.peek().is_some() {
+            let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+            assert_eq!(chars.next(), Some('"'), "label {key} not quoted");
+            let mut value = String::new();
+            loop {
+                match chars.next().expect("unterminated label value") {
+                    '"' => break,
+                    '\\' => match chars.next() {
+                        Some('\\') => value.push('\\'),
+                        Some('"') => value.push('"'),
+                        Some('n') => value.push('\n'),
+                        e => panic!("bad escape {e:?}"),
+                    },
+                    c => value.push(c),
+                }
+            }
+            out.push((key, value));
+            match chars.next() {
+                Some(',') | None => {}
+                c => panic!("after a label: {c:?}"),
+            }
+        }
+        out
+    }
+
+    /// A snapshot where every number is different, so a value rendered
+    /// under the wrong name cannot pass.
+    fn snapshot(now: Instant) -> NodeSnapshot {
+        let mut c = Counters {
+            datagrams_sent: 101,
+            records_sent: 102,
+            local_datagrams: 103,
+            local_records: 104,
+            local_queries: 105,
+            records_unsaved: 106,
+            replayed: 107,
+            replay_skipped: 108,
+            own_looped: 109,
+            replay_rejected: 110,
+            peer_table_full: 111,
+            records_applied: 112,
+            records_bad: 113,
+            records_unknown_code: 114,
+            records_extension: 115,
+            resource_table_full: 116,
+            mode_claims_sent: 117,
+            ..Counters::default()
+        };
+        for (i, v) in c.local_rejected.iter_mut().enumerate() {
+            *v = 200 + i as u64;
+        }
+        for (i, v) in c.rejected.iter_mut().enumerate() {
+            *v = 300 + i as u64;
+        }
+        let peer = |id: u32, base: u64, ago_ms: u64| PeerSnapshot {
+            id,
+            datagrams: base + 1,
+            records: base + 2,
+            lost: base + 3,
+            late: base + 4,
+            duplicates: base + 5,
+            stale: base + 6,
+            restarts: base + 7,
+            last_seen: now - Duration::from_millis(ago_ms),
+        };
+        NodeSnapshot {
+            id: 7,
+            cluster: 3,
+            counters: c,
+            relay: RelayCounters {
+                observed: 401,
+                overflowed: 402,
+                applied: 403,
+                duplicates: 404,
+            },
+            session_evictions: 405,
+            resources: 406,
+            modes: 407,
+            sessions: 408,
+            // Out of order, as a HashMap gives them.
+            peers: vec![peer(9, 600, 2_500), peer(2, 500, 1_250)],
+            backlog: Some(BacklogSnapshot {
+                len: 701,
+                batches_in_flight: 702,
+                counters: BacklogCounters {
+                    taken: 703,
+                    saved: 704,
+                    batches_saved: 705,
+                    batches_failed: 706,
+                    dropped_load: 707,
+                    refused: 708,
+                },
+            }),
+        }
+    }
+
+    /// Driver-side stats, every number different, one master address
+    /// that needs escaping.
+    fn io() -> IoStats {
+        let io = IoStats::default();
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&io.rcvbuf_requested, 801);
+        set(&io.rcvbuf_effective, 802);
+        set(&io.rcvbuf_capped, 1);
+        set(&io.send_errors, 804);
+        set(&io.recv_errors, 805);
+        set(&io.local_reply_errors, 806);
+        set(&io.http_refused, 807);
+        set(&io.startup_us, 1_500_000);
+        set(&io.store.failovers, 901);
+        set(&io.store.replay_records, 902);
+        set(&io.store.replay_us, 2_250_000);
+        set(&io.store.replay_ok, 1);
+        let a = &io.api;
+        for (f, v) in [
+            (&a.accepted, 1001),
+            (&a.bad_request, 1002),
+            (&a.unauthorized, 1003),
+            (&a.store_errors, 1004),
+            (&a.reads, 1005),
+            (&a.tokens_valid, 1006),
+            (&a.tokens_invalid, 1007),
+        ] {
+            set(f, v);
+        }
+        let f = &io.forwarder;
+        for (a, v) in [
+            (&f.leader, 1),
+            (&f.epoch, 1102),
+            (&f.takeovers, 1103),
+            (&f.lease_errors, 1104),
+            (&f.fenced, 1105),
+            (&f.published, 1106),
+            (&f.publish_skipped, 1107),
+            (&f.fetched, 1108),
+            (&f.dropped, 1109),
+            (&f.errors, 1110),
+        ] {
+            set(a, v);
+        }
+        *io.store.masters.lock().expect("fresh") = vec![
+            MasterStats {
+                addr: "10.0.0.1:3301".into(),
+                connected: true,
+                active: true,
+                batches: 1201,
+                errors: 1202,
+                log_len: 1203,
+                log_bytes: 1204,
+                lua_memory: 1205,
+                expirer: Some(ExpirerStats {
+                    deleted: 1206,
+                    scanned: 1207,
+                    batches: 1208,
+                    lag_ms: 1_750,
+                }),
+            },
+            MasterStats {
+                addr: "odd\"name\\x".into(),
+                errors: 1302,
+                ..MasterStats::default()
+            },
+        ];
+        io
+    }
+
+    fn render_page(node: NodeSnapshot, now: Instant, io: &IoStats) -> (String, Page) {
+        let text = encode(&registry(node, now, io));
+        let page = parse(&text);
+        (text, page)
+    }
+
+    #[test]
+    fn every_family_is_typed_and_counters_end_in_total() {
+        let now = Instant::now();
+        let (text, page) = render_page(snapshot(now), now, &io());
+        assert!(page.order.len() > 60, "{text}");
+        for name in &page.order {
+            assert!(name.starts_with("shoal_"), "{name}");
+            assert!(!page.help[name].is_empty(), "{name} has no help");
+            let kind = page.kind[name].as_str();
+            assert_eq!(
+                kind == "counter",
+                name.ends_with("_total"),
+                "{name} is a {kind}"
+            );
+            assert!(matches!(kind, "counter" | "gauge"), "{name}: {kind}");
+            assert!(
+                page.samples
+                    .keys()
+                    .any(|s| s == name || s.starts_with(&format!("{name}{{"))),
+                "{name} has no sample"
+            );
+        }
+    }
+
+    #[test]
+    fn values_match_the_snapshot() {
+        let now = Instant::now();
+        let snap = snapshot(now);
+        let (text, p) = render_page(snap.clone(), now, &io());
+        let c = &snap.counters;
+        let plain = [
+            ("shoal_datagrams_sent_total", c.datagrams_sent),
+            ("shoal_records_sent_total", c.records_sent),
+            ("shoal_local_datagrams_total", c.local_datagrams),
+            ("shoal_local_records_total", c.local_records),
+            ("shoal_local_queries_total", c.local_queries),
+            ("shoal_records_unsaved_total", c.records_unsaved),
+            ("shoal_replay_rejected_total", c.replay_rejected),
+            ("shoal_own_looped_total", c.own_looped),
+            ("shoal_peer_table_full_total", c.peer_table_full),
+            ("shoal_records_applied_total", c.records_applied),
+            ("shoal_records_bad_total", c.records_bad),
+            ("shoal_records_unknown_code_total", c.records_unknown_code),
+            ("shoal_records_extension_total", c.records_extension),
+            ("shoal_resource_table_full_total", c.resource_table_full),
+            ("shoal_mode_claims_sent_total", c.mode_claims_sent),
+            ("shoal_resources", 406),
+            ("shoal_modes_active", 407),
+            ("shoal_sessions", 408),
+            ("shoal_session_evictions_total", 405),
+            ("shoal_relay_observed_total", 401),
+            ("shoal_relay_overflowed_total", 402),
+            ("shoal_xc_applied_total", 403),
+            ("shoal_xc_duplicates_total", 404),
+            ("shoal_store_backlog", 701),
+            ("shoal_store_batches_in_flight", 702),
+            ("shoal_store_taken_total", 703),
+            ("shoal_store_saved_total", 704),
+            ("shoal_store_batches_saved_total", 705),
+            ("shoal_store_batches_failed_total", 706),
+            ("shoal_store_dropped_load_total", 707),
+            ("shoal_store_refused_total", 708),
+            ("shoal_rcvbuf_requested_bytes", 801),
+            ("shoal_rcvbuf_effective_bytes", 802),
+            ("shoal_rcvbuf_capped", 1),
+            ("shoal_send_errors_total", 804),
+            ("shoal_recv_errors_total", 805),
+            ("shoal_local_reply_errors_total", 806),
+            ("shoal_http_refused_total", 807),
+            ("shoal_store_failovers_total", 901),
+            ("shoal_replay_records", 902),
+            ("shoal_replay_ok", 1),
+            ("shoal_verdicts_accepted_total", 1001),
+            ("shoal_verdicts_bad_request_total", 1002),
+            ("shoal_api_unauthorized_total", 1003),
+            ("shoal_verdicts_store_errors_total", 1004),
+            ("shoal_verdicts_reads_total", 1005),
+            ("shoal_tokens_valid_total", 1006),
+            ("shoal_tokens_invalid_total", 1007),
+            ("shoal_forwarder_leader", 1),
+            ("shoal_forwarder_epoch", 1102),
+            ("shoal_forwarder_takeovers_total", 1103),
+            ("shoal_forwarder_lease_errors_total", 1104),
+            ("shoal_forwarder_fenced_total", 1105),
+            ("shoal_xc_published_total", 1106),
+            ("shoal_xc_publish_skipped_total", 1107),
+            ("shoal_xc_fetched_total", 1108),
+            ("shoal_xc_dropped_total", 1109),
+            ("shoal_forwarder_errors_total", 1110),
+            ("shoal_node_info{node=\"7\",cluster=\"3\"}", 1),
+        ];
+        for (series, v) in plain {
+            assert_eq!(p.get(series), v as f64, "{series}\n{text}");
+        }
+        assert_eq!(p.get("shoal_startup_seconds"), 1.5);
+        assert_eq!(p.get("shoal_replay_seconds"), 2.25);
+        for (i, l) in LocalError::LABELS.iter().enumerate() {
+            let s = format!("shoal_local_rejected_total{{reason=\"{l}\"}}");
+            assert_eq!(p.get(&s), c.local_rejected[i] as f64);
+        }
+        for (i, l) in DecodeError::LABELS.iter().enumerate() {
+            let s = format!("shoal_datagrams_rejected_total{{reason=\"{l}\"}}");
+            assert_eq!(p.get(&s), c.rejected[i] as f64);
+        }
+        for peer in &snap.peers {
+            let s = |n: &str| format!("shoal_peer_{n}{{peer=\"{}\"}}", peer.id);
+            assert_eq!(p.get(&s("datagrams_total")), peer.datagrams as f64);
+            assert_eq!(p.get(&s("records_total")), peer.records as f64);
+            assert_eq!(p.get(&s("lost_total")), peer.lost as f64);
+            assert_eq!(p.get(&s("reordered_total")), peer.late as f64);
+            assert_eq!(p.get(&s("duplicates_total")), peer.duplicates as f64);
+            assert_eq!(p.get(&s("stale_total")), peer.stale as f64);
+            assert_eq!(p.get(&s("restarts_total")), peer.restarts as f64);
+        }
+        assert_eq!(p.get("shoal_peer_last_seen_seconds{peer=\"2\"}"), 1.25);
+        assert_eq!(p.get("shoal_peer_last_seen_seconds{peer=\"9\"}"), 2.5);
+        // Peers in id order within each family.
+        let at = |s: &str| text.find(s).unwrap_or_else(|| panic!("{s}"));
+        assert!(at("shoal_peer_lost_total{peer=\"2\"}") < at("shoal_peer_lost_total{peer=\"9\"}"));
+        let m = |n: &str| format!("shoal_{n}{{master=\"10.0.0.1:3301\"}}");
+        for (n, v) in [
+            ("store_master_up", 1.0),
+            ("store_master_active", 1.0),
+            ("store_master_batches_total", 1201.0),
+            ("store_master_errors_total", 1202.0),
+            ("store_log_tuples", 1203.0),
+            ("store_log_bytes", 1204.0),
+            ("store_lua_memory_bytes", 1205.0),
+            ("expirer_deleted_total", 1206.0),
+            ("expirer_scanned_total", 1207.0),
+            ("expirer_batches_total", 1208.0),
+            ("expirer_lag_seconds", 1.75),
+        ] {
+            assert_eq!(p.get(&m(n)), v, "{n}");
+        }
+        // The library escapes label values; the parser undoes it.
+        let odd = "shoal_store_master_errors_total{master=\"odd\"name\\x\"}";
+        assert_eq!(p.get(odd), 1302.0);
+        assert_eq!(p.get("shoal_store_master_up{master=\"odd\"name\\x\"}"), 0.0);
+        // A master without an expirer has no expirer series.
+        assert!(!p
+            .samples
+            .keys()
+            .any(|k| k.starts_with("shoal_expirer") && k.contains("odd")));
+    }
+
+    #[test]
+    fn unconfigured_parts_render_nothing() {
+        let now = Instant::now();
+        let mut snap = snapshot(now);
+        snap.backlog = None;
+        snap.peers.clear();
+        let (text, p) = render_page(snap, now, &IoStats::default());
+        let absent = [
+            "shoal_store_",
+            "shoal_replay_",
+            "shoal_expirer_",
+            "shoal_peer_",
+        ];
+        for name in &p.order {
+            let part_of = |prefix: &&str| name.starts_with(prefix);
+            // Counted by the core whatever is configured.
+            let core = ["shoal_peer_table_full_total", "shoal_replay_rejected_total"];
+            assert!(
+                core.contains(&name.as_str()) || !absent.iter().any(part_of),
+                "{name} in\n{text}"
+            );
+        }
+        assert_eq!(p.get("shoal_verdicts_accepted_total"), 0.0);
+        assert_eq!(p.get("shoal_records_sent_total"), 102.0);
+    }
+
+    /// Every family rendered is listed in `docs/metrics.md` with its type,
+    /// and the page lists nothing that is not rendered.
+    #[test]
+    fn docs_list_every_family() {
+        let now = Instant::now();
+        let (_, p) = render_page(snapshot(now), now, &io());
+        let doc = include_str!("../../docs/metrics.md");
+        let mut listed = BTreeMap::new();
+        for line in doc.lines().filter(|l| l.starts_with("| `shoal_")) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let name = cells[1].trim_matches('`');
+            assert!(
+                listed
+                    .insert(name.to_string(), cells[2].to_string())
+                    .is_none(),
+                "listed twice: {name}"
+            );
+        }
+        for name in &p.order {
+            assert_eq!(
+                listed.get(name).map(String::as_str),
+                Some(p.kind[name].as_str()),
+                "docs/metrics.md: {name} missing or wrong type"
+            );
+        }
+        for name in listed.keys() {
+            assert!(
+                p.kind.contains_key(name),
+                "docs list {name}, never rendered"
+            );
+        }
+    }
+
+    fn node(id: u32) -> Node {
+        Node::new(
+            NodeParams {
+                id,
+                cluster: 1,
+                max_datagram: 1400,
+                flush: Duration::from_micros(200),
+                keys: None,
+                limits: StateLimits {
+                    load_stale: Duration::from_secs(60),
+                    max_resources: 100_000,
+                    session_capacity: 100,
+                    default_ttl: Duration::from_secs(10),
+                },
+                max_peers: 16,
+                modes: ModeRules::default(),
+                store: Some(BacklogLimits {
+                    capacity: 1000,
+                    batch: 10,
+                }),
+                relay_capacity: 64,
+            },
+            Instant::now(),
+            1_700_000_000_000_000,
+        )
+    }
+
+    fn load(resource: u64, rate: u64) -> Record {
+        Record::new(Code::LOAD, [resource, rate, 0, 0])
+    }
+
+    /// Moves every datagram `from` has ready into `to`.
+    fn deliver(from: &mut Node, to: &mut Node, now: Instant) {
+        from.flush();
+        let mut buf = Vec::new();
+        while from.poll_transmit(&mut buf) {
+            to.receive(now, &buf).expect("accepted");
+        }
+    }
+
+    #[test]
+    fn counters_never_decrease_across_renders() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = (node(1), node(2));
+        let io = io();
+        for r in 0..20 {
+            b.inject(t0, load(r, 10)).expect("load");
+        }
+        deliver(&mut b, &mut a, t0);
+        let mut saved = Record::new(Code::SESSION_MARK, [5, Record::MARK_SUSPICIOUS, 0, 0]);
+        saved.op = Op::SEND_SAVE;
+        a.inject(t0, saved).expect("mark");
+        let (_, first) = render_page(a.snapshot(), t0, &io);
+
+        let t1 = t0 + Duration::from_millis(50);
+        for r in 0..40 {
+            b.inject(t1, load(r, 20)).expect("load");
+            a.inject(t1, load(1000 + r, 5)).expect("load");
+        }
+        deliver(&mut b, &mut a, t1);
+        a.receive(t1, b"garbage").expect_err("refused");
+        a.flush();
+        let mut buf = Vec::new();
+        while a.poll_transmit(&mut buf) {}
+        let (text, second) = render_page(a.snapshot(), t1, &io);
+
+        let mut grew = Vec::new();
+        for (series, v1) in &first.samples {
+            let family = series.split('{').next().unwrap_or_default();
+            if first.kind.get(family).map(String::as_str) != Some("counter") {
+                continue;
+            }
+            let v2 = second.get(series);
+            assert!(v2 >= *v1, "{series} went from {v1} to {v2}\n{text}");
+            if v2 > *v1 {
+                grew.push(series.clone());
+            }
+        }
+        // The test means something only if the node did count meanwhile.
+        for s in [
+            "shoal_records_applied_total",
+            "shoal_peer_datagrams_total{peer=\"2\"}",
+            "shoal_local_records_total",
+            "shoal_datagrams_sent_total",
+            "shoal_datagrams_rejected_total{reason=\"too_short\"}",
+        ] {
+            assert!(grew.iter().any(|g| g == s), "{s} did not grow: {grew:?}");
+        }
+        assert_eq!(second.get("shoal_store_taken_total"), 1.0);
+    }
+
+    /// The `n` busiest by brute force: every resource's total, full sort.
+    fn expected_top(node: &Node, now: Instant, ids: &[u64], n: usize) -> Vec<(u64, u64)> {
+        let mut all: Vec<(u64, u64)> = ids.iter().map(|&r| (r, node.load(now, r).total)).collect();
+        all.sort_unstable_by_key(|&(r, total)| (Reverse(total), r));
+        all.truncate(n);
+        all
+    }
+
+    #[test]
+    fn status_lists_the_busiest_resources() {
+        let now = Instant::now();
+        let (mut a, mut b) = (node(1), node(2));
+        let mut ids = Vec::new();
+        // Deterministic spread with many ties: rate = (r * 7919) % 97.
+        for r in 1..=3000u64 {
+            a.inject(now, load(r, (r * 7919) % 97)).expect("load");
+            ids.push(r);
+        }
+        // Another node adds to some totals.
+        for r in (1..=3000u64).step_by(5) {
+            b.inject(now, load(r, 50)).expect("load");
+        }
+        deliver(&mut b, &mut a, now);
+        // A resource with a mode claim and no load is counted once.
+        let mut m = Record::new(Code::MODE, [9_000_000, 2, 0, 0]);
+        m.ttl_ms = 60_000;
+        a.inject(now, m).expect("mode");
+        ids.push(9_000_000);
+
+        for n in [0, 1, 7, 50, 3000, 3001, 5000] {
+            let (count, mut rows) = busiest(&a, now, n);
+            assert_eq!(count, 3001);
+            rows.sort_unstable_by_key(|r| (Reverse(r.load.total), r.resource));
+            let got: Vec<(u64, u64)> = rows.iter().map(|r| (r.resource, r.load.total)).collect();
+            assert_eq!(got, expected_top(&a, now, &ids, n), "n = {n}");
+        }
+        let (_, rows) = busiest(&a, now, 3001);
+        let claimed = rows
+            .iter()
+            .find(|r| r.resource == 9_000_000)
+            .expect("listed");
+        assert_eq!((claimed.mode.level, claimed.mode.origin), (2, 1));
+
+        let page = format_status(StatusView::take(&a, now, 3));
+        assert!(
+            page.contains("resources: 3001 (the 3 busiest by total load)"),
+            "{page}"
+        );
+        let listed: Vec<u64> = page
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("resource "))
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .map(|l| {
+                l.split_whitespace()
+                    .next()
+                    .and_then(|c| c.parse().ok())
+                    .expect("id")
+            })
+            .collect();
+        let want: Vec<u64> = expected_top(&a, now, &ids, 3).iter().map(|e| e.0).collect();
+        assert_eq!(listed, want, "{page}");
+        assert!(page.contains("peers: 1"), "{page}");
+    }
+}
