@@ -156,6 +156,18 @@ impl Out<'_> {
         )
     }
 
+    /// A constant 1 labelled with facts, named `<name>_info`.
+    pub(crate) fn info<L>(&mut self, name: &str, help: &str, labels: L) -> fmt::Result
+    where
+        L: EncodeLabelSet + Clone + std::hash::Hash + Eq,
+    {
+        let i = Info::new(labels);
+        i.encode(
+            self.0
+                .encode_descriptor(name, help, None, i.metric_type())?,
+        )
+    }
+
     /// A labelled counter family; nothing at all when `rows` is empty.
     pub(crate) fn counters<L: EncodeLabelSet>(
         &mut self,
@@ -231,13 +243,11 @@ impl Collector for CoreMetrics {
     fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
         let mut o = Out(encoder);
         let (n, c) = (&self.node, &self.node.counters);
-        o.0.encode_descriptor(
+        o.info(
             "node",
             "This node's id and cluster.",
-            None,
-            MetricType::Info,
-        )
-        .and_then(|m| Info::new([("node", n.id), ("cluster", n.cluster)]).encode(m))?;
+            [("node", n.id), ("cluster", n.cluster)],
+        )?;
         o.counter(
             "datagrams_sent",
             "Datagrams multicast by this node.",
@@ -404,8 +414,7 @@ impl Collector for CoreMetrics {
 
 impl CoreMetrics {
     fn encode_peers(&self, o: &mut Out<'_>) -> fmt::Result {
-        let mut peers = self.node.peers.clone();
-        peers.sort_unstable_by_key(|p| p.id);
+        let peers = &self.node.peers;
         type Field = fn(&shoal_core::PeerSnapshot) -> u64;
         let counters: [(&str, &str, Field); 7] = [
             ("peer_datagrams", "Datagrams accepted from the peer.", |p| {
@@ -457,7 +466,8 @@ impl CoreMetrics {
 }
 
 /// The registry of one scrape: the core's snapshot, then each component.
-fn registry(node: NodeSnapshot, now: Instant, io: &IoStats) -> Registry {
+fn registry(mut node: NodeSnapshot, now: Instant, io: &IoStats) -> Registry {
+    node.peers.sort_unstable_by_key(|p| p.id);
     let mut reg = Registry::with_prefix("shoal");
     reg.register_collector(Box::new(CoreMetrics { node, now }));
     io.register(&mut reg);
@@ -573,15 +583,15 @@ fn format_status(mut v: StatusView) -> String {
         "node {}  sent {} datagrams / {} records  applied {} records",
         n.id, c.datagrams_sent, c.records_sent, c.records_applied
     );
-    let mut peers = n.peers.clone();
-    peers.sort_unstable_by_key(|p| p.id);
+    v.node.peers.sort_unstable_by_key(|p| p.id);
+    let peers = &v.node.peers;
     let _ = writeln!(o, "\npeers: {}", peers.len());
     let _ = writeln!(
         o,
         "{:>8} {:>12} {:>12} {:>10} {:>8} {:>8} {:>8} {:>10}",
         "peer", "datagrams", "records", "lost", "loss%", "late", "dups", "seen_ms"
     );
-    for p in &peers {
+    for p in peers {
         let _ = writeln!(
             o,
             "{:>8} {:>12} {:>12} {:>10} {:>8.3} {:>8} {:>8} {:>10}",
