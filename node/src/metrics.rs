@@ -836,6 +836,7 @@ mod tests {
         set(&io.local_reply_errors, 806);
         set(&io.http_refused, 807);
         set(&io.startup_us, 1_500_000);
+        set(&io.auth_enabled, 1);
         set(&io.store.failovers, 901);
         set(&io.store.replay_records, 902);
         set(&io.store.replay_us, 2_250_000);
@@ -968,6 +969,7 @@ mod tests {
             ("shoal_recv_errors_total", 805),
             ("shoal_local_reply_errors_total", 806),
             ("shoal_http_refused_total", 807),
+            ("shoal_auth_enabled", 1),
             ("shoal_store_failovers_total", 901),
             ("shoal_replay_records", 902),
             ("shoal_replay_ok", 1),
