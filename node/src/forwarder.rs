@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::registry::Registry;
 use shoal_core::election::{
     self, Election, ElectionParams, Event, OpId, Output, Reply, DEFAULT_BATCH,
 };
-use prometheus_client::registry::Registry;
 use shoal_core::ports::{CrossQueue, Lease};
 use tracing::{debug, info, warn};
 

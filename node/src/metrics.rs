@@ -1127,6 +1127,7 @@ mod tests {
                     batch: 10,
                 }),
                 relay_capacity: 64,
+                hash_seed: 0x5eed,
             },
             Instant::now(),
             1_700_000_000_000_000,
@@ -1295,6 +1296,7 @@ mod figures {
                 batch: 10,
             }),
             relay_capacity: 64,
+            hash_seed: 0x5eed,
         };
         Node::new(params, Instant::now(), 1_700_000_000_000_000)
     }
