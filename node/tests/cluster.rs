@@ -107,10 +107,10 @@ fn three_nodes_share_load_modes_and_sessions() {
 
     // No loss on loopback, and `shoal status` shows the picture.
     for n in &nodes {
-        assert_eq!(
-            n.metric("shoal_peer_lost_total{peer=\"1\"}").unwrap_or(0.0),
-            0.0
-        );
+        for peer in nodes.iter().filter(|p| p.id != n.id) {
+            let sample = format!("shoal_peer_lost_total{{peer=\"{}\"}}", peer.id);
+            assert_eq!(n.metric(&sample), Some(0.0), "node {}: {sample}", n.id);
+        }
     }
     let out = Command::new(BIN)
         .args(["status", "-c"])

@@ -1,6 +1,7 @@
 //! Three `shoal` processes in three network namespaces joined by a bridge:
 //! several hosts on one machine, real multicast across veth links. Needs
-//! root and iproute2; skipped with a message otherwise.
+//! root and iproute2; otherwise it prints `SKIPPED` (and fails under
+//! `SHOAL_REQUIRE_ALL=1`, as in `.ci/run`).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,8 @@ use std::time::Duration;
 
 use shoal_node::testkit::{wait_until, NodeProcess, NodeSpec};
 use shoal_wire::{Code, Record};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 const WAIT: Duration = Duration::from_secs(5);
@@ -72,8 +75,9 @@ fn skip_reason() -> Option<String> {
 #[test]
 fn three_namespaces_on_a_bridge_share_state() {
     if let Some(why) = skip_reason() {
-        eprintln!(
-            "SKIPPED three_namespaces_on_a_bridge_share_state: {why}; run as root with iproute2"
+        common::skip(
+            "three_namespaces_on_a_bridge_share_state",
+            &format!("{why}; run as root with iproute2"),
         );
         return;
     }

@@ -105,8 +105,11 @@ fn node(dir: &Path, id: u32, group: Ipv4Addr, port: u16, masters: [&str; 2], pw:
     spec
 }
 
+/// One sample; a sample missing from the page fails the test (it must not
+/// read as 0, which `== 0` checks would take for a pass).
 fn metric(n: &NodeProcess, name: &str) -> u64 {
-    n.metric(name).unwrap_or(-1.0) as u64
+    n.metric(name)
+        .unwrap_or_else(|| panic!("{name} is not on node {}'s metrics page", n.id)) as u64
 }
 
 /// Sends `count` session marks (send+save) with keys from `first`, in
@@ -212,14 +215,21 @@ fn kill_9_and_restart_replays_the_live_records() {
         .collect();
     c.send(&modes).expect("modes");
     send_marks(&mut c, 0, 200, 300);
+    let short_sent = Instant::now();
     let writer = std::thread::spawn({
         let mut c = n.client().expect("client");
         move || send_marks(&mut c, 1_000, 20_000, 600_000)
     });
-    std::thread::sleep(Duration::from_millis(150));
+    // Killed under load, once saves of the long-lived marks are under way.
+    assert!(
+        wait_until(WAIT, || metric(&n, "shoal_store_saved_total") > 20 + 200),
+        "saves under way: {}",
+        metric(&n, "shoal_store_saved_total")
+    );
     n.kill();
     writer.join().ok();
-    std::thread::sleep(Duration::from_millis(400));
+    // The short marks' 300 ms TTL must be over before the restart.
+    std::thread::sleep(Duration::from_millis(400).saturating_sub(short_sent.elapsed()));
 
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -7,7 +7,7 @@
 //! `twoclusters.rs`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,8 +98,11 @@ fn verify(n: &NodeProcess, token: &str) -> Value {
     v
 }
 
+/// One sample; a sample missing from the page fails the test (it must not
+/// read as 0, which `== 0` checks would take for a pass).
 fn metric(n: &NodeProcess, name: &str) -> u64 {
-    n.metric(name).unwrap_or(-1.0) as u64
+    n.metric(name)
+        .unwrap_or_else(|| panic!("{name} is not on node {}'s metrics page", n.id)) as u64
 }
 
 fn leaders(nodes: &[NodeProcess]) -> Vec<usize> {
@@ -316,23 +319,37 @@ fn modes_cross_clusters_once_and_survive_killing_both_forwarders() {
     let a_fwd = leaders(&t.a)[0];
     let sender = 1 - a_fwd;
     let sender_id = t.a[sender].id;
-    const N: u64 = 1000;
+    // The writer sends one mode per resource until told to stop, so both
+    // kills happen under traffic; `sent` is how far it got. MAX stays under
+    // the relay ring's capacity (4096), so a new forwarder can publish all.
+    const MAX: u64 = 4000;
+    let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let writer = std::thread::spawn({
         let mut c = t.a[sender].client().expect("client");
-        let stop = Arc::clone(&stop);
+        let (sent, stop) = (Arc::clone(&sent), Arc::clone(&stop));
         move || {
-            for r in 1..=N {
-                send_mode(&mut c, r, 2);
-                std::thread::sleep(Duration::from_millis(5));
+            for r in 1..=MAX {
                 if stop.load(Ordering::Relaxed) {
-                    return r;
+                    break;
                 }
+                send_mode(&mut c, r, 2);
+                sent.store(r, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
             }
-            N
+            sent.load(Ordering::Relaxed)
         }
     });
-    std::thread::sleep(Duration::from_millis(700));
+    // Traffic flows before each kill and after the last takeover.
+    let under_way = |what: &str| {
+        let from = sent.load(Ordering::Relaxed);
+        assert!(
+            wait_until(WAIT, || sent.load(Ordering::Relaxed) >= from + 100),
+            "the writer is stuck at {from} ({what})"
+        );
+        sent.load(Ordering::Relaxed)
+    };
+    under_way("before A's forwarder is killed");
     let killed_at = Instant::now();
     t.a[a_fwd].kill();
     assert!(
@@ -344,7 +361,7 @@ fn modes_cross_clusters_once_and_survive_killing_both_forwarders() {
 
     let b_fwd = leaders(&t.b)[0];
     let watcher = 1 - b_fwd;
-    std::thread::sleep(Duration::from_millis(700));
+    under_way("before B's forwarder is killed");
     let killed_at = Instant::now();
     t.b[b_fwd].kill();
     assert!(
@@ -353,28 +370,34 @@ fn modes_cross_clusters_once_and_survive_killing_both_forwarders() {
         "B's other node takes over"
     );
     let b_takeover = killed_at.elapsed();
-    let sent = writer.join().expect("writer");
+    under_way("after both takeovers");
     stop.store(true, Ordering::Relaxed);
-    assert_eq!(sent, N);
+    let n = writer.join().expect("writer");
+    assert!(
+        n < MAX,
+        "the writer ran out ({MAX} modes) before the takeovers were over"
+    );
     let bound = Duration::from_millis(LEASE_MS + LEASE_MS / 3 + 500);
-    eprintln!("takeover after kill -9: A {a_takeover:?}, B {b_takeover:?} (bound {bound:?})");
+    eprintln!(
+        "takeover after kill -9: A {a_takeover:?}, B {b_takeover:?} (bound {bound:?}); {n} modes sent"
+    );
     assert!(a_takeover < bound && b_takeover < bound);
 
     // Every message applied exactly once on B's surviving node.
     let w = &t.b[watcher];
     assert!(
-        wait_until(WAIT, || metric(w, "shoal_xc_applied_total") >= N),
-        "applied {} of {N}",
+        wait_until(WAIT, || metric(w, "shoal_xc_applied_total") >= n),
+        "applied {} of {n}",
         metric(w, "shoal_xc_applied_total")
     );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         metric(w, "shoal_xc_applied_total"),
-        N,
+        n,
         "nothing applied twice"
     );
     let mut c = w.client().expect("client");
-    for r in 1..=N {
+    for r in 1..=n {
         let m = c
             .query(Code::QUERY_MODE, r, Duration::from_secs(1))
             .expect("mode");
