@@ -413,6 +413,82 @@ fn modes_cross_clusters_once_and_survive_killing_both_forwarders() {
     }));
 }
 
+/// What `docs/verdict-store.md` says of a cluster whose verdict store is
+/// down: posts and reads get 503 (counted, nothing acknowledged, no mark),
+/// tokens still verify, the forwarder stands down within its lease and
+/// nobody takes over; once the store is back a forwarder is elected and
+/// posts are acknowledged again.
+#[test]
+fn a_verdict_store_outage_refuses_posts_keeps_tokens_and_stands_the_forwarder_down() {
+    let t = two_clusters("outage", (KEY2, Some(KEY1)));
+    assert!(
+        wait_until(WAIT, || leaders(&t.a).len() == 1),
+        "A elects a forwarder"
+    );
+    let (status, v) = post(&t.a[0], r#"{"subject":31,"verdict":"bot","ttl_s":600}"#);
+    assert_eq!(status, 201, "{v}");
+    let token = v["token"].as_str().expect("token").to_string();
+
+    let stopping = Instant::now();
+    t.pair.stop(Master::A).expect("stop A's store");
+    let stopped = Instant::now();
+    assert!(
+        wait_until(WAIT, || leaders(&t.a).is_empty()),
+        "A's forwarder stands down"
+    );
+    let stood_down = stopped.elapsed();
+    let bound = Duration::from_millis(LEASE_MS + LEASE_MS / 3 + 500);
+    eprintln!(
+        "forwarder stood down {stood_down:?} after the store stopped, which took {:?} (bound {bound:?})",
+        stopped - stopping
+    );
+    assert!(stood_down < bound, "{stood_down:?}");
+    for n in &t.a {
+        assert!(
+            wait_until(WAIT, || metric(n, "shoal_forwarder_lease_errors_total") > 0),
+            "node {} counts its failed lease requests",
+            n.id
+        );
+    }
+    // Not acknowledged, counted, and no mark for it in the cluster.
+    let errors = metric(&t.a[1], "shoal_verdicts_store_errors_total");
+    let (status, v) = post(&t.a[1], r#"{"subject":32,"verdict":"bot","ttl_s":600}"#);
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(get(&t.a[1], 31).0, 503);
+    assert_eq!(
+        metric(&t.a[1], "shoal_verdicts_store_errors_total"),
+        errors + 2
+    );
+    // Tokens need no store; the marks the cluster has stay.
+    assert_eq!(verify(&t.a[1], &token)["valid"], true);
+    let mut c = t.a[1].client().expect("client");
+    let mark = |c: &mut LocalClient, subject: u64| {
+        c.query(Code::QUERY_SESSION, subject, Duration::from_secs(1))
+            .expect("reply")
+            .fields[1]
+    };
+    assert_eq!(mark(&mut c, 31), Record::MARK_SUSPICIOUS);
+    assert_eq!(mark(&mut c, 32), 0, "a refused verdict marks nothing");
+    // Nobody took the lease while the store was down.
+    assert!(leaders(&t.a).is_empty());
+
+    t.pair.restart(Master::A).expect("A's store back");
+    assert!(
+        wait_until(WAIT, || leaders(&t.a).len() == 1),
+        "a forwarder again once the store is back: {:?}",
+        leaders(&t.a)
+    );
+    assert!(
+        wait_until(WAIT, || post(
+            &t.a[1],
+            r#"{"subject":32,"verdict":"bot","ttl_s":600}"#
+        )
+        .0 == 201),
+        "posts acknowledged again"
+    );
+    assert!(wait_until(WAIT, || mark(&mut c, 32) == Record::MARK_SUSPICIOUS));
+}
+
 #[test]
 fn a_verdicts_session_mark_is_saved_and_replayed_after_kill_9() {
     let dir = tempdir("replay");
