@@ -116,4 +116,21 @@ fn a_filter_cannot_send_a_relayed_mode() {
     // The forwarder's path still takes sequence 1 of that cluster.
     a.inject(now, remote(1, 2, 1)).expect("forwarder");
     assert_eq!(a.mode(now, 1).level, 2);
+    // docs/wire.md 2.1: the fields are checked first, so a filter's
+    // REMOTE_MODE not in the relay's form is reason 2, one in it reason 3.
+    let reason = |a: &mut shoal_core::Node, r: Record| {
+        let mut req = r.to_bytes().to_vec();
+        req.extend_from_slice(&Record::new(Code::QUERY_MODE, [1, 0, 0, 0]).to_bytes());
+        let mut reply = Vec::new();
+        a.handle_local(now, &req, &mut reply);
+        let e = Record::decode_slice(&reply[..64]).expect("error record");
+        assert_eq!(e.code, Code::REPLY_ERROR);
+        e.fields[0]
+    };
+    assert_eq!(reason(&mut a, remote(1, 2, 5)), 3);
+    let mut no_cluster = remote(1, 2, 5);
+    no_cluster.fields[2] = 7;
+    assert_eq!(reason(&mut a, no_cluster), 2);
+    assert_eq!(reason(&mut a, remote(1, 2, 0)), 2);
+    assert_eq!(reason(&mut a, remote(1, 256, 5)), 2);
 }

@@ -116,4 +116,21 @@ mod tests {
         assert_eq!(w.check(11, 1 + 500), Next { gap: 499 });
         assert_eq!(w.check(11, 1), Stale);
     }
+
+    /// `docs/wire.md` section 5: seq 0 is an ordinary number to the window.
+    #[test]
+    fn seq_zero_is_an_ordinary_number() {
+        let mut w = ReplayWindow::default();
+        assert_eq!(w.check(7, 0), Fresh { restarted: false });
+        assert_eq!(w.check(7, 1), Next { gap: 0 });
+        assert_eq!(w.check(7, 0), Duplicate);
+        let mut w = ReplayWindow::default();
+        w.check(7, 1);
+        w.check(7, 127);
+        assert_eq!(w.check(7, 0), Late);
+        assert_eq!(w.check(7, 0), Duplicate);
+        let mut w = ReplayWindow::default();
+        w.check(7, 128);
+        assert_eq!(w.check(7, 0), Stale);
+    }
 }

@@ -152,7 +152,14 @@ fn check_datagram_vector(name: &str, bytes: &[u8], v: &DatagramVector) {
 #[test]
 fn documented_vectors_match_the_implementation() {
     let vectors = doc_vectors();
-    let expected = ["a-record", "b-unsigned", "c-signed"];
+    let expected = [
+        "a-record",
+        "b-unsigned",
+        "c-signed",
+        "c-signed-key",
+        "c-signed-nonce",
+        "c-signed-aegismac-not-the-tag",
+    ];
     let found: Vec<&str> = vectors.keys().map(String::as_str).collect();
     for name in expected {
         assert!(vectors.contains_key(name), "wire.md lacks vector {name}");
@@ -171,6 +178,49 @@ fn documented_vectors_match_the_implementation() {
 
     check_datagram_vector("b-unsigned", &vectors["b-unsigned"], &vector_b());
     check_datagram_vector("c-signed", &vectors["c-signed"], &vector_c());
+}
+
+/// Section 6.3's intermediate values, computed here with the primitives
+/// themselves (`blake3`, `aegis`) rather than through `shoal-wire`: the
+/// key, the nonce, the tag as the AEGIS-256 AEAD over an empty message with
+/// the datagram as associated data, and the different tag the RFC's MAC
+/// mode (AEGISMAC-256) gives, which the document warns against.
+#[test]
+fn documented_mac_is_the_aead_tag_not_the_mac_mode() {
+    use aegis::aegis256::{Aegis256, Aegis256Mac};
+    let vectors = doc_vectors();
+    let c = &vectors["c-signed"];
+    let signed = &c[..c.len() - MAC_LEN - CRC_LEN];
+    let stored = &c[signed.len()..signed.len() + MAC_LEN];
+
+    let derived = blake3::derive_key("shoal 2026 datagram mac v2", SECRET);
+    assert_eq!(hex(&derived), hex(&vectors["c-signed-key"]), "derived key");
+    let mut nonce = [0u8; 32];
+    nonce[..24].copy_from_slice(&signed[8..32]);
+    assert_eq!(hex(&nonce), hex(&vectors["c-signed-nonce"]), "nonce");
+
+    let aead: [u8; MAC_LEN] =
+        Aegis256::<MAC_LEN>::new(&derived, &nonce).encrypt_in_place(&mut [], signed);
+    assert_eq!(hex(&aead), hex(stored), "the tag is the AEAD's");
+
+    let mut mac = Aegis256Mac::<MAC_LEN>::new_with_nonce(&derived, &nonce);
+    mac.update(signed);
+    let mac_mode = mac.finalize();
+    assert_eq!(
+        hex(&mac_mode),
+        hex(&vectors["c-signed-aegismac-not-the-tag"]),
+        "the MAC mode's value as documented"
+    );
+    assert_ne!(mac_mode, aead, "the MAC mode gives another tag");
+
+    // A datagram carrying the MAC mode's value is refused.
+    let mut forged = c.clone();
+    forged[signed.len()..signed.len() + MAC_LEN].copy_from_slice(&mac_mode);
+    refix_crc(&mut forged);
+    assert_eq!(
+        Datagram::parse(&forged, CLUSTER, Some(&keys_of(key()))).map(|d| d.header),
+        Err(DecodeError::BadMac)
+    );
 }
 
 #[test]
