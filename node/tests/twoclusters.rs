@@ -237,7 +237,10 @@ fn post_many(nodes: &[NodeProcess], first: u64, count: u64) -> Posted {
                         status = post(n, subject);
                     }
                     if status != 201 {
-                        gave_up.lock().unwrap().get_or_insert((subject, status));
+                        gave_up
+                            .lock()
+                            .expect("a lane panicked")
+                            .get_or_insert((subject, status));
                         return;
                     }
                     acked.fetch_add(1, Relaxed);
@@ -250,7 +253,7 @@ fn post_many(nodes: &[NodeProcess], first: u64, count: u64) -> Posted {
         acked: acked.load(Relaxed),
         took: started.elapsed(),
         retried: retried.load(Relaxed),
-        gave_up: gave_up.into_inner().unwrap(),
+        gave_up: gave_up.into_inner().expect("a lane panicked"),
     }
 }
 
