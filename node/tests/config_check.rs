@@ -13,6 +13,8 @@ use shoal_node::testkit::{unique_group, wait_until, NodeSpec};
 use shoal_node::{http_get, LocalClient};
 use shoal_wire::Code;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 
 fn tempdir(name: &str) -> PathBuf {
@@ -419,7 +421,10 @@ fn socket_gets_its_mode_and_group_and_an_unsigned_node_says_so() {
             String::from_utf8_lossy(&out.stderr)
         );
     } else {
-        println!("SKIPPED: access as another user needs root, setpriv and a nogroup group");
+        common::skip(
+            "socket_gets_its_mode_and_group_and_an_unsigned_node_says_so (access as another user)",
+            "needs root, setpriv and a nogroup group",
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

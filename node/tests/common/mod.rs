@@ -1,5 +1,6 @@
-//! What the tests that need the machine's privileges (network namespaces)
-//! share: how a test that cannot run here says so, without showing green.
+//! What the tests that need the machine's privileges (root, network
+//! namespaces) share: how a test that cannot run here says so, without
+//! showing green.
 
 use std::io::Write;
 
