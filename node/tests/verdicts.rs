@@ -347,7 +347,6 @@ fn modes_cross_clusters_once_and_survive_killing_both_forwarders() {
             wait_until(WAIT, || sent.load(Ordering::Relaxed) >= from + 100),
             "the writer is stuck at {from} ({what})"
         );
-        sent.load(Ordering::Relaxed)
     };
     under_way("before A's forwarder is killed");
     let killed_at = Instant::now();
