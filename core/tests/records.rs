@@ -31,6 +31,7 @@ fn node(id: u32, now: Instant) -> Node {
         modes: ModeRules::default(),
         store: None,
         relay_capacity: 16,
+        hash_seed: u128::from(id),
     };
     Node::new(p, now, WALL)
 }
