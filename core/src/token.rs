@@ -19,6 +19,8 @@
 //! rotated without logging every browser out; tokens are minted with the
 //! current one.
 
+use base64::engine::GeneralPurpose;
+use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -141,7 +143,7 @@ impl TokenKeys {
         mac.update(&b[..BODY]);
         let tag = mac.finalize().into_bytes();
         b[BODY..].copy_from_slice(&tag[..TAG]);
-        base64url_encode(&b)
+        B64.encode(b)
     }
 
     /// The claims of a valid, unexpired token (`now_s`: Unix seconds).
@@ -152,7 +154,12 @@ impl TokenKeys {
             return Err(TokenError::Malformed("wrong length"));
         }
         let mut b = [0u8; TOKEN_BYTES];
-        base64url_decode(token.as_bytes(), &mut b).ok_or(TokenError::Malformed("not base64url"))?;
+        // 54 characters are 40 bytes and 4 spare bits: the length check
+        // above makes the buffer exactly the right size.
+        match B64.decode_slice(token.as_bytes(), &mut b) {
+            Ok(TOKEN_BYTES) => {}
+            _ => return Err(TokenError::Malformed("not base64url")),
+        }
         if b[0] != VERSION {
             return Err(TokenError::Version(b[0]));
         }
@@ -188,51 +195,18 @@ impl TokenKeys {
     }
 }
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-fn base64url_encode(b: &[u8]) -> String {
-    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
-    for chunk in b.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &x)| n | (x as u32) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-/// Decodes exactly `out.len()` bytes; `None` on any other input.
-fn base64url_decode(s: &[u8], out: &mut [u8]) -> Option<()> {
-    if s.len() != (out.len() * 4).div_ceil(3) {
-        return None;
-    }
-    let val = |c: u8| ALPHABET.iter().position(|&a| a == c).map(|v| v as u32);
-    for (chunk, dst) in s.chunks(4).zip(out.chunks_mut(3)) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= val(c)? << (18 - 6 * i);
-        }
-        // Unused low bits of a short last group must be zero (one
-        // encoding per token).
-        let used = 8 * dst.len();
-        if n & ((1u32 << (24 - used)) - 1) != 0 && chunk.len() < 4 {
-            return None;
-        }
-        for (i, d) in dst.iter_mut().enumerate() {
-            *d = (n >> (16 - 8 * i)) as u8;
-        }
-    }
-    Some(())
-}
+/// base64url (RFC 4648 section 5) without padding. The engine refuses
+/// `=`, characters outside the alphabet and non-zero spare bits in the
+/// last character, so a token has exactly one spelling.
+const B64: GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const NOW: u64 = 1_767_225_600;
+    /// `keys().mint(&claims())` as the hand-written codec wrote it.
+    const KNOWN: &str = "AQIHAAAADfD-yu--rd4BXRDHVWkAAAAA3F_J1ORnX_93TRjwUHoiuw";
 
     fn keys() -> TokenKeys {
         TokenKeys::new(
@@ -264,17 +238,44 @@ mod tests {
 
     #[test]
     fn base64url_matches_the_rfc_alphabet() {
-        assert_eq!(base64url_encode(b"\xfb\xff\xbf"), "-_-_");
-        assert_eq!(base64url_encode(b"foob"), "Zm9vYg");
+        assert_eq!(B64.encode(b"\xfb\xff\xbf"), "-_-_");
+        assert_eq!(B64.encode(b"foob"), "Zm9vYg");
         let mut out = [0u8; 4];
-        assert_eq!(base64url_decode(b"Zm9vYg", &mut out), Some(()));
+        assert_eq!(B64.decode_slice(b"Zm9vYg", &mut out), Ok(4));
         assert_eq!(&out, b"foob");
-        assert_eq!(
-            base64url_decode(b"Zm9vYh", &mut out),
-            None,
+        assert!(
+            B64.decode_slice(b"Zm9vYh", &mut out).is_err(),
             "non-zero spare bits"
         );
-        assert_eq!(base64url_decode(b"Zm9vY=", &mut out), None);
+        assert!(B64.decode_slice(b"Zm9vY=", &mut out).is_err());
+        assert!(B64.decode_slice(b"Zm9vYg==", &mut out).is_err());
+        assert!(B64.decode_slice(b"Zm9v+g", &mut out).is_err(), "not url-safe");
+    }
+
+    /// A token minted before the codec moved to the `base64` crate, byte
+    /// for byte: the wire format did not change.
+    #[test]
+    fn known_token_vector() {
+        let t = keys().mint(&claims());
+        assert_eq!(t, KNOWN);
+        assert_eq!(keys().verify(KNOWN, NOW), Ok(claims()));
+        // The same token with the spare bits of its last character set
+        // decodes to the same bytes with a hand-written decoder that does
+        // not check them: it must be refused (one spelling per token).
+        let last = KNOWN.as_bytes()[TOKEN_CHARS - 1];
+        let pos = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+            .iter()
+            .position(|&c| c == last)
+            .expect("alphabet");
+        assert_eq!(pos & 0x0f, 0, "40 bytes leave 4 spare bits");
+        let mut twin = KNOWN.as_bytes().to_vec();
+        twin[TOKEN_CHARS - 1] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[pos | 1];
+        let twin = String::from_utf8(twin).expect("ascii");
+        assert_eq!(
+            keys().verify(&twin, NOW),
+            Err(TokenError::Malformed("not base64url"))
+        );
     }
 
     #[test]

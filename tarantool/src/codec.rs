@@ -13,6 +13,9 @@
 use std::fmt::Display;
 use std::ops::Range;
 
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
 use bytes::{Buf, Bytes, BytesMut};
 use rmp::Marker;
 use serde::Serialize;
@@ -122,36 +125,18 @@ fn trim_ascii(mut s: &[u8]) -> &[u8] {
     s
 }
 
-/// Standard base64 (RFC 4648 alphabet, `=` padding optional).
+/// Standard base64 (RFC 4648 alphabet) as in the greeting; lenient where
+/// that costs nothing: `=` padding optional, spare bits not checked (the
+/// salt is whatever the server sent; a bad one only fails the auth).
+const SALT_B64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
 fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
-    fn sextet(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let body = match text {
-        [rest @ .., b'=', b'='] => rest,
-        [rest @ .., b'='] => rest,
-        _ => text,
-    };
-    if body.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(body.len() * 3 / 4);
-    for chunk in body.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= sextet(c)? << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
+    SALT_B64.decode(text).ok()
 }
 
 /// The chap-sha1 scramble:
@@ -632,24 +617,24 @@ mod tests {
         g
     }
 
-    const SALT_B64: &str = "5c7QmaxO5xpcVUVu3UvjNXNTTGHrb5vjDR0A6Z/k6r8=";
+    const SALT_TEXT: &str = "5c7QmaxO5xpcVUVu3UvjNXNTTGHrb5vjDR0A6Z/k6r8=";
 
     #[test]
     fn parses_greeting() {
-        let g = parse_greeting(&greeting_bytes(SALT_B64)).expect("greeting");
+        let g = parse_greeting(&greeting_bytes(SALT_TEXT)).expect("greeting");
         assert_eq!(
             g.version,
             "Tarantool 2.6.0 (Binary) 7b1a3b2e-2d8c-4f0e-9c51-8a7e7f3d6f11"
         );
         assert_eq!(g.salt.len(), 32);
-        // python3: base64.b64decode(SALT_B64)[:4].hex()
+        // python3: base64.b64decode(SALT_TEXT)[:4].hex()
         assert_eq!(&g.salt[..4], &[0xe5, 0xce, 0xd0, 0x99]);
         assert_eq!(&g.salt[30..], &[0xea, 0xbf]);
     }
 
     #[test]
     fn refuses_bad_greetings() {
-        let good = greeting_bytes(SALT_B64);
+        let good = greeting_bytes(SALT_TEXT);
         assert!(parse_greeting(&good[..127]).is_err());
         let mut bad = good.clone();
         bad[0] = b'X';
@@ -673,8 +658,12 @@ mod tests {
             base64_decode(b"+/+/").as_deref(),
             Some(&[0xfb, 0xff, 0xbf][..])
         );
+        assert_eq!(base64_decode(b"Zg=").as_deref(), Some(&b"f"[..]));
+        assert_eq!(base64_decode(b"Zh==").as_deref(), Some(&b"f"[..]));
         assert_eq!(base64_decode(b"Z"), None);
         assert_eq!(base64_decode(b"Zm9v-g=="), None);
+        assert_eq!(base64_decode(b"Zm9vYg==="), None);
+        assert_eq!(base64_decode(b"Zm=9v"), None);
     }
 
     #[test]
@@ -682,7 +671,7 @@ mod tests {
         // Computed independently with python3:
         //   s1 = sha1(b"secret"); s2 = sha1(s1); s3 = sha1(salt[:20] + s2)
         //   bytes(a ^ b for a, b in zip(s1, s3)).hex()
-        let salt = base64_decode(SALT_B64.as_bytes()).expect("salt");
+        let salt = base64_decode(SALT_TEXT.as_bytes()).expect("salt");
         let s = scramble(&salt, "secret");
         assert_eq!(hex(&s), SCRAMBLE_SECRET);
     }
