@@ -36,6 +36,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context};
+use clap::Parser;
 
 const SCRIPT: &str = include_str!("expiry-compare.lua");
 
@@ -49,40 +50,49 @@ struct Args {
     expirationd: Option<PathBuf>,
 }
 
+/// Expiry comparison: the native expirer against Lua expirationd.
+#[derive(Parser)]
+struct Cli {
+    /// Runs of each configuration; the medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Batch sizes of the native expirer to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 200, 300, 500])]
+    batches: Vec<u32>,
+    /// Tuples loaded before a run, over 16 nodes.
+    #[arg(long, default_value_t = 1_000_000)]
+    preload: u64,
+    /// Of the preloaded tuples, how many are already expired.
+    #[arg(long, default_value_t = 500_000)]
+    expired: u64,
+    /// Steady inserts/s during a run.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Directory of `libshoal_expirer.so` (default: this binary's).
+    #[arg(long)]
+    lib: Option<PathBuf>,
+}
+
 fn parse_args() -> anyhow::Result<Args> {
-    let exe_dir = std::env::current_exe()?
-        .parent()
-        .context("binary directory")?
-        .to_path_buf();
-    let mut a = Args {
-        runs: 3,
-        batches: vec![100, 200, 300, 500],
-        preload: 1_000_000,
-        expired: 500_000,
-        rate: 10_000,
-        lib: exe_dir,
+    let c = Cli::parse();
+    let lib = match c.lib {
+        Some(lib) => lib,
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary directory")?
+            .to_path_buf(),
+    };
+    let a = Args {
+        runs: c.runs,
+        batches: c.batches,
+        preload: c.preload,
+        expired: c.expired,
+        rate: c.rate,
+        lib,
         expirationd: std::env::var_os("EXPIRATIOND_PATH")
             .filter(|p| !p.is_empty())
             .map(PathBuf::from),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--runs" => a.runs = value()?.parse()?,
-            "--batches" => {
-                a.batches = value()?
-                    .split(',')
-                    .map(|b| b.trim().parse())
-                    .collect::<Result<_, _>>()?
-            }
-            "--preload" => a.preload = value()?.parse()?,
-            "--expired" => a.expired = value()?.parse()?,
-            "--rate" => a.rate = value()?.parse()?,
-            "--lib" => a.lib = PathBuf::from(value()?),
-            other => bail!("unknown argument {other}"),
-        }
-    }
     if a.runs == 0 || a.expired == 0 || a.expired > a.preload {
         bail!("--runs must be positive and 0 < --expired <= --preload");
     }

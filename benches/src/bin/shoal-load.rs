@@ -18,38 +18,35 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use clap::Parser;
 use shoal_node::testkit::{unique_group, wait_until, NodeProcess, NodeSpec};
 use shoal_wire::{Code, Record};
 
+/// Load harness: three real `shoal` processes on loopback multicast.
+#[derive(Parser)]
 struct Args {
+    /// The `shoal` binary to run.
+    #[arg(long, default_value = "target/release/shoal")]
     bin: PathBuf,
+    /// Length of each phase, in seconds.
+    #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// Runs of each phase; the medians are reported.
+    #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Background rate of the latency phase, records/s.
+    #[arg(long, default_value_t = 100_000)]
     rate: u64,
+    /// Filter threads blasting node 1 in the throughput phase.
+    #[arg(long, default_value_t = 1)]
     senders: usize,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        bin: PathBuf::from("target/release/shoal"),
-        seconds: 5.0,
-        runs: 3,
-        rate: 100_000,
-        senders: 1,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--bin" => a.bin = PathBuf::from(val()?),
-            "--seconds" => a.seconds = val()?.parse()?,
-            "--runs" => a.runs = val()?.parse()?,
-            "--rate" => a.rate = val()?.parse()?,
-            "--senders" => a.senders = val()?.parse()?,
-            "--bench" => {} // passed by `cargo bench`
-            other => bail!("unknown argument {other}"),
-        }
-    }
+    let a = Args::parse();
     if !a.bin.exists() {
         bail!(
             "{} not found: build it with `cargo build --release -p shoal-node`",

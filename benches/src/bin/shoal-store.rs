@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use clap::Parser;
 use shoal_node::testkit::{unique_group, wait_until, NodeProcess, NodeSpec};
 use shoal_tarantool::testkit::{Master, Pair};
 use shoal_wire::{Code, Op, Record};
@@ -73,31 +74,52 @@ impl Save {
     }
 }
 
+/// Store harness: a real Tarantool master pair and a real `shoal` node.
+#[derive(Parser)]
+struct Cli {
+    /// The `shoal` binary to run.
+    #[arg(long, default_value = "target/release/shoal")]
+    bin: PathBuf,
+    /// Records per persist run.
+    #[arg(long, default_value_t = 500_000)]
+    records: u64,
+    /// Live tuples to replay at start-up (0: no replay phase).
+    #[arg(long, default_value_t = 1_000_000)]
+    replay: u64,
+    /// Runs; the medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Extra `[store]` keys for the node, comma-separated,
+    /// e.g. 'in_flight = 8,batch = 1000'.
+    #[arg(long, default_value = "")]
+    store: String,
+    /// Save with the native `shoal_expirer.shoal_save` only.
+    #[arg(long, conflicts_with = "both")]
+    native: bool,
+    /// Measure both the Lua and the native procedure in every run.
+    #[arg(long)]
+    both: bool,
+    /// Where `libshoal_expirer.so` is (default: the directory of --bin).
+    #[arg(long)]
+    lib: Option<PathBuf>,
+}
+
 fn parse_args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        bin: PathBuf::from("target/release/shoal"),
-        records: 500_000,
-        replay: 1_000_000,
-        runs: 3,
-        store: String::new(),
-        saves: vec![Save::Lua],
-        lib: None,
+    let c = Cli::parse();
+    let saves = match (c.native, c.both) {
+        (_, true) => vec![Save::Lua, Save::Native],
+        (true, false) => vec![Save::Native],
+        (false, false) => vec![Save::Lua],
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--bin" => a.bin = PathBuf::from(value()?),
-            "--records" => a.records = value()?.parse()?,
-            "--replay" => a.replay = value()?.parse()?,
-            "--runs" => a.runs = value()?.parse()?,
-            "--store" => a.store = value()?.replace(',', "\n"),
-            "--native" => a.saves = vec![Save::Native],
-            "--both" => a.saves = vec![Save::Lua, Save::Native],
-            "--lib" => a.lib = Some(PathBuf::from(value()?)),
-            other => bail!("unknown argument {other}"),
-        }
-    }
+    let a = Args {
+        bin: c.bin,
+        records: c.records,
+        replay: c.replay,
+        runs: c.runs,
+        store: c.store.replace(',', "\n"),
+        saves,
+        lib: c.lib,
+    };
     if a.runs == 0 || a.records == 0 {
         bail!("--runs and --records must be positive");
     }

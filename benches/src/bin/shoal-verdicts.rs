@@ -17,37 +17,31 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use clap::Parser;
 use shoal_node::testkit::{unique_group, NodeProcess, NodeSpec};
 use shoal_tarantool::testkit::{Master, Pair};
 
 const TOKEN: &str = "bench-api-token-0123456789";
 
-#[derive(Clone)]
+/// Verdict API harness: a real verdict-store pair and one real node.
+#[derive(Clone, Parser)]
 struct Args {
+    /// The `shoal` binary to run.
+    #[arg(long, default_value = "target/release/shoal")]
     bin: PathBuf,
+    /// Client threads, one keep-alive connection each.
+    #[arg(long, default_value_t = 16)]
     conns: usize,
+    /// Length of each run, in seconds.
+    #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Runs; the medians are reported.
+    #[arg(long, default_value_t = 3)]
     runs: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        bin: PathBuf::from("target/release/shoal"),
-        conns: 16,
-        seconds: 3.0,
-        runs: 3,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--bin" => a.bin = PathBuf::from(value()?),
-            "--conns" => a.conns = value()?.parse()?,
-            "--seconds" => a.seconds = value()?.parse()?,
-            "--runs" => a.runs = value()?.parse()?,
-            other => bail!("unknown argument {other}"),
-        }
-    }
+    let a = Args::parse();
     if a.runs == 0 || a.conns == 0 || a.seconds <= 0.0 {
         bail!("--runs, --conns and --seconds must be positive");
     }
