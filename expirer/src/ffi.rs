@@ -5,6 +5,20 @@
 
 use std::ffi::{c_char, c_double, c_int, c_uint, c_void};
 
+// `FiberFunc` below receives the `va_list` of `fiber_start` as one pointer
+// argument, which it never reads. That holds where `va_list` is an array
+// type passed as a pointer (x86-64 System V: `__va_list_tag[1]`) or a
+// struct larger than 16 bytes passed by reference (AArch64 AAPCS64: the
+// 32-byte `__va_list`). Other targets are unchecked: refuse to build there
+// rather than guess.
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+compile_error!(
+    "shoal-expirer passes fiber_start's va_list as a pointer: checked only on x86_64 and aarch64 Linux"
+);
+
 /// `struct fiber`, `box_iterator_t`, `box_tuple_t`, `box_error_t`,
 /// `lua_State`: opaque.
 #[repr(C)]
@@ -34,7 +48,8 @@ pub(crate) struct BoxFunctionCtx {
 }
 
 /// `int (*fiber_func)(va_list)`. The worker takes no arguments and never
-/// reads the `va_list`; on x86-64 and AArch64 it is passed as a pointer.
+/// reads the `va_list`; on x86-64 and AArch64 Linux it is passed as a
+/// pointer (see the guard at the top of this file).
 pub(crate) type FiberFunc = unsafe extern "C" fn(*mut c_void) -> c_int;
 /// `sayfunc_t`.
 pub(crate) type SayFunc =
@@ -54,8 +69,13 @@ pub(crate) const LUA_TSTRING: c_int = 4;
 pub(crate) const LUA_TNUMBER: c_int = 3;
 
 extern "C" {
-    pub(crate) static _say: Option<SayFunc>;
-    pub(crate) static log_level: c_int;
+    // Both are written by Tarantool after the module is loaded
+    // (`box.cfg{log_level = ...}`, the logger's set-up), so they are
+    // `static mut` (an immutable static must never change) and read with
+    // `ptr::read_volatile(&raw const ...)` each time, never through a
+    // reference (`tt::say`).
+    pub(crate) static mut _say: Option<SayFunc>;
+    pub(crate) static mut log_level: c_int;
 
     pub(crate) fn fiber_new(name: *const c_char, f: FiberFunc) -> *mut Fiber;
     pub(crate) fn fiber_start(callee: *mut Fiber, ...);
@@ -128,4 +148,12 @@ extern "C" {
         nresults: c_int,
         errfunc: c_int,
     ) -> c_int;
+}
+
+extern "C-unwind" {
+    /// Raises the value on top of the stack as a Lua error: never returns,
+    /// it unwinds (LuaJIT's own unwinder) to the nearest protected call.
+    /// Only called as the last act of `luaopen_shoal_expirer`, a
+    /// `"C-unwind"` frame with no value to drop.
+    pub(crate) fn lua_error(l: *mut LuaState) -> c_int;
 }

@@ -56,15 +56,24 @@
 //! on 2.6, but a clean release build of it alone takes 57 s on the 2-core
 //! CI machine (proc macros, serde, tlua, ...), for the ~30 functions used
 //! here. This crate has no dependencies and builds clean in 1.2 s (release).
-//! The price is our own `unsafe`: 34 declarations in `ffi` and 36
+//! The price is our own `unsafe`: 35 declarations in `ffi` and 34
 //! `unsafe` blocks, each with a `// SAFETY:` note, kept in `tt`, `lua`
 //! and `save` behind safe wrappers (the iterator is freed by a guard, the worker's
 //! state is a thread-local of `Cell`s). Soundness rules kept:
 //! no panic crosses the FFI (every entry point runs under `catch_unwind`),
-//! no native function raises a Lua error (the Lua wrapper does), the
-//! worker's box errors go to Tarantool's log through `say` and count in
-//! `errors`; `shoal_save`'s are returned to its caller (`box_error_set`),
-//! its transaction rolled back by a guard on every early return or panic.
+//! no native function raises a Lua error (the Lua wrapper does) except
+//! `luaopen_shoal_expirer`, which raises a failed chunk's error as its last
+//! act from a `"C-unwind"` frame holding nothing to drop (so `require`
+//! fails instead of returning the message as the module); the worker's box
+//! errors go to Tarantool's log through `say` and count in `errors`;
+//! `shoal_save`'s are returned to its caller (`box_error_set`). Every
+//! transaction (a worker batch, a `shoal_save` call) is a `tt::Txn`,
+//! rolled back by its drop on every early return or panic. `log_level` and
+//! `_say`, which Tarantool changes at run time, are `static mut` read
+//! volatile at each `say`. `fiber_start`'s `va_list` is taken as a pointer:
+//! the crate refuses to build for targets other than x86_64 and aarch64
+//! Linux, where that is checked. Only memtx spaces: `start` refuses any
+//! other engine (a vinyl read may yield, and the walk assumes it does not).
 //!
 //! # Default batch: 300
 //!

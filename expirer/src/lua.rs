@@ -90,33 +90,39 @@ extern "C" fn raw_stats(l: *mut LuaState) -> c_int {
 }
 
 /// `require('shoal_expirer')`: returns the module table (see
-/// `shoal_expirer.lua`).
+/// `shoal_expirer.lua`), or raises the chunk's error so that `require`
+/// fails with it (a module that is a string would load "successfully").
 ///
 /// # Safety
 ///
 /// Called by Lua's `require` with a live `lua_State`.
 #[no_mangle]
-pub unsafe extern "C" fn luaopen_shoal_expirer(l: *mut c_void) -> c_int {
+pub unsafe extern "C-unwind" fn luaopen_shoal_expirer(l: *mut c_void) -> c_int {
     let l = l.cast::<LuaState>();
     // SAFETY: `l` is the live state of this call. luaL_loadbuffer and
     // lua_pcall are protected (they return a status, never raise); the
     // pushes can only raise on out-of-memory, where LuaJIT gives up anyway.
-    unsafe {
-        if ffi::luaL_loadbuffer(
+    let status = unsafe {
+        match ffi::luaL_loadbuffer(
             l,
             CHUNK.as_ptr().cast::<c_char>(),
             CHUNK.len(),
             c"=shoal_expirer".as_ptr(),
-        ) != 0
-        {
-            // The error message is on the stack: `require` returns it.
-            return 1;
+        ) {
+            0 => {
+                ffi::lua_pushcclosure(l, raw_start, 0);
+                ffi::lua_pushcclosure(l, raw_stop, 0);
+                ffi::lua_pushcclosure(l, raw_stats, 0);
+                ffi::lua_pcall(l, 3, 1, 0)
+            }
+            failed => failed,
         }
-        ffi::lua_pushcclosure(l, raw_start, 0);
-        ffi::lua_pushcclosure(l, raw_stop, 0);
-        ffi::lua_pushcclosure(l, raw_stats, 0);
-        // On error its message is left instead of the table.
-        ffi::lua_pcall(l, 3, 1, 0);
+    };
+    if status != 0 {
+        // SAFETY: the error message is on top of the stack. This frame is
+        // "C-unwind" and holds nothing to drop, so LuaJIT's unwinding may
+        // pass through it to `require`'s caller; nothing runs after it.
+        return unsafe { ffi::lua_error(l) };
     }
     1
 }

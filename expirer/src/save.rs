@@ -16,6 +16,7 @@ use std::ptr;
 
 use crate::ffi::{self, BoxFunctionCtx};
 use crate::mp;
+use crate::tt::Txn;
 
 const SPACE: &str = "shoal_log";
 
@@ -50,48 +51,6 @@ fn error_is_set() -> bool {
     !unsafe { ffi::box_error_last() }.is_null()
 }
 
-/// The transaction of one call: rolled back when dropped uncommitted
-/// (an error, or a panic unwinding to `catch_unwind`).
-struct Txn {
-    open: bool,
-}
-
-impl Txn {
-    fn begin() -> Result<Txn, Failure> {
-        // SAFETY: no arguments; fails cleanly (ER_ACTIVE_TRANSACTION) when
-        // the caller already has a transaction open, which is then left
-        // alone.
-        if unsafe { ffi::box_txn_begin() } != 0 {
-            return Err(Failure::Box);
-        }
-        Ok(Txn { open: true })
-    }
-
-    fn commit(mut self) -> Result<(), Failure> {
-        self.open = false;
-        // SAFETY: commits the transaction begun in `begin`; yields for
-        // the WAL write. Nothing borrowed from box is used after it.
-        if unsafe { ffi::box_txn_commit() } != 0 {
-            // A failed commit has rolled back already; the rollback is then
-            // a no-op, kept in case a version leaves it open.
-            // SAFETY: as in `drop`.
-            unsafe { ffi::box_txn_rollback() };
-            return Err(Failure::Box);
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Txn {
-    fn drop(&mut self) {
-        if self.open {
-            // SAFETY: the transaction begun in `begin` is still open (not
-            // committed); rollback does not yield and keeps the error.
-            unsafe { ffi::box_txn_rollback() };
-        }
-    }
-}
-
 /// Checks, writes, returns the count.
 fn save(ctx: *mut BoxFunctionCtx, args: &[u8]) -> Result<(), Failure> {
     let call = mp::parse_save(args).map_err(Failure::Refused)?;
@@ -110,7 +69,8 @@ fn save(ctx: *mut BoxFunctionCtx, args: &[u8]) -> Result<(), Failure> {
         let mut tuple = Vec::with_capacity(mp::TUPLE_MAX);
         mp::tuple_head(&mut tuple, call.node);
         let head = tuple.len();
-        let txn = Txn::begin()?;
+        // Rolled back by its drop on every way out but the commit.
+        let txn = Txn::begin().map_err(|_| Failure::Box)?;
         for row in &call.rows {
             tuple.truncate(head);
             tuple.extend_from_slice(row);
@@ -131,7 +91,7 @@ fn save(ctx: *mut BoxFunctionCtx, args: &[u8]) -> Result<(), Failure> {
                 return Err(Failure::Box); // `txn` rolls back
             }
         }
-        txn.commit()?;
+        txn.commit().map_err(|_| Failure::Box)?;
     }
     let mut out = Vec::with_capacity(9);
     mp::encode_uint(&mut out, count);

@@ -1,6 +1,9 @@
 -- The Lua face of shoal_expirer: checks arguments and raises errors here,
 -- in Lua, so the native functions never raise (no longjmp through Rust).
 local raw_start, raw_stop, raw_stats = ...
+-- Read when start() checks the engine; a load outside Tarantool fails here
+-- (luaopen_shoal_expirer raises this error from require).
+local box = assert(rawget(_G, 'box'), 'shoal_expirer must be loaded inside Tarantool (no box)')
 
 local M = {}
 
@@ -25,6 +28,13 @@ function M.start(opts)
     if type(idle_ms) ~= 'number' or idle_ms ~= idle_ms
         or idle_ms < 0 or idle_ms > 86400000 then
         fail('idle_ms must be a number of milliseconds in 0..86400000')
+    end
+    -- The walk reads with box iterators between yields and assumes they
+    -- never yield themselves: true of memtx only (a vinyl read may yield).
+    local sp = box.space[space]
+    if sp ~= nil and sp.engine ~= 'memtx' then
+        fail(('space %s is a %s space: only memtx is supported'):format(
+            space, tostring(sp.engine)))
     end
     local ok, err = raw_start(space, batch, idle_ms)
     if not ok then error(err, 2) end

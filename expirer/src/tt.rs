@@ -35,9 +35,16 @@ fn last_error(what: &str) -> BoxError {
 
 /// Writes one line to Tarantool's log (`say`), as `shoal_expirer: msg`.
 pub(crate) fn say(level: c_int, msg: &str) {
-    // SAFETY: `log_level` is a plain int owned by Tarantool and written
-    // only on this (the tx) thread; `_say` is set once at start-up.
-    let (enabled, f) = unsafe { (level <= ptr::read(&raw const ffi::log_level), ffi::_say) };
+    // SAFETY: both are plain words owned by Tarantool, written only on
+    // this (the tx) thread, between our calls: a volatile read through a
+    // raw pointer sees the value of now (no reference to a `static mut`).
+    let (current, f) = unsafe {
+        (
+            ptr::read_volatile(&raw const ffi::log_level),
+            ptr::read_volatile(&raw const ffi::_say),
+        )
+    };
+    let enabled = level <= current;
     let Some(f) = f else { return };
     if !enabled {
         return;
@@ -82,6 +89,51 @@ pub(crate) fn sleep(seconds: f64) -> bool {
     }
 }
 
+/// The fiber's transaction: begun by [`Txn::begin`], rolled back when
+/// dropped uncommitted, so an error, an early return or a panic (caught at
+/// the FFI edge) never leaves it open.
+pub(crate) struct Txn {
+    open: bool,
+}
+
+impl Txn {
+    /// Fails (`ER_ACTIVE_TRANSACTION`) when this fiber already has a
+    /// transaction open, which is then left alone.
+    pub(crate) fn begin() -> Result<Txn, BoxError> {
+        // SAFETY: no arguments; fails cleanly when one is open.
+        if unsafe { ffi::box_txn_begin() } != 0 {
+            return Err(last_error("box_txn_begin"));
+        }
+        Ok(Txn { open: true })
+    }
+
+    /// Commits; yields for the WAL write. Nothing borrowed from box may be
+    /// used after it.
+    pub(crate) fn commit(mut self) -> Result<(), BoxError> {
+        self.open = false;
+        // SAFETY: commits the transaction begun in `begin`.
+        if unsafe { ffi::box_txn_commit() } != 0 {
+            let e = last_error("box_txn_commit");
+            // A failed commit has rolled back already; the rollback is
+            // then a no-op, kept in case a version leaves it open.
+            // SAFETY: as in `drop`.
+            unsafe { ffi::box_txn_rollback() };
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Txn {
+    fn drop(&mut self) {
+        if self.open {
+            // SAFETY: the transaction begun in `begin` is still open (not
+            // committed); rollback does not yield and keeps the error.
+            unsafe { ffi::box_txn_rollback() };
+        }
+    }
+}
+
 /// Frees a box iterator when dropped, so no path leaks one.
 struct Iter(*mut ffi::BoxIterator);
 
@@ -114,11 +166,8 @@ impl BoxLog {
     /// Deletes `batch` in one transaction; returns how many keys were
     /// still there (the others master may have deleted some first).
     pub(crate) fn delete(&mut self, batch: &KeyBatch) -> Result<u64, BoxError> {
-        // SAFETY: no transaction is open in the worker fiber between
-        // batches; box_txn_begin fails cleanly if one were.
-        if unsafe { ffi::box_txn_begin() } != 0 {
-            return Err(last_error("box_txn_begin"));
-        }
+        // Rolled back by its drop on every way out but the commit.
+        let txn = Txn::begin()?;
         let mut deleted = 0;
         for key in batch.keys() {
             let mut old: *mut ffi::BoxTuple = ptr::null_mut();
@@ -136,18 +185,13 @@ impl BoxLog {
                 )
             };
             if rc != 0 {
-                let e = last_error("box_delete");
-                // SAFETY: the transaction begun above is still open.
-                unsafe { ffi::box_txn_rollback() };
-                return Err(e);
+                // The message is read before `txn` rolls back.
+                return Err(last_error("box_delete"));
             }
             deleted += u64::from(!old.is_null());
         }
-        // SAFETY: commits the transaction begun above; it yields for the
-        // WAL write, and no iterator is open (scan frees its own).
-        if unsafe { ffi::box_txn_commit() } != 0 {
-            return Err(last_error("box_txn_commit"));
-        }
+        // No iterator is open here (scan frees its own) across the yield.
+        txn.commit()?;
         Ok(deleted)
     }
 }

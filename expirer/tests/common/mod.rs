@@ -2,7 +2,8 @@
 
 /// `LUA_CPATH` for the cdylib this package builds: cargo writes it to
 /// `target/<profile>/deps/` (next to this test binary) and links it up to
-/// `target/<profile>/`.
+/// `target/<profile>/` only on `cargo build`. `deps/` comes first: the copy
+/// up there may be older than the one the test was built with.
 pub(crate) fn module_cpath() -> String {
     let exe = std::env::current_exe().expect("test binary path");
     let deps = exe.parent().expect("target/<profile>/deps");
@@ -16,5 +17,5 @@ pub(crate) fn module_cpath() -> String {
         profile.display(),
         deps.display()
     );
-    format!("{}/lib?.so;{}/lib?.so;;", profile.display(), deps.display())
+    format!("{}/lib?.so;{}/lib?.so;;", deps.display(), profile.display())
 }
