@@ -141,7 +141,7 @@ impl Relay {
     /// Whether message `seq` of `cluster`'s queue is new here (counts a
     /// duplicate when it is not).
     pub fn is_new(&mut self, cluster: u32, seq: u64) -> bool {
-        let new = self.applied.get(&cluster).map_or(true, |hwm| seq > *hwm);
+        let new = self.applied.get(&cluster).is_none_or(|hwm| seq > *hwm);
         if !new {
             self.counters.duplicates += 1;
         }
