@@ -585,7 +585,7 @@ fn validate_name(key: &str, name: &Option<String>) -> Result<(), ConfigError> {
 fn validate_host_port(key: &str, addr: &str) -> Result<(), ConfigError> {
     if addr
         .rsplit_once(':')
-        .map_or(true, |(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
     {
         return Err(invalid(key, format!("`{addr}` is not host:port")));
     }
