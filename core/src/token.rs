@@ -249,7 +249,10 @@ mod tests {
         );
         assert!(B64.decode_slice(b"Zm9vY=", &mut out).is_err());
         assert!(B64.decode_slice(b"Zm9vYg==", &mut out).is_err());
-        assert!(B64.decode_slice(b"Zm9v+g", &mut out).is_err(), "not url-safe");
+        assert!(
+            B64.decode_slice(b"Zm9v+g", &mut out).is_err(),
+            "not url-safe"
+        );
     }
 
     /// A token minted before the codec moved to the `base64` crate, byte
