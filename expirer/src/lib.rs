@@ -89,21 +89,51 @@
 //! of `shoal_save` (`tarantool/lua/shoal_store.lua`, from
 //! `SHOAL_TT_EXPIRER*`).
 
-#[cfg(not(test))]
+// Key writers used only by the worker.
+#![cfg_attr(feature = "fuzzing", allow(dead_code))]
+
+// The FFI half links against the `tarantool` executable's symbols: left
+// out of unit tests and of the fuzz build (feature `fuzzing`), which need
+// only the pure parsers.
+#[cfg(not(any(test, feature = "fuzzing")))]
 mod ffi;
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "fuzzing")))]
 mod lua;
 mod mp;
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "fuzzing")))]
 mod save;
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "fuzzing")))]
 mod tt;
 pub mod walk;
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "fuzzing")))]
 mod worker;
 
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "fuzzing")))]
 pub use lua::luaopen_shoal_expirer;
 pub use mp::Row;
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "fuzzing")))]
 pub use save::shoal_save;
+
+/// The argument parser of the native `shoal_save`, for the fuzz target in
+/// `fuzz/` (feature `fuzzing`; not part of the module's interface).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// `shoal_save`'s check of its MessagePack arguments, `[node, rows]`:
+    /// the node name and each row's raw fields, or the message the call
+    /// would fail with.
+    pub fn parse_save(args: &[u8]) -> Result<(&[u8], Vec<&[u8]>), String> {
+        crate::mp::parse_save(args).map(|a| (a.node, a.rows))
+    }
+
+    /// Writes into `out` the tuple `shoal_save` would replace for `node`
+    /// and one parsed row; returns the key the worker reads back from it.
+    pub fn tuple<'a>(node: &[u8], row: &[u8], out: &'a mut Vec<u8>) -> Option<crate::Row<'a>> {
+        crate::mp::tuple_head(out, node);
+        out.extend_from_slice(row);
+        crate::mp::parse_row(out)
+    }
+
+    /// The longest tuple `shoal_save` builds.
+    pub const TUPLE_MAX: usize = crate::mp::TUPLE_MAX;
+}

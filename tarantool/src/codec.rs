@@ -599,6 +599,68 @@ pub(crate) fn first_field_u32(data: &[u8]) -> Result<Option<u32>, DecodeError> {
         .map_err(|_| DecodeError::Malformed("space id out of range"))
 }
 
+// ---------------------------------------------------------------- fuzzing
+
+/// The response path as the client runs it, for the fuzz targets in
+/// `fuzz/` (feature `fuzzing`; not part of the API).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use bytes::BytesMut;
+
+    use super::{decode_response, first_field_u32, next_frame, parse_greeting, scramble, Body};
+    use crate::error::DecodeError;
+
+    /// Feeds `stream` to the framer `chunk` bytes at a time (as reads
+    /// would bring it) and decodes every frame cut, as the client's reader
+    /// and `dispatch` do, until the stream ends or an error would close
+    /// the connection. Returns what each frame decoded to, then the error
+    /// if there was one, as text: the same stream read in other chunks
+    /// must give the same list.
+    pub fn responses(stream: &[u8], chunk: usize, max: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = BytesMut::new();
+        for piece in stream.chunks(chunk.max(1)) {
+            buf.extend_from_slice(piece);
+            loop {
+                match next_frame(&mut buf, max) {
+                    Ok(Some(frame)) => {
+                        assert!(frame.len() <= max, "a frame longer than max was cut");
+                        match decode_response(&frame) {
+                            Ok(r) => {
+                                if let Body::Ok(Some(range)) = &r.body {
+                                    // Where the client slices the reply's data.
+                                    let data = &frame[range.clone()];
+                                    let _ = first_field_u32(data);
+                                }
+                                out.push(format!("{r:?}"));
+                            }
+                            Err(e) => {
+                                out.push(format!("{e:?}"));
+                                return out;
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        out.push(format!("{e:?}"));
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Parses a greeting and, if it is one, computes the auth scramble
+    /// from its salt.
+    pub fn greeting(buf: &[u8]) -> Result<(), DecodeError> {
+        let g = parse_greeting(buf)?;
+        let _ = scramble(&g.salt, "secret");
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

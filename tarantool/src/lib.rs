@@ -47,5 +47,7 @@ pub mod testkit;
 pub mod verdict;
 
 pub use api::{Iter, Select, Tarantool};
+#[cfg(feature = "fuzzing")]
+pub use codec::fuzzing;
 pub use client::{Client, ClientConfig};
 pub use error::{DecodeError, Error};
