@@ -47,7 +47,7 @@ pub mod testkit;
 pub mod verdict;
 
 pub use api::{Iter, Select, Tarantool};
+pub use client::{Client, ClientConfig};
 #[cfg(feature = "fuzzing")]
 pub use codec::fuzzing;
-pub use client::{Client, ClientConfig};
 pub use error::{DecodeError, Error};
