@@ -141,15 +141,18 @@ fn classify(r: &Record) -> Result<Action, LocalError> {
     }
 }
 
-/// Accounting for one peer (sender) of the cluster.
+/// Accounting for one peer (sender) of the cluster. Every counter only
+/// grows.
 #[derive(Debug, Clone)]
 pub struct PeerStats {
     window: ReplayWindow,
     pub datagrams: u64,
     pub records: u64,
-    /// Datagrams skipped in the sequence (late arrivals are subtracted).
+    /// Sequence numbers skipped when a newer datagram arrived (some of
+    /// them arrive later, counted in `late`).
     pub gaps: u64,
-    /// Datagrams that arrived after a later one (within the window).
+    /// Datagrams that arrived after a later one (within the window),
+    /// whether or not a gap had counted them.
     pub late: u64,
     pub duplicates: u64,
     /// Too old for the window, or from an older incarnation.
@@ -159,18 +162,26 @@ pub struct PeerStats {
 }
 
 impl PeerStats {
-    /// Datagrams lost for good, as far as the window can tell.
+    /// Datagrams lost for good: skipped, and still missing when they left
+    /// the replay window (128 datagrams later) or the sender restarted.
+    /// Never decreases; a late datagram cannot take a loss back.
     pub fn lost(&self) -> u64 {
-        self.gaps.saturating_sub(self.late)
+        self.window.lost()
     }
 
-    /// Lost datagrams per datagram expected, 0..=1.
+    /// Skipped datagrams still inside the window: lost, or not yet here.
+    pub fn missing(&self) -> u64 {
+        self.window.missing().into()
+    }
+
+    /// Lost and missing datagrams per datagram expected, 0..=1.
     pub fn loss_ratio(&self) -> f64 {
-        let expected = self.datagrams + self.lost();
+        let gone = self.lost() + self.missing();
+        let expected = self.datagrams + gone;
         if expected == 0 {
             0.0
         } else {
-            self.lost() as f64 / expected as f64
+            gone as f64 / expected as f64
         }
     }
 }

@@ -84,10 +84,24 @@ pub struct BacklogCounters {
     pub refused: u64,
 }
 
+/// The backlog. Every operation is O(1) per row it moves: a full backlog
+/// refuses a save, or evicts its oldest queued load row, without looking
+/// at the other rows (this runs under the node's lock, once per save,
+/// exactly while the store is down and the backlog is full).
 #[derive(Debug)]
 pub struct Backlog {
     limits: BacklogLimits,
-    queue: VecDeque<Row>,
+    /// Queued rows in order; `None` is a load row evicted to make room,
+    /// skipped when batches are cut. Each slot has a running number:
+    /// `base` for the front, `base + i` for slot `i`.
+    queue: VecDeque<Option<Row>>,
+    base: u64,
+    /// Evicted slots still in `queue` (at most `capacity`, since each was
+    /// a live row that a newer one replaced).
+    holes: usize,
+    /// Running numbers of the load rows in `queue`, oldest first: the ones
+    /// a save may evict.
+    loads: VecDeque<u64>,
     /// Ordered by id: no hasher, and the same order in every run.
     in_flight: BTreeMap<BatchId, Vec<Row>>,
     in_flight_rows: usize,
@@ -107,6 +121,10 @@ impl Backlog {
                 batch: limits.batch.max(1),
             },
             queue: VecDeque::new(),
+            // Far from 0 so that rows put back in front never underflow.
+            base: u64::MAX / 2,
+            holes: 0,
+            loads: VecDeque::new(),
             in_flight: BTreeMap::new(),
             in_flight_rows: 0,
             next_batch: 1,
@@ -116,7 +134,7 @@ impl Backlog {
 
     /// Records queued or in flight.
     pub fn len(&self) -> usize {
-        self.queue.len() + self.in_flight_rows
+        self.queued() + self.in_flight_rows
     }
 
     pub fn is_empty(&self) -> bool {
@@ -125,7 +143,7 @@ impl Backlog {
 
     /// Records waiting for a batch (not in flight).
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.queue.len() - self.holes
     }
 
     pub fn batches_in_flight(&self) -> usize {
@@ -136,38 +154,60 @@ impl Backlog {
         self.counters
     }
 
-    /// Takes a record to persist, applying the full-backlog policy.
+    /// Takes a record to persist, applying the full-backlog policy in
+    /// constant time.
     pub fn offer(&mut self, row: Row) -> Offer {
         if self.len() >= self.limits.capacity {
             if is_load(&row) {
                 self.counters.dropped_load += 1;
                 return Offer::DroppedLoad;
             }
-            match self.queue.iter().position(is_load) {
-                Some(i) => {
-                    self.queue.remove(i);
-                    self.counters.dropped_load += 1;
-                }
-                None => {
-                    self.counters.refused += 1;
-                    return Offer::Refused;
-                }
-            }
+            let Some(oldest) = self.loads.pop_front() else {
+                self.counters.refused += 1;
+                return Offer::Refused;
+            };
+            let slot = (oldest - self.base) as usize;
+            self.queue[slot] = None;
+            self.holes += 1;
+            self.counters.dropped_load += 1;
         }
-        self.queue.push_back(row);
+        if is_load(&row) {
+            self.loads.push_back(self.base + self.queue.len() as u64);
+        }
+        self.queue.push_back(Some(row));
         self.counters.taken += 1;
         Offer::Taken
+    }
+
+    /// Takes the front slot off the queue: its row, or `None` for a hole.
+    fn pop_front(&mut self) -> Option<Option<Row>> {
+        let slot = self.queue.pop_front()?;
+        if slot.is_none() {
+            self.holes -= 1;
+        } else if self.loads.front() == Some(&self.base) {
+            // A load row going in flight can no longer be evicted.
+            self.loads.pop_front();
+        }
+        self.base += 1;
+        Some(slot)
     }
 
     /// Cuts the next batch, oldest records first, and holds it in flight.
     /// `buf` is cleared and filled (reuse it across calls).
     pub fn next_batch(&mut self, buf: &mut Vec<Row>) -> Option<BatchId> {
-        if self.queue.is_empty() {
+        if self.queued() == 0 {
+            while self.pop_front().is_some() {}
             return None;
         }
-        let n = self.queue.len().min(self.limits.batch);
         buf.clear();
-        buf.extend(self.queue.drain(..n));
+        while buf.len() < self.limits.batch {
+            match self.pop_front() {
+                Some(Some(row)) => buf.push(row),
+                Some(None) => {}
+                None => break,
+            }
+        }
+        let n = buf.len();
         let id = BatchId(self.next_batch);
         self.next_batch += 1;
         self.in_flight.insert(id, buf.clone());
@@ -197,7 +237,11 @@ impl Backlog {
             self.in_flight_rows -= rows.len();
             self.counters.batches_failed += 1;
             for row in rows.into_iter().rev() {
-                self.queue.push_front(row);
+                self.base -= 1;
+                if is_load(&row) {
+                    self.loads.push_front(self.base);
+                }
+                self.queue.push_front(Some(row));
             }
         }
     }
@@ -324,5 +368,47 @@ mod tests {
         let id = b.next_batch(&mut buf).expect("batch");
         b.ack(id);
         assert_eq!(b.offer(mark(3)), Offer::Taken);
+    }
+
+    #[test]
+    fn evictions_follow_load_rows_through_failed_batches_and_holes_stay_bounded() {
+        let mut b = backlog(6, 2);
+        // load 1, mark 2, load 3, mark 4, load 5, load 6
+        for (k, is_load) in [(1, true), (2, false), (3, true), (4, false), (5, true), (6, true)] {
+            let row = if is_load { load(k) } else { mark(k) };
+            assert_eq!(b.offer(row), Offer::Taken);
+        }
+        let mut buf = Vec::new();
+        let first = b.next_batch(&mut buf).expect("batch"); // load 1, mark 2
+        // Full (4 queued + 2 in flight): saves evict the oldest queued load.
+        assert_eq!(b.offer(mark(7)), Offer::Taken); // evicts 3
+        assert_eq!(b.offer(mark(8)), Offer::Taken); // evicts 5
+        // The failed batch comes back in front: its load row is evictable.
+        b.fail(first);
+        assert_eq!(b.offer(mark(9)), Offer::Taken); // evicts 1
+        assert_eq!(b.offer(mark(10)), Offer::Taken); // evicts 6
+        assert_eq!(b.offer(mark(11)), Offer::Refused);
+        assert_eq!(b.offer(load(12)), Offer::DroppedLoad);
+        assert_eq!((b.len(), b.queued()), (6, 6));
+        let mut order = Vec::new();
+        while let Some(id) = b.next_batch(&mut buf) {
+            order.extend(buf.iter().map(|r| r[1]));
+            b.ack(id);
+        }
+        assert_eq!(order, [2, 4, 7, 8, 9, 10]);
+        assert!(b.queue.is_empty() && b.holes == 0 && b.loads.is_empty());
+        let c = b.counters();
+        assert_eq!((c.dropped_load, c.refused, c.saved), (5, 1, 6));
+
+        // Evicting over and over never keeps more holes than capacity.
+        let mut b = backlog(100, 10);
+        for k in 0..100 {
+            b.offer(load(k));
+        }
+        for k in 100..1_000 {
+            let _ = b.offer(mark(k));
+            assert!(b.holes <= 100 && b.queue.len() <= 200);
+        }
+        assert_eq!(b.counters().refused, 800);
     }
 }
