@@ -34,9 +34,13 @@ fn refused_save(c: &mut Criterion) {
     for capacity in [1_000usize, 1_000_000] {
         let mut b = full_of_saves(capacity);
         let extra = row(Code::SESSION_MARK, u64::MAX);
-        g.bench_with_input(BenchmarkId::from_parameter(capacity), &capacity, |bench, _| {
-            bench.iter(|| assert_eq!(b.offer(black_box(extra)), Offer::Refused));
-        });
+        g.bench_with_input(
+            BenchmarkId::from_parameter(capacity),
+            &capacity,
+            |bench, _| {
+                bench.iter(|| assert_eq!(b.offer(black_box(extra)), Offer::Refused));
+            },
+        );
     }
     g.finish();
 }

@@ -34,7 +34,7 @@ pub use controller::{Decision, Level, ModeController, ModeRules, Rule};
 pub use hash::{Map, SeededState};
 pub use node::{
     BacklogSnapshot, Counters, LocalError, Node, NodeParams, NodeSnapshot, PeerSnapshot, PeerStats,
-    Refused, DEFAULT_RELAY_CAPACITY, MAX_LOCAL_RECORDS,
+    RecordRefusal, Refused, DEFAULT_RELAY_CAPACITY, MAX_LOCAL_RECORDS,
 };
 pub use relay::{Relay, RelayCounters, RelayMsg};
 pub use state::{LoadView, MarkView, ModeView, StateLimits};

@@ -79,6 +79,32 @@ impl LocalError {
     }
 }
 
+/// Why a record from the cluster (or the store) was refused although its
+/// datagram was accepted: the rules of `docs/wire.md` section 3.1. Each is
+/// counted (`shoal_records_refused_total{reason}`); the record's
+/// neighbours are still used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordRefusal {
+    /// `origin` is not the datagram's `sender`: only a node speaks for
+    /// itself.
+    Origin = 0,
+    /// A `REMOTE_MODE` not in the form the forwarder makes: its claimant
+    /// is a node of the receiver's own cluster.
+    RelayForm = 1,
+    /// Older than its lifetime plus the clock-skew allowance.
+    TooOld = 2,
+    /// Stamped further in the future than the clock-skew allowance.
+    Future = 3,
+}
+
+impl RecordRefusal {
+    pub const LABELS: [&'static str; 4] = ["origin", "relay_form", "too_old", "future"];
+
+    pub fn label(self) -> &'static str {
+        Self::LABELS[self as usize]
+    }
+}
+
 /// What a record asks of the state, once checked. Shared by the local and
 /// the cluster path so both accept exactly the same records.
 enum Action {
@@ -102,6 +128,17 @@ enum Action {
     },
     Extension,
     Query,
+}
+
+impl Action {
+    /// Whether the record lives for its `ttl_ms` (and so is judged by its
+    /// age). Load gauges age out on the receiver's clock instead.
+    fn has_lifetime(&self) -> bool {
+        matches!(
+            self,
+            Action::Mode { .. } | Action::Mark { .. } | Action::RemoteMode { .. }
+        )
+    }
 }
 
 fn classify(r: &Record) -> Result<Action, LocalError> {
@@ -204,7 +241,16 @@ pub struct Counters {
     pub replay_skipped: u64,
     /// Indexed like [`DecodeError::LABELS`].
     pub rejected: [u64; DecodeError::LABELS.len()],
+    /// This node's own datagrams, looped back by multicast (checked like
+    /// any other first, so junk claiming this node's id is counted as
+    /// junk).
     pub own_looped: u64,
+    /// Valid datagrams of this cluster with this node's id but another
+    /// incarnation: a second node configured with the same id.
+    pub own_id_conflict: u64,
+    /// Records refused by the origin and age rules, indexed like
+    /// [`RecordRefusal::LABELS`].
+    pub records_refused: [u64; RecordRefusal::LABELS.len()],
     pub replay_rejected: u64,
     pub peer_table_full: u64,
     pub records_applied: u64,
@@ -274,6 +320,8 @@ pub struct BacklogSnapshot {
 pub struct Node {
     id: u32,
     cluster: u32,
+    incarnation: u64,
+    clock_skew_us: u64,
     keys: Option<MacKeys>,
     max_peers: usize,
     flush: Duration,
@@ -293,27 +341,36 @@ pub struct Node {
     counters: Counters,
     backlog: Option<Backlog>,
     default_ttl: Duration,
-    /// Next `id` of a stored row: starts at the wall clock in µs, so ids
-    /// stay unique across restarts unless the node saved more than one
-    /// record per µs on average; [`Node::replay`] raises it past every
-    /// replayed id of this node.
+    /// Next `id` of a stored row, and the floor of the next record `seq`.
+    /// Both start at the incarnation and follow a hybrid clock (each new
+    /// value is the larger of the previous one + 1 and the wall clock in
+    /// µs): strictly increasing within a run, close to the saving node's
+    /// clock (so replay can order rows of different nodes, see
+    /// [`Node::replay`]), and above every value of the previous run since
+    /// the incarnation is (the driver persists [`Node::high_water`]).
+    /// [`Node::replay`] also raises it past every replayed id of this node.
     next_row_id: u64,
     relay: Relay,
 }
 
 impl Node {
     /// A node starting at `now`, when the wall clock reads `wall_us`
-    /// microseconds since the Unix epoch (also its incarnation).
-    pub fn new(p: NodeParams, now: Instant, wall_us: u64) -> Node {
+    /// microseconds since the Unix epoch, as `incarnation`: a number
+    /// larger than every incarnation, record `seq` and row id of this
+    /// node's previous runs (the driver keeps it across restarts, see
+    /// `docs/wire.md` section 5; tests may pass `wall_us`).
+    pub fn new(p: NodeParams, now: Instant, wall_us: u64, incarnation: u64) -> Node {
         let hasher = SeededState::new(p.hash_seed);
         Node {
             default_ttl: p.limits.default_ttl,
+            clock_skew_us: p.limits.clock_skew.as_micros() as u64,
             id: p.id,
             cluster: p.cluster,
+            incarnation,
             writer: DatagramWriter::new(
                 p.cluster,
                 p.id,
-                wall_us,
+                incarnation,
                 p.max_datagram,
                 p.keys.as_ref().map(|k| k.current.clone()),
             ),
@@ -326,9 +383,9 @@ impl Node {
             ready: VecDeque::new(),
             pool: Vec::new(),
             peers: Map::with_hasher(hasher),
-            // From the wall clock, like row ids: a record's (origin, seq)
+            // From the incarnation, like row ids: a record's (origin, seq)
             // names it in the cross-cluster queue, also across restarts.
-            record_seq: wall_us,
+            record_seq: incarnation,
             epoch: now,
             wall_at_epoch_us: wall_us,
             next_tick: now + TICK,
@@ -336,9 +393,58 @@ impl Node {
             decisions: Vec::new(),
             counters: Counters::default(),
             backlog: p.store.map(Backlog::new),
-            next_row_id: wall_us,
+            next_row_id: incarnation,
             relay: Relay::new(p.relay_capacity, hasher),
         }
+    }
+
+    /// This run's incarnation (the header of every datagram it sends).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The highest incarnation, record `seq` or row id this run has used:
+    /// the driver keeps a persisted floor above it, so that the next run
+    /// starts above it even if the clock steps back.
+    pub fn high_water(&self) -> u64 {
+        self.record_seq
+            .max(self.next_row_id.saturating_sub(1))
+            .max(self.incarnation)
+    }
+
+    /// The next value of the hybrid clock after `prev`.
+    fn hybrid_next(&self, now: Instant, prev: u64) -> u64 {
+        prev.saturating_add(1).max(self.wall_us(now))
+    }
+
+    /// What is left of a record's lifetime when its own timing is taken
+    /// into account (`docs/wire.md`, "Record age"): its TTL (the default
+    /// for 0) minus its age beyond the clock-skew allowance, in ms, at
+    /// least 1; or why it is refused. Records without a lifetime keep
+    /// their `ttl_ms`.
+    fn life_left(&self, now: Instant, r: &Record, action: &Action) -> Result<u32, RecordRefusal> {
+        if !action.has_lifetime() {
+            return Ok(r.ttl_ms);
+        }
+        let wall = self.wall_us(now);
+        if r.timing_us > wall.saturating_add(self.clock_skew_us) {
+            return Err(RecordRefusal::Future);
+        }
+        let ttl_us = match r.ttl_ms {
+            0 => self.default_ttl.as_micros() as u64,
+            ms => u64::from(ms) * 1_000,
+        };
+        let age = wall
+            .saturating_sub(r.timing_us)
+            .saturating_sub(self.clock_skew_us);
+        if age >= ttl_us {
+            return Err(RecordRefusal::TooOld);
+        }
+        Ok(u32::try_from((ttl_us - age).div_ceil(1_000)).unwrap_or(u32::MAX))
+    }
+
+    fn refuse(&mut self, why: RecordRefusal) {
+        self.counters.records_refused[why as usize] += 1;
     }
 
     pub fn id(&self) -> u32 {
@@ -419,8 +525,13 @@ impl Node {
                 Ok((r, action)) => {
                     self.counters.local_records += 1;
                     if let Err(e) = self.submit(now, r, action) {
-                        // Not silent even for a filter that sends no query.
                         self.counters.local_rejected[e as usize - 1] += 1;
+                        // A full store is said even to a filter that sent
+                        // no query (a save is never lost silently); other
+                        // refusals follow the query rule.
+                        if e != LocalError::StoreFull && !has_query {
+                            continue;
+                        }
                         self.push_reply(
                             reply,
                             now,
@@ -491,25 +602,32 @@ impl Node {
 
     /// Takes a record from the local filter: stamp it, apply it here, queue
     /// it for the cluster when its operation says send and for the store
-    /// when it says save. Fails only when the save backlog is full.
+    /// when it says save. Fails when its timing is outside what every
+    /// receiver accepts (`BadRecord`: nothing done) or when the save
+    /// backlog is full (`StoreFull`: applied and sent, not saved).
     fn submit(&mut self, now: Instant, mut r: Record, action: Action) -> Result<(), LocalError> {
-        self.record_seq += 1;
-        r.origin = self.id;
-        r.seq = self.record_seq;
         if r.timing_us == 0 {
             r.timing_us = self.wall_us(now);
         }
+        // The same rule as the receivers', so that this node keeps what
+        // they keep, for as long.
+        let ttl = self
+            .life_left(now, &r, &action)
+            .map_err(|_| LocalError::BadRecord)?;
+        self.record_seq = self.hybrid_next(now, self.record_seq);
+        r.origin = self.id;
+        r.seq = self.record_seq;
         if r.op.bits() == 0 {
             r.op = Op::SEND;
         }
         let mut refused = Ok(());
         if r.op.saves() {
-            refused = self.save(now, &r);
+            refused = self.save(now, &r, ttl);
         }
         if r.op.sends() && matches!(action, Action::Mode { .. }) {
-            self.observe_mode(now, &r);
+            self.observe_mode(now, &Record { ttl_ms: ttl, ..r });
         }
-        self.apply(now, self.id, action, r.ttl_ms);
+        self.apply(now, self.id, action, ttl);
         if r.op.sends() {
             self.enqueue(now, &r);
         }
@@ -555,20 +673,24 @@ impl Node {
         self.cluster
     }
 
-    fn save(&mut self, now: Instant, r: &Record) -> Result<(), LocalError> {
-        let Some(backlog) = self.backlog.as_mut() else {
+    /// Queues `r` for the store, to expire `ttl_ms` from now (what is left
+    /// of its lifetime; 0 for the default).
+    fn save(&mut self, now: Instant, r: &Record, ttl_ms: u32) -> Result<(), LocalError> {
+        if self.backlog.is_none() {
             self.counters.records_unsaved += 1;
             return Ok(());
-        };
-        let ttl = match r.ttl_ms {
+        }
+        let ttl = match ttl_ms {
             0 => self.default_ttl,
             ms => Duration::from_millis(ms.into()),
         };
-        let expires = self.wall_at_epoch_us
-            + now.saturating_duration_since(self.epoch).as_micros() as u64
-            + ttl.as_micros() as u64;
-        let id = self.next_row_id;
-        self.next_row_id += 1;
+        let wall = self.wall_us(now);
+        let expires = wall + ttl.as_micros() as u64;
+        let id = self.hybrid_next(now, self.next_row_id.saturating_sub(1));
+        self.next_row_id = id + 1;
+        let Some(backlog) = self.backlog.as_mut() else {
+            return Ok(());
+        };
         match backlog.offer(store::to_row(r, id, expires)) {
             Offer::Taken | Offer::DroppedLoad => Ok(()),
             Offer::Refused => Err(LocalError::StoreFull),
@@ -640,7 +762,7 @@ impl Node {
         let ttl_ms = u32::try_from(d.ttl.as_millis()).unwrap_or(u32::MAX);
         self.state
             .apply_mode(now, self.id.into(), d.resource, d.level, ttl_ms);
-        self.record_seq += 1;
+        self.record_seq = self.hybrid_next(now, self.record_seq);
         let r = Record {
             timing_us: self.wall_us(now),
             seq: self.record_seq,
@@ -745,9 +867,13 @@ impl Node {
 
     /// Applies stored records at start (the context a restarted node gets
     /// back): `node` names the writer of each row and `own` is this node's
-    /// name. Rows are applied in the order they were made, through the
-    /// same checks as records from the cluster; expired, load and
-    /// unreadable rows are skipped. Returns the number applied.
+    /// name. Expired, load and unreadable rows are skipped; rows stamped
+    /// further in the future than the clock-skew allowance are refused
+    /// (`future`). The others are applied through the same checks as
+    /// records from the cluster, in the order they were saved, the live
+    /// rule (the last record applied wins): by row id, which each node
+    /// takes from its hybrid clock, then by node name. Never by the
+    /// filter-supplied `timing_us`. Returns the number applied.
     pub fn replay<'a>(
         &mut self,
         now: Instant,
@@ -755,21 +881,24 @@ impl Node {
         rows: impl IntoIterator<Item = (&'a str, Row)>,
     ) -> usize {
         let wall = self.wall_us(now);
-        let mut live: Vec<(u64, u64, Record, u32)> = Vec::new();
+        let mut live: Vec<(u64, &'a str, Record, u32)> = Vec::new();
         for (node, row) in rows {
             if node == own {
                 self.next_row_id = self.next_row_id.max(row[1].saturating_add(1));
             }
             let remaining_ms = row[0].saturating_sub(wall) / 1_000;
             match store::from_row(&row) {
+                Some(r) if r.timing_us > wall.saturating_add(self.clock_skew_us) => {
+                    self.refuse(RecordRefusal::Future);
+                }
                 Some(r) if remaining_ms > 0 && r.code != Code::LOAD => {
                     let ttl = u32::try_from(remaining_ms).unwrap_or(u32::MAX);
-                    live.push((r.timing_us, row[1], r, ttl));
+                    live.push((row[1], node, r, ttl));
                 }
                 _ => self.counters.replay_skipped += 1,
             }
         }
-        live.sort_unstable_by_key(|(timing, id, ..)| (*timing, *id));
+        live.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let mut applied = 0;
         for (_, _, r, ttl) in live {
             match classify(&r) {
@@ -835,10 +964,9 @@ impl Node {
     /// applied, or why the datagram was refused. Nothing in a refused
     /// datagram touches the state.
     pub fn receive(&mut self, now: Instant, bytes: &[u8]) -> Result<usize, Refused> {
-        if shoal_wire::peek_sender(bytes) == Some(self.id) {
-            self.counters.own_looped += 1;
-            return Ok(0);
-        }
+        // Every datagram, this node's own looped back included, is checked
+        // in full first: junk claiming this node's id is counted as junk,
+        // and a node of another cluster with the same id as wrong_cluster.
         let d = match Datagram::parse(bytes, self.cluster, self.keys.as_ref()) {
             Ok(d) => d,
             Err(e) => {
@@ -851,6 +979,16 @@ impl Node {
             }
         };
         let h = d.header;
+        if h.sender == self.id {
+            if h.incarnation == self.incarnation {
+                self.counters.own_looped += 1;
+                return Ok(0);
+            }
+            self.counters.own_id_conflict += 1;
+            return Err(Refused::OwnId {
+                incarnation: h.incarnation,
+            });
+        }
         if !self.peers.contains_key(&h.sender) && self.peers.len() >= self.max_peers {
             self.counters.peer_table_full += 1;
             return Err(Refused::PeerTableFull);
@@ -881,13 +1019,18 @@ impl Node {
         peer.datagrams += 1;
         peer.records += h.count as u64;
         peer.last_seen = now;
+        // Each record is judged on its own (docs/wire.md 3.1): a refused
+        // one is counted and skipped, the others are applied, the same on
+        // every receiver since the rules depend only on the datagram and
+        // the receiver's clock.
         let mut applied = 0;
         for r in d.records() {
             let Ok(r) = r else {
                 self.counters.records_bad += 1;
                 continue;
             };
-            if r.origin == self.id {
+            if r.origin != h.sender {
+                self.refuse(RecordRefusal::Origin);
                 continue;
             }
             match classify(&r) {
@@ -896,11 +1039,23 @@ impl Node {
                     self.counters.records_unknown_code += 1
                 }
                 Err(_) => self.counters.records_bad += 1,
+                Ok(Action::RemoteMode { claimant, .. })
+                    if claimant >> 32 == self.cluster.into() =>
+                {
+                    self.refuse(RecordRefusal::RelayForm);
+                }
                 Ok(action) => {
+                    let ttl = match self.life_left(now, &r, &action) {
+                        Ok(ttl) => ttl,
+                        Err(why) => {
+                            self.refuse(why);
+                            continue;
+                        }
+                    };
                     if matches!(action, Action::Mode { .. }) {
-                        self.observe_mode(now, &r);
+                        self.observe_mode(now, &Record { ttl_ms: ttl, ..r });
                     }
-                    self.apply(now, r.origin, action, r.ttl_ms);
+                    self.apply(now, r.origin, action, ttl);
                     applied += 1;
                 }
             }
@@ -919,4 +1074,6 @@ pub enum Refused {
     Replay(ReplayVerdict),
     #[error("peer table full")]
     PeerTableFull,
+    #[error("a node of this cluster with this node's id (incarnation {incarnation})")]
+    OwnId { incarnation: u64 },
 }

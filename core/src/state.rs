@@ -14,6 +14,10 @@ pub struct StateLimits {
     pub max_resources: usize,
     pub session_capacity: usize,
     pub default_ttl: Duration,
+    /// How far apart two nodes' clocks may be: a record with a lifetime
+    /// gets this much benefit of the doubt on its age, and may be this far
+    /// in the future (`docs/wire.md`, "Record age").
+    pub clock_skew: Duration,
 }
 
 /// A resource's load as seen by this node.
@@ -27,7 +31,9 @@ pub struct LoadView {
     pub nodes: u32,
 }
 
-/// The effective protection mode of a resource: the highest live claim.
+/// The effective protection mode of a resource: the highest live claim;
+/// between claims of the same level, the lowest origin (so every node
+/// names the same winner whatever order the claims arrived in).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ModeView {
     pub level: u8,
@@ -252,7 +258,9 @@ impl ClusterState {
                 continue;
             }
             let remaining = c.expires - now;
-            if c.level > best.level || (c.level == best.level && remaining > best.remaining) {
+            // A total order: level, then the lowest origin. Never the time
+            // left, which differs from node to node with arrival times.
+            if c.level > best.level || (c.level == best.level && c.origin < best.origin) {
                 best = ModeView {
                     level: c.level,
                     origin: c.origin,
@@ -336,6 +344,7 @@ mod tests {
             max_resources: 3,
             session_capacity: cap,
             default_ttl: Duration::from_secs(10),
+            clock_skew: Duration::from_millis(500),
         };
         (
             ClusterState::new(1, limits, SeededState::new(1)),
@@ -427,4 +436,23 @@ mod tests {
     }
 
     const LEGIT: u64 = shoal_wire::Record::MARK_LEGITIMATE;
+
+    #[test]
+    fn claims_of_the_same_level_have_one_winner_whatever_the_order() {
+        let (mut a, t0) = state(10);
+        let (mut b, _) = state(10);
+        let later = t0 + Duration::from_millis(300);
+        a.apply_mode(t0, 2, 7, 2, 3_000);
+        a.apply_mode(later, 3, 7, 2, 3_000);
+        b.apply_mode(t0, 3, 7, 2, 3_000);
+        b.apply_mode(later, 2, 7, 2, 3_000);
+        let at = t0 + Duration::from_millis(500);
+        assert_eq!(a.mode(at, 7).origin, 2);
+        assert_eq!(b.mode(at, 7).origin, 2);
+        // A claim relayed from another cluster loses a tie with a local one.
+        a.apply_mode(at, 1 << 32 | 1, 7, 2, 3_000);
+        assert_eq!(a.mode(at, 7).origin, 2);
+        a.apply_mode(at, 1 << 32 | 1, 7, 3, 3_000);
+        assert_eq!(a.mode(at, 7).origin, 1 << 32 | 1, "a higher level wins");
+    }
 }

@@ -374,16 +374,23 @@ mod tests {
     fn evictions_follow_load_rows_through_failed_batches_and_holes_stay_bounded() {
         let mut b = backlog(6, 2);
         // load 1, mark 2, load 3, mark 4, load 5, load 6
-        for (k, is_load) in [(1, true), (2, false), (3, true), (4, false), (5, true), (6, true)] {
+        for (k, is_load) in [
+            (1, true),
+            (2, false),
+            (3, true),
+            (4, false),
+            (5, true),
+            (6, true),
+        ] {
             let row = if is_load { load(k) } else { mark(k) };
             assert_eq!(b.offer(row), Offer::Taken);
         }
         let mut buf = Vec::new();
         let first = b.next_batch(&mut buf).expect("batch"); // load 1, mark 2
-        // Full (4 queued + 2 in flight): saves evict the oldest queued load.
+                                                            // Full (4 queued + 2 in flight): saves evict the oldest queued load.
         assert_eq!(b.offer(mark(7)), Offer::Taken); // evicts 3
         assert_eq!(b.offer(mark(8)), Offer::Taken); // evicts 5
-        // The failed batch comes back in front: its load row is evictable.
+                                                    // The failed batch comes back in front: its load row is evictable.
         b.fail(first);
         assert_eq!(b.offer(mark(9)), Offer::Taken); // evicts 1
         assert_eq!(b.offer(mark(10)), Offer::Taken); // evicts 6

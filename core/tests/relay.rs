@@ -24,6 +24,7 @@ fn node(id: u32) -> Node {
             max_resources: 1000,
             session_capacity: 1000,
             default_ttl: Duration::from_secs(10),
+            clock_skew: Duration::from_millis(500),
         },
         max_peers: 16,
         modes: ModeRules::default(),
@@ -31,7 +32,7 @@ fn node(id: u32) -> Node {
         relay_capacity: 16,
         hash_seed: u128::from(id),
     };
-    Node::new(p, Instant::now(), WALL)
+    Node::new(p, Instant::now(), WALL, WALL)
 }
 
 /// Moves every ready datagram of `from` into `to`.

@@ -26,6 +26,7 @@ fn params(id: u32, capacity: usize) -> NodeParams {
             max_resources: 1000,
             session_capacity: 1000,
             default_ttl: Duration::from_secs(10),
+            clock_skew: Duration::from_millis(500),
         },
         max_peers: 16,
         modes: ModeRules::default(),
@@ -67,7 +68,7 @@ fn drain(n: &mut Node) -> Vec<Row> {
 #[test]
 fn saves_become_rows_and_only_saves() {
     let t0 = Instant::now();
-    let mut n = Node::new(params(1, 100), t0, WALL);
+    let mut n = Node::new(params(1, 100), t0, WALL, WALL);
     let reply = send(
         &mut n,
         t0,
@@ -96,7 +97,7 @@ fn saves_become_rows_and_only_saves() {
 #[test]
 fn failed_batches_are_retried_and_a_full_backlog_is_reported() {
     let t0 = Instant::now();
-    let mut n = Node::new(params(1, 4), t0, WALL);
+    let mut n = Node::new(params(1, 4), t0, WALL, WALL);
     let marks: Vec<Vec<u8>> = (0..4)
         .map(|k| rec(Code::SESSION_MARK, Op::SEND_SAVE, 60_000, [k, 2, 0, 0]))
         .collect();
@@ -130,7 +131,7 @@ fn failed_batches_are_retried_and_a_full_backlog_is_reported() {
 #[test]
 fn replay_restores_the_context() {
     let t0 = Instant::now();
-    let mut first = Node::new(params(1, 100), t0, WALL);
+    let mut first = Node::new(params(1, 100), t0, WALL, WALL);
     send(
         &mut first,
         t0,
@@ -156,7 +157,7 @@ fn replay_restores_the_context() {
 
     // Restarted 2 s later: the 1 s mark and the load row are not applied.
     let t2 = t0 + Duration::from_secs(2);
-    let mut again = Node::new(params(1, 100), t2, WALL + 2_000_000);
+    let mut again = Node::new(params(1, 100), t2, WALL + 2_000_000, WALL + 2_000_000);
     let applied = again.replay(t2, "n1", rows.iter().map(|r| ("n1", *r)));
     assert_eq!(applied, 4);
     assert_eq!(again.counters().replayed, 4);
@@ -177,7 +178,7 @@ fn replay_restores_the_context() {
     );
 
     // New rows never reuse a replayed id, even with the clock behind.
-    let mut behind = Node::new(params(1, 100), t2, WALL - 1_000_000);
+    let mut behind = Node::new(params(1, 100), t2, WALL - 1_000_000, WALL - 1_000_000);
     behind.replay(t2, "n1", rows.iter().map(|r| ("n1", *r)));
     send(
         &mut behind,

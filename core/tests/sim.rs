@@ -93,6 +93,7 @@ fn params(id: u32) -> NodeParams {
             max_resources: 1000,
             session_capacity: 100,
             default_ttl: ms(10_000),
+            clock_skew: ms(500),
         },
         max_peers: 16,
         modes: ModeRules {
@@ -112,7 +113,7 @@ impl Sim {
             t0,
             now: Duration::ZERO,
             nodes: (1..=n as u32)
-                .map(|id| Node::new(params(id), t0, 1_700_000_000_000_000))
+                .map(|id| Node::new(params(id), t0, 1_700_000_000_000_000, 1_700_000_000_000_000))
                 .collect(),
             up: vec![true; n],
             link,

@@ -25,6 +25,7 @@ fn params(id: u32) -> NodeParams {
             max_resources: 1000,
             session_capacity: 1000,
             default_ttl: Duration::from_secs(10),
+            clock_skew: Duration::from_millis(500),
         },
         max_peers: 16,
         modes: ModeRules::default(),
@@ -34,7 +35,7 @@ fn params(id: u32) -> NodeParams {
 }
 
 fn node(id: u32, t0: Instant) -> Node {
-    Node::new(params(id), t0, WALL)
+    Node::new(params(id), t0, WALL, WALL)
 }
 
 /// A datagram from `sender` with sequence `seq`, carrying `records`.

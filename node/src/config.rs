@@ -230,6 +230,10 @@ pub struct NodeSection {
     /// Unique within the cluster, non-zero.
     pub id: u32,
     pub cluster: u32,
+    /// Where the node keeps the floor of its next incarnation across
+    /// restarts (see [`Config::incarnation_file`] for the default).
+    #[serde(default)]
+    pub incarnation_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -383,6 +387,11 @@ pub struct StateSection {
     /// TTL given to a mode or session mark that arrives with `ttl_ms = 0`.
     #[serde(default = "default_ttl_ms")]
     pub default_ttl_ms: u64,
+    /// How far apart the nodes' clocks may be (they must run NTP): a
+    /// record with a lifetime older than its TTL plus this, or stamped
+    /// further than this in the future, is refused.
+    #[serde(default = "default_clock_skew_ms")]
+    pub clock_skew_ms: u64,
 }
 
 impl Default for StateSection {
@@ -393,6 +402,7 @@ impl Default for StateSection {
             max_peers: default_max_peers(),
             session_capacity: default_session_capacity(),
             default_ttl_ms: default_ttl_ms(),
+            clock_skew_ms: default_clock_skew_ms(),
         }
     }
 }
@@ -477,6 +487,12 @@ fn default_session_capacity() -> usize {
 fn default_ttl_ms() -> u64 {
     10_000
 }
+fn default_clock_skew_ms() -> u64 {
+    500
+}
+/// Most clock skew allowed: beyond this the clocks are not synchronised,
+/// and a replayed record would live too long.
+const MAX_CLOCK_SKEW_MS: u64 = 60_000;
 fn default_store_user() -> String {
     "shoal".to_string()
 }
@@ -897,6 +913,20 @@ impl Config {
         if s.default_ttl_ms == 0 || s.default_ttl_ms > u32::MAX as u64 {
             return Err(invalid("state.default_ttl_ms", "must be in 1..=4294967295"));
         }
+        if s.clock_skew_ms > MAX_CLOCK_SKEW_MS {
+            return Err(invalid(
+                "state.clock_skew_ms",
+                format!("must be at most {MAX_CLOCK_SKEW_MS} (keep the clocks in sync with NTP)"),
+            ));
+        }
+        if self
+            .node
+            .incarnation_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty() || p.file_name().is_none())
+        {
+            return Err(invalid("node.incarnation_file", "must be a file path"));
+        }
         if let Some(r) = &self.modes.default {
             validate_rule("modes.default", r)?;
         }
@@ -923,6 +953,21 @@ impl Config {
         })
     }
 
+    /// `node.incarnation_file`, by default `shoal-<cluster>-<id>.incarnation`
+    /// next to the local socket.
+    pub fn incarnation_file(&self) -> PathBuf {
+        match &self.node.incarnation_file {
+            Some(p) => p.clone(),
+            None => {
+                let name = format!("shoal-{}-{}.incarnation", self.node.cluster, self.node.id);
+                match self.local.socket.parent() {
+                    Some(dir) => dir.join(name),
+                    None => PathBuf::from(name),
+                }
+            }
+        }
+    }
+
     pub fn flush_interval(&self) -> Duration {
         Duration::from_micros(self.multicast.flush_us)
     }
@@ -940,6 +985,7 @@ impl Config {
                 max_resources: self.state.max_resources,
                 session_capacity: self.state.session_capacity,
                 default_ttl: Duration::from_millis(self.state.default_ttl_ms),
+                clock_skew: Duration::from_millis(self.state.clock_skew_ms),
             },
             max_peers: self.state.max_peers,
             modes: self.modes.rules(),
@@ -1088,6 +1134,38 @@ socket = "/tmp/shoal.sock"
         assert_eq!(c.multicast.flush_us, 200);
         assert!(c.multicast.loopback);
         assert!(c.mac_keys().is_none());
+    }
+
+    #[test]
+    fn clock_skew_and_incarnation_file() {
+        let c = Config::parse(MINIMAL).expect("valid");
+        assert_eq!(c.state.clock_skew_ms, 500);
+        assert_eq!(
+            c.node_params().limits.clock_skew,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            c.incarnation_file(),
+            PathBuf::from("/tmp/shoal-7-1.incarnation")
+        );
+        let set = MINIMAL.replace(
+            "cluster = 7",
+            "cluster = 7\nincarnation_file = \"/var/lib/shoal/inc\"",
+        );
+        let c = Config::parse(&set).expect("valid");
+        assert_eq!(c.incarnation_file(), PathBuf::from("/var/lib/shoal/inc"));
+        let skew = |v: &str| format!("{MINIMAL}[state]\nclock_skew_ms = {v}\n");
+        assert_eq!(
+            Config::parse(&skew("60000"))
+                .expect("valid")
+                .state
+                .clock_skew_ms,
+            60_000
+        );
+        assert!(err(&skew("60001")).contains("state.clock_skew_ms"));
+        assert!(err(&skew("-1")).contains("clock_skew_ms"));
+        let empty = MINIMAL.replace("cluster = 7", "cluster = 7\nincarnation_file = \"\"");
+        assert!(err(&empty).contains("node.incarnation_file"));
     }
 
     #[test]

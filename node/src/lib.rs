@@ -25,6 +25,8 @@
 //! - `preflight`: what `run` and `check` both check outside the config
 //!   text (secret files, the socket's path and group), and binding the
 //!   local socket with its mode and group.
+//! - `incarnation`: the persisted floor that keeps the node's incarnation
+//!   (and its record seqs and row ids) growing across restarts.
 //! - `server`: threads, sockets, HTTP and signals around the node.
 //! - `client`: the local API client used by the CLI, tests and harness.
 //! - `testkit`: starting real `shoal` processes for tests and benches.
@@ -33,6 +35,7 @@ mod client;
 mod config;
 mod forwarder;
 mod http;
+mod incarnation;
 mod metrics;
 mod preflight;
 mod server;

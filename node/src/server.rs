@@ -53,6 +53,8 @@ pub enum ServerError {
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Incarnation(#[from] crate::incarnation::IncarnationError),
 }
 
 /// Microseconds since the Unix epoch.
@@ -165,7 +167,15 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         gid = pre.socket_gid,
         "local socket bound"
     );
-    let node = Node::new(cfg.node_params(), Instant::now(), wall_us());
+    // Persisted before the node speaks: above every value of its last run.
+    let (incarnation_file, incarnation) =
+        crate::incarnation::IncarnationFile::start(&cfg.incarnation_file(), wall_us())?;
+    info!(
+        incarnation,
+        file = %cfg.incarnation_file().display(),
+        "incarnation"
+    );
+    let node = Node::new(cfg.node_params(), Instant::now(), wall_us(), incarnation);
     let shared = Arc::new(Shared {
         node: Mutex::new(node),
         io,
@@ -235,6 +245,10 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
             let _ = fwd_stop_rx.await;
         }))
     });
+    rt.spawn(keep_incarnation_ahead(
+        Arc::clone(&shared),
+        incarnation_file,
+    ));
     let max_body = cfg.verdicts.as_ref().map_or(4096, |v| v.max_body);
     let result = rt.block_on(serve_until_signal(Arc::clone(&shared), http, api, max_body));
     shared.shutdown.store(true, Ordering::Relaxed);
@@ -331,6 +345,29 @@ fn start_verdicts(
         next_id: wall_us().into(),
     };
     Ok((api, forwarder))
+}
+
+/// Keeps the persisted incarnation floor ahead of what the node uses (a
+/// write about every 5 s, off the runtime's thread).
+async fn keep_incarnation_ahead(s: Arc<Shared>, file: crate::incarnation::IncarnationFile) {
+    let file = Arc::new(Mutex::new(file));
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let high_water = s.lock().high_water();
+        let f = Arc::clone(&file);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+            f.keep_ahead(high_water)
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot persist the incarnation floor; a restart may repeat record seqs")
+            }
+            Err(e) => warn!(error = %e, "incarnation writer failed"),
+        }
+    }
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, ServerError> {

@@ -329,15 +329,6 @@ pub struct Datagram<'a> {
     records: &'a [u8],
 }
 
-/// The sender id a datagram claims, read without any check but length and
-/// magic. Only for one purpose: a node dropping its own datagrams looped
-/// back by multicast before paying for CRC and MAC. Dropping an unverified
-/// datagram that claims the node's own id is safe, since no one else may
-/// legitimately send with it.
-pub fn peek_sender(buf: &[u8]) -> Option<u32> {
-    (buf.len() >= HEADER_LEN && buf[0..4] == MAGIC).then(|| le32(buf, 12))
-}
-
 impl<'a> Datagram<'a> {
     /// Checks a received datagram. `cluster` is this node's cluster id;
     /// `keys` is `None` when the cluster runs without authentication, in

@@ -23,8 +23,8 @@ mod replay;
 mod vectors;
 
 pub use datagram::{
-    peek_sender, Datagram, DatagramWriter, Header, MacKey, MacKeys, CRC_LEN, HEADER_LEN, MAC_LEN,
-    MAGIC, MAX_DATAGRAM, VERSION,
+    Datagram, DatagramWriter, Header, MacKey, MacKeys, CRC_LEN, HEADER_LEN, MAC_LEN, MAGIC,
+    MAX_DATAGRAM, VERSION,
 };
 pub use error::{DecodeError, RecordError};
 pub use record::{Code, CodeKind, Op, Record, RECORD_LEN};
