@@ -80,7 +80,7 @@ impl LocalError {
 }
 
 /// Why a record from the cluster (or the store) was refused although its
-/// datagram was accepted: the rules of `docs/wire.md` section 3.1. Each is
+/// datagram was accepted: the rules of `docs/wire.md` section 7. Each is
 /// counted (`shoal_records_refused_total{reason}`); the record's
 /// neighbours are still used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,7 +418,7 @@ impl Node {
     }
 
     /// What is left of a record's lifetime when its own timing is taken
-    /// into account (`docs/wire.md`, "Record age"): its TTL (the default
+    /// into account (`docs/wire.md` 7.2): its TTL (the default
     /// for 0) minus its age beyond the clock-skew allowance, in ms, at
     /// least 1; or why it is refused. Records without a lifetime keep
     /// their `ttl_ms`.
@@ -1019,7 +1019,7 @@ impl Node {
         peer.datagrams += 1;
         peer.records += h.count as u64;
         peer.last_seen = now;
-        // Each record is judged on its own (docs/wire.md 3.1): a refused
+        // Each record is judged on its own (docs/wire.md 7): a refused
         // one is counted and skipped, the others are applied, the same on
         // every receiver since the rules depend only on the datagram and
         // the receiver's clock.

@@ -16,7 +16,7 @@ pub struct StateLimits {
     pub default_ttl: Duration,
     /// How far apart two nodes' clocks may be: a record with a lifetime
     /// gets this much benefit of the doubt on its age, and may be this far
-    /// in the future (`docs/wire.md`, "Record age").
+    /// in the future (`docs/wire.md` 7.2).
     pub clock_skew: Duration,
 }
 

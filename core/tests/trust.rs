@@ -364,3 +364,143 @@ fn every_node_names_the_same_winner() {
     assert_eq!(n1.mode(at, 5).origin, n4.mode(at, 5).origin);
     assert_eq!(n1.mode(at, 5).origin, 2, "the lowest origin");
 }
+
+// ---------------------------------------------------------------------------
+// docs/wire.md section 7.6: what a receiver does with the documented bytes.
+
+const DOC_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/wire.md");
+/// `T` of section 7.6.
+const T: u64 = 1_767_225_600_000_000;
+
+fn doc_vector(name: &str) -> Vec<u8> {
+    let text = std::fs::read_to_string(DOC_PATH).expect("docs/wire.md");
+    let mut v = shoal_wire::hex_vectors(&text).expect("vectors");
+    v.remove(name)
+        .unwrap_or_else(|| panic!("wire.md lacks {name}"))
+}
+
+/// Node `id` of cluster 42 (the vectors' cluster) whose clock reads `wall`.
+fn doc_node(id: u32, t: Instant, wall: u64, store: bool) -> Node {
+    let mut p = if store { store_params(id) } else { params(id) };
+    p.cluster = 42;
+    Node::new(p, t, wall, wall)
+}
+
+#[test]
+fn documented_origin_and_relay_vectors() {
+    let t = Instant::now();
+    let mut n = doc_node(2, t, T + 1_000_000, false);
+    assert_eq!(n.receive(t, &doc_vector("d-forged-origin")), Ok(1));
+    assert_eq!(n.load(t, 0x0123_4567_89ab_cdef).total, 0, "forged gauge");
+    let m = n.mark(t, 0xdead_beef_cafe_f00d);
+    assert_eq!((m.mark, m.origin), (2, 77));
+    assert_eq!(m.remaining, Duration::from_secs(60));
+    assert_eq!(refused(&n, "origin"), 1);
+
+    let mut n = doc_node(2, t, T + 2_000_000, false);
+    assert_eq!(n.receive(t, &doc_vector("e-relayed")), Ok(1));
+    let m = n.mode(t, 0x0123_4567_89ab_cdef);
+    assert_eq!((m.level, m.origin), (2, 0x0000_0002_0000_0004));
+    assert_eq!(m.remaining, Duration::from_secs(9));
+    assert_eq!(refused(&n, "relay_form"), 1);
+}
+
+#[test]
+fn documented_age_vector() {
+    let f = doc_vector("f-aged");
+    let t10 = T + 10_000_000;
+    for (clock, expect) in [
+        (t10 - 600_000, Err("future")),
+        (t10 - 400_000, Ok(3_000)),
+        (t10, Ok(3_000)),
+        (t10 + 400_000, Ok(3_000)),
+        (t10 + 2_700_000, Ok(800)),
+        (t10 + 3_500_000, Err("too_old")),
+    ] {
+        let t = Instant::now();
+        let mut n = doc_node(2, t, clock, false);
+        let got = n.receive(t, &f).expect("accepted");
+        match expect {
+            Ok(ms) => {
+                assert_eq!(got, 1, "clock {clock}");
+                let m = n.mark(t, 4242);
+                assert_eq!(m.mark, 2);
+                assert_eq!(m.remaining, Duration::from_millis(ms), "clock {clock}");
+            }
+            Err(reason) => {
+                assert_eq!(got, 0, "clock {clock}");
+                assert_eq!(refused(&n, reason), 1, "clock {clock}");
+            }
+        }
+    }
+}
+
+#[test]
+fn documented_replay_order_vector() {
+    let g = doc_vector("g-replay-order");
+    let t0 = Instant::now();
+    let mut first = doc_node(1, t0, T + 20_000_000, true);
+    let mut peer = doc_node(2, t0, T + 20_000_000, false);
+    // One record per local datagram, in order.
+    for r in g.chunks(64) {
+        let mut reply = Vec::new();
+        first.handle_local(t0, r, &mut reply);
+        assert!(reply.is_empty());
+    }
+    first.flush();
+    let mut buf = Vec::new();
+    while first.poll_transmit(&mut buf) {
+        peer.receive(t0, &buf).expect("accepted");
+    }
+    assert_eq!(first.mark(t0, 42).mark, 2);
+    assert_eq!(peer.mark(t0, 42).mark, 2);
+    let mut rows = Vec::new();
+    let mut all = Vec::new();
+    while let Some(b) = first.take_save_batch(&mut rows) {
+        all.extend_from_slice(&rows);
+        first.save_acked(b);
+    }
+    all.reverse();
+    let t1 = t0 + Duration::from_secs(1);
+    let mut again = doc_node(1, t1, T + 21_000_000, true);
+    assert_eq!(
+        again.replay(t1, "c42-n1", all.iter().map(|r| ("c42-n1", *r))),
+        2
+    );
+    assert_eq!(
+        again.mark(t1, 42).mark,
+        2,
+        "replay says what the cluster says"
+    );
+}
+
+#[test]
+fn documented_own_id_examples() {
+    let b = doc_vector("b-unsigned");
+    let t = Instant::now();
+    let mut own = doc_node(3, t, T, false);
+    assert_eq!(own.receive(t, &b), Ok(0));
+    assert_eq!(own.counters().own_looped, 1);
+    let mut p = params(3);
+    p.cluster = 42;
+    let mut twin = Node::new(p, t, T, T + 1);
+    assert!(matches!(twin.receive(t, &b), Err(Refused::OwnId { .. })));
+    assert_eq!(twin.counters().own_id_conflict, 1);
+    let mut flipped = b.clone();
+    flipped[64] ^= 0x01;
+    assert!(matches!(
+        own.receive(t, &flipped),
+        Err(Refused::Decode(DecodeError::BadCrc { .. }))
+    ));
+    let mut p = params(3);
+    p.cluster = 43;
+    let mut other = Node::new(p, t, T, T);
+    assert!(matches!(
+        other.receive(t, &b),
+        Err(Refused::Decode(DecodeError::WrongCluster { .. }))
+    ));
+    for n in [&own, &twin, &other] {
+        assert_eq!(n.state().counts(), (0, 0, 0), "nothing applied");
+    }
+    assert_eq!(own.counters().own_looped, 1);
+}

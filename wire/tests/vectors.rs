@@ -159,10 +159,13 @@ fn documented_vectors_match_the_implementation() {
         "c-signed-key",
         "c-signed-nonce",
         "c-signed-aegismac-not-the-tag",
-    ];
+    ]
+    .into_iter()
+    .chain(TRUST_VECTORS);
     let found: Vec<&str> = vectors.keys().map(String::as_str).collect();
-    for name in expected {
-        assert!(vectors.contains_key(name), "wire.md lacks vector {name}");
+    let expected: Vec<&str> = expected.collect();
+    for name in &expected {
+        assert!(vectors.contains_key(*name), "wire.md lacks vector {name}");
     }
     for name in &found {
         assert!(
@@ -221,6 +224,136 @@ fn documented_mac_is_the_aead_tag_not_the_mac_mode() {
         Datagram::parse(&forged, CLUSTER, Some(&keys_of(key()))).map(|d| d.header),
         Err(DecodeError::BadMac)
     );
+}
+
+// ---------------------------------------------------------------------------
+// The trust vectors (docs/wire.md section 7). Their bytes are checked here;
+// what a receiver does with them is checked by `core/tests/trust.rs`.
+
+/// Vectors of section 7, checked by [`trust_vectors_match_the_implementation`].
+const TRUST_VECTORS: [&str; 4] = ["d-forged-origin", "e-relayed", "f-aged", "g-replay-order"];
+
+/// 2026-01-01T00:00:00Z in µs.
+const T: u64 = 1_767_225_600_000_000;
+
+fn unsigned(sender: u32, seq: u64, records: Vec<Record>) -> DatagramVector {
+    DatagramVector {
+        header: Header {
+            cluster: CLUSTER,
+            sender,
+            incarnation: T,
+            seq,
+            count: records.len() as u16,
+            key_id: None,
+        },
+        records,
+        key: None,
+    }
+}
+
+fn vector_d() -> DatagramVector {
+    unsigned(
+        77,
+        1,
+        vec![
+            Record {
+                timing_us: T + 1_000_000,
+                seq: 5,
+                origin: 1,
+                ttl_ms: 0,
+                code: Code::LOAD,
+                op: Op::SEND,
+                fields: [0x0123_4567_89ab_cdef, 12_499, 1_000, 0],
+            },
+            Record {
+                timing_us: T + 1_000_000,
+                seq: 6,
+                origin: 77,
+                ttl_ms: 60_000,
+                code: Code::SESSION_MARK,
+                op: Op::SEND,
+                fields: [0xdead_beef_cafe_f00d, Record::MARK_SUSPICIOUS, 0, 0],
+            },
+        ],
+    )
+}
+
+fn remote_mode(claimant_cluster: u64, queue_seq: u64, seq: u64) -> Record {
+    Record {
+        timing_us: T + 2_000_000,
+        seq,
+        origin: 5,
+        ttl_ms: 9_000,
+        code: Code::REMOTE_MODE,
+        op: Op::SEND,
+        fields: [
+            0x0123_4567_89ab_cdef,
+            2,
+            claimant_cluster << 32 | 4,
+            queue_seq,
+        ],
+    }
+}
+
+fn vector_e() -> DatagramVector {
+    unsigned(
+        5,
+        3,
+        vec![
+            remote_mode(2, 17, 11),
+            remote_mode(u64::from(CLUSTER), 18, 12),
+        ],
+    )
+}
+
+fn vector_f() -> DatagramVector {
+    unsigned(
+        3,
+        9,
+        vec![Record {
+            timing_us: T + 10_000_000,
+            seq: 21,
+            origin: 3,
+            ttl_ms: 3_000,
+            code: Code::SESSION_MARK,
+            op: Op::SEND,
+            fields: [4242, Record::MARK_SUSPICIOUS, 0, 0],
+        }],
+    )
+}
+
+/// Two local records, in the order a filter sends them.
+fn vector_g() -> [Record; 2] {
+    let mark = |timing_us, mark| Record {
+        timing_us,
+        seq: 0,
+        origin: 0,
+        ttl_ms: 60_000,
+        code: Code::SESSION_MARK,
+        op: Op::SEND_SAVE,
+        fields: [42, mark, 0, 0],
+    };
+    [
+        mark(T + 20_000_000, Record::MARK_LEGITIMATE),
+        mark(T + 19_999_000, Record::MARK_SUSPICIOUS),
+    ]
+}
+
+#[test]
+fn trust_vectors_match_the_implementation() {
+    let vectors = doc_vectors();
+    check_datagram_vector("d-forged-origin", &vectors["d-forged-origin"], &vector_d());
+    check_datagram_vector("e-relayed", &vectors["e-relayed"], &vector_e());
+    check_datagram_vector("f-aged", &vectors["f-aged"], &vector_f());
+    let g: Vec<u8> = vector_g().iter().flat_map(|r| r.to_bytes()).collect();
+    assert_eq!(
+        hex(&g),
+        hex(&vectors["g-replay-order"]),
+        "vector g-replay-order"
+    );
+    for (chunk, r) in vectors["g-replay-order"].chunks(RECORD_LEN).zip(vector_g()) {
+        assert_eq!(Record::decode_slice(chunk), Ok(r), "vector g-replay-order");
+    }
 }
 
 #[test]
