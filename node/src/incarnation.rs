@@ -101,7 +101,8 @@ impl IncarnationFile {
     }
 }
 
-fn read(path: &Path) -> Result<u64, IncarnationError> {
+/// The floor persisted at `path`: 0 when there is no file yet.
+pub(crate) fn read(path: &Path) -> Result<u64, IncarnationError> {
     let text = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),

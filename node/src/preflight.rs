@@ -91,8 +91,14 @@ impl Config {
             }
             None => (None, Vec::new()),
         };
+        let socket = inspect_socket_path(&self.local)?;
+        // A corrupt incarnation file stops `run`: `check` says so too.
+        crate::incarnation::read(&self.incarnation_file()).map_err(|e| ConfigError::Invalid {
+            key: "node.incarnation_file".to_string(),
+            message: e.to_string(),
+        })?;
         Ok(Preflight {
-            socket: inspect_socket_path(&self.local)?,
+            socket,
             socket_gid: self.local.group.as_ref().map(resolve_group).transpose()?,
             store_password,
             verdicts_password,

@@ -337,4 +337,21 @@ fn a_second_sidecar_cannot_steal_the_socket_and_a_restart_is_seen() {
         Some(1.0)
     );
     assert_eq!(nodes[0].metric("shoal_replay_rejected_total"), Some(0.0));
+
+    // The incarnation floor is on disk next to the socket; a corrupt one
+    // stops the start with an error naming the file, never a silent reset.
+    let floor_file = dir.join("shoal-1-1.incarnation");
+    let floor = std::fs::read_to_string(&floor_file).expect("incarnation file");
+    assert!(floor.trim_end().parse::<u64>().is_ok(), "{floor:?}");
+    drop(restarted);
+    std::fs::write(&floor_file, "garbage\n").expect("corrupt it");
+    let err = NodeProcess::spawn(Path::new(BIN), &spec).expect_err("refused");
+    assert!(
+        err.to_string().contains("incarnation file") && err.to_string().contains("corrupt"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&floor_file).expect("kept"),
+        "garbage\n"
+    );
 }

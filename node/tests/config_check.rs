@@ -159,6 +159,12 @@ fn check_refuses_what_run_refuses() {
             String::new(),
             "is a regular file",
         ),
+        (
+            "corrupt incarnation file",
+            String::new(),
+            String::new(),
+            "node.incarnation_file",
+        ),
     ];
     for (what, local_extra, extra, needle) in cases {
         let (mut text, socket) = config(&dir, &local_extra, &extra);
@@ -171,6 +177,11 @@ fn check_refuses_what_run_refuses() {
         }
         if what == "regular file at the socket path" {
             std::fs::write(&precious, b"precious").expect("write");
+        }
+        // The default place: next to the socket, named by cluster and id.
+        let incarnation = dir.join("shoal-1-1.incarnation");
+        if what == "corrupt incarnation file" {
+            std::fs::write(&incarnation, b"garbage\n").expect("write");
         }
         let path = write(&dir, "bad.toml", &text);
         for cmd in ["check", "run"] {
@@ -188,6 +199,10 @@ fn check_refuses_what_run_refuses() {
                 b"precious"
             );
             std::fs::remove_file(&precious).expect("rm");
+        }
+        if what == "corrupt incarnation file" {
+            assert_eq!(std::fs::read(&incarnation).expect("kept"), b"garbage\n");
+            std::fs::remove_file(&incarnation).expect("rm");
         }
     }
     assert!(!dir.join("nodir").exists(), "no directory made");
