@@ -13,6 +13,7 @@ RUNS=${2:-5}
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r)"
 echo "== git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)  date: $(date -u +%FT%TZ)"
 cargo bench --locked -p shoal-benches --bench wire
+cargo bench --locked -p shoal-benches --bench backlog
 cargo build --locked --release -q -p shoal-node -p shoal-benches --bin shoal --bin shoal-load --bin shoal-store --bin shoal-verdicts
 target/release/shoal-load --bin target/release/shoal --seconds "$SECS" --runs "$RUNS"
 bash tarantool/scripts/install.sh
