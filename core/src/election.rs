@@ -651,6 +651,7 @@ mod tests {
                 max_resources: 100,
                 session_capacity: 100,
                 default_ttl: Duration::from_secs(10),
+                clock_skew: Duration::from_millis(500),
             },
             max_peers: 4,
             modes: ModeRules::default(),
@@ -658,7 +659,7 @@ mod tests {
             relay_capacity: 16,
             hash_seed: 1,
         };
-        Node::new(p, now, 1_000_000)
+        Node::new(p, now, 1_000_000, 1_000_000)
     }
 
     fn election(now: Instant, request_timeout: Duration) -> Election {

@@ -99,6 +99,7 @@ fn params(cluster: u32, id: u32, seed: u64) -> NodeParams {
             max_resources: 100_000,
             session_capacity: 100,
             default_ttl: Duration::from_secs(60),
+            clock_skew: Duration::from_millis(500),
         },
         max_peers: 16,
         modes: ModeRules::default(),
@@ -122,7 +123,7 @@ impl World {
                 store: Arc::new(FakeStore::new(c)),
                 members: (1..=NODES)
                     .map(|id| Member {
-                        node: Node::new(params(c, id, seed), t0, WALL),
+                        node: Node::new(params(c, id, seed), t0, WALL, WALL),
                         election: Election::new(
                             ElectionParams {
                                 cluster: c,

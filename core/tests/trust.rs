@@ -31,6 +31,7 @@ fn params(id: u32) -> NodeParams {
         modes: ModeRules::default(),
         store: None,
         relay_capacity: 64,
+        hash_seed: u128::from(id),
     }
 }
 

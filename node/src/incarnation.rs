@@ -173,6 +173,7 @@ mod tests {
                 batch: 100,
             }),
             relay_capacity: 16,
+            hash_seed: u128::from(id),
         };
         Node::new(p, now, wall, incarnation)
     }
