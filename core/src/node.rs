@@ -640,8 +640,14 @@ impl Node {
     /// with the next batch, or at once after [`Node::flush`].
     pub fn inject(&mut self, now: Instant, r: Record) -> Result<(), LocalError> {
         let action = classify(&r)?;
-        if matches!(action, Action::Query) {
-            return Err(LocalError::UnknownCode);
+        match action {
+            Action::Query => return Err(LocalError::UnknownCode),
+            // What every receiver would refuse (`relay_form`), this node
+            // does not apply either.
+            Action::RemoteMode { claimant, .. } if claimant >> 32 == u64::from(self.cluster) => {
+                return Err(LocalError::BadRecord)
+            }
+            _ => {}
         }
         self.counters.local_records += 1;
         self.submit(now, r, action)

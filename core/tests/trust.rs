@@ -180,6 +180,28 @@ fn relayed_modes_are_taken_only_in_the_forwarders_form() {
     other.origin = 4;
     assert_eq!(n2.receive(t0, &datagram(3, WALL, 3, &[other])), Ok(0));
     assert_eq!(refused(&n2, "origin"), 1);
+    // The forwarder itself does not apply what its peers would refuse.
+    let mut fwd = node(3, t0);
+    let own_cluster = Record {
+        timing_us: 0,
+        ..remote(u64::from(CLUSTER), 9)
+    };
+    assert_eq!(
+        fwd.inject(t0, own_cluster),
+        Err(shoal_core::LocalError::BadRecord)
+    );
+    assert_eq!(fwd.mode(t0, 5).level, 0);
+    assert_eq!(
+        fwd.inject(
+            t0,
+            Record {
+                timing_us: 0,
+                ..remote(1, 9)
+            }
+        ),
+        Ok(())
+    );
+    assert_eq!(fwd.mode(t0, 5).origin, 1 << 32 | 4);
 }
 
 // ---------------------------------------------------------------------------
