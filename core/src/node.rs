@@ -287,6 +287,8 @@ pub struct PeerSnapshot {
     pub records: u64,
     /// [`PeerStats::lost`].
     pub lost: u64,
+    /// [`PeerStats::missing`].
+    pub missing: u64,
     pub late: u64,
     pub duplicates: u64,
     pub stale: u64,
@@ -295,13 +297,14 @@ pub struct PeerSnapshot {
 }
 
 impl PeerSnapshot {
-    /// Lost datagrams per datagram expected, 0..=1.
+    /// Lost and missing datagrams per datagram expected, 0..=1.
     pub fn loss_ratio(&self) -> f64 {
-        let expected = self.datagrams + self.lost;
+        let gone = self.lost + self.missing;
+        let expected = self.datagrams + gone;
         if expected == 0 {
             0.0
         } else {
-            self.lost as f64 / expected as f64
+            gone as f64 / expected as f64
         }
     }
 }
@@ -837,6 +840,7 @@ impl Node {
                     datagrams: p.datagrams,
                     records: p.records,
                     lost: p.lost(),
+                    missing: p.missing(),
                     late: p.late,
                     duplicates: p.duplicates,
                     stale: p.stale,

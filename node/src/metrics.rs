@@ -29,7 +29,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use shoal_core::{LoadView, LocalError, ModeView, Node, NodeSnapshot};
+use shoal_core::{LoadView, LocalError, ModeView, Node, NodeSnapshot, RecordRefusal};
 use shoal_wire::DecodeError;
 
 use crate::server::Shared;
@@ -304,6 +304,21 @@ impl Collector for CoreMetrics {
             "This node's own datagrams received back through multicast loop.",
             c.own_looped,
         )?;
+        // issue 9 (trust): own-id conflicts and records refused by the
+        // origin and age rules (docs/wire.md section 7).
+        o.counter(
+            "own_id_conflict",
+            "Valid datagrams of this cluster carrying this node's id from another incarnation: a second node configured with the same id.",
+            c.own_id_conflict,
+        )?;
+        o.counters(
+            "records_refused",
+            "Cluster or stored records refused by the origin and age rules, by reason.",
+            RecordRefusal::LABELS
+                .iter()
+                .zip(c.records_refused)
+                .map(|(l, v)| ([("reason", *l)], v)),
+        )?;
         o.counter(
             "peer_table_full",
             "Datagrams from new senders refused because the peer table is full.",
@@ -427,12 +442,12 @@ impl CoreMetrics {
             ),
             (
                 "peer_lost",
-                "Datagrams of the peer lost (sequence gaps not filled later).",
+                "Datagrams of the peer lost: skipped and still missing when 128 newer ones had arrived, or when the peer restarted.",
                 |p| p.lost,
             ),
             (
                 "peer_reordered",
-                "Datagrams of the peer that arrived late but within the window.",
+                "Datagrams of the peer that arrived after a newer one (within the window).",
                 |p| p.late,
             ),
             (
@@ -454,6 +469,11 @@ impl CoreMetrics {
         for (name, help, f) in counters {
             o.counters(name, help, peers.iter().map(|p| ([("peer", p.id)], f(p))))?;
         }
+        o.gauges(
+            "peer_missing",
+            "Datagrams of the peer skipped, still inside the window: lost or not yet here.",
+            peers.iter().map(|p| ([("peer", p.id)], p.missing as i64)),
+        )?;
         o.gauges(
             "peer_last_seen_seconds",
             "Seconds since the peer's last accepted datagram.",
@@ -781,11 +801,16 @@ mod tests {
         for (i, v) in c.rejected.iter_mut().enumerate() {
             *v = 300 + i as u64;
         }
+        c.own_id_conflict = 118;
+        for (i, v) in c.records_refused.iter_mut().enumerate() {
+            *v = 350 + i as u64;
+        }
         let peer = |id: u32, base: u64, ago_ms: u64| PeerSnapshot {
             id,
             datagrams: base + 1,
             records: base + 2,
             lost: base + 3,
+            missing: base + 8,
             late: base + 4,
             duplicates: base + 5,
             stale: base + 6,
@@ -939,6 +964,7 @@ mod tests {
             ("shoal_records_unsaved_total", c.records_unsaved),
             ("shoal_replay_rejected_total", c.replay_rejected),
             ("shoal_own_looped_total", c.own_looped),
+            ("shoal_own_id_conflict_total", c.own_id_conflict),
             ("shoal_peer_table_full_total", c.peer_table_full),
             ("shoal_records_applied_total", c.records_applied),
             ("shoal_records_bad_total", c.records_bad),
@@ -1005,6 +1031,10 @@ mod tests {
             let s = format!("shoal_datagrams_rejected_total{{reason=\"{l}\"}}");
             assert_eq!(p.get(&s), c.rejected[i] as f64);
         }
+        for (i, l) in RecordRefusal::LABELS.iter().enumerate() {
+            let s = format!("shoal_records_refused_total{{reason=\"{l}\"}}");
+            assert_eq!(p.get(&s), c.records_refused[i] as f64);
+        }
         for peer in &snap.peers {
             let s = |n: &str| format!("shoal_peer_{n}{{peer=\"{}\"}}", peer.id);
             assert_eq!(p.get(&s("datagrams_total")), peer.datagrams as f64);
@@ -1014,6 +1044,7 @@ mod tests {
             assert_eq!(p.get(&s("duplicates_total")), peer.duplicates as f64);
             assert_eq!(p.get(&s("stale_total")), peer.stale as f64);
             assert_eq!(p.get(&s("restarts_total")), peer.restarts as f64);
+            assert_eq!(p.get(&s("missing")), peer.missing as f64);
         }
         assert_eq!(p.get("shoal_peer_last_seen_seconds{peer=\"2\"}"), 1.25);
         assert_eq!(p.get("shoal_peer_last_seen_seconds{peer=\"9\"}"), 2.5);
@@ -1119,6 +1150,7 @@ mod tests {
                     max_resources: 100_000,
                     session_capacity: 100,
                     default_ttl: Duration::from_secs(10),
+                    clock_skew: Duration::from_millis(500),
                 },
                 max_peers: 16,
                 modes: ModeRules::default(),
@@ -1130,6 +1162,7 @@ mod tests {
                 hash_seed: 0x5eed,
             },
             Instant::now(),
+            1_700_000_000_000_000,
             1_700_000_000_000_000,
         )
     }
@@ -1281,6 +1314,7 @@ mod figures {
             max_resources: 100_000,
             session_capacity: 100,
             default_ttl: Duration::from_secs(600),
+            clock_skew: Duration::from_millis(500),
         };
         let params = NodeParams {
             id,
@@ -1298,7 +1332,12 @@ mod figures {
             relay_capacity: 64,
             hash_seed: 0x5eed,
         };
-        Node::new(params, Instant::now(), 1_700_000_000_000_000)
+        Node::new(
+            params,
+            Instant::now(),
+            1_700_000_000_000_000,
+            1_700_000_000_000_000,
+        )
     }
 
     /// Microseconds per call of `f`, best of 5 rounds of `n` calls.
