@@ -26,6 +26,7 @@ fn node(id: u32, now: Instant) -> Node {
             max_resources: 1000,
             session_capacity: 1000,
             default_ttl: Duration::from_secs(10),
+            clock_skew: Duration::from_millis(500),
         },
         max_peers: 16,
         modes: ModeRules::default(),
@@ -33,7 +34,7 @@ fn node(id: u32, now: Instant) -> Node {
         relay_capacity: 16,
         hash_seed: u128::from(id),
     };
-    Node::new(p, now, WALL)
+    Node::new(p, now, WALL, WALL)
 }
 
 /// A record of node 2, as node 2's sidecar would stamp it.
