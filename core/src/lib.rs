@@ -11,6 +11,8 @@
 //! - `relay`: what crosses clusters: the outbound ring of mode records and
 //!   the apply-once rule for relayed ones.
 //! - `store`: the bounded save backlog and its batches.
+//! - `savelog`: the state-log trait (save, replay, health) with an
+//!   in-memory fake, and the save path's master choice and failover.
 //! - `token`: signed session tokens (verdict cookies).
 //! - `ports`: the verdict store's traits (verdicts, cross-cluster queue,
 //!   lease) and their typed error; `fakes`: in-memory implementations with
@@ -26,6 +28,7 @@ mod hash;
 mod node;
 pub mod ports;
 mod relay;
+mod savelog;
 mod state;
 mod store;
 mod token;
@@ -37,6 +40,10 @@ pub use node::{
     RecordRefusal, Refused, DEFAULT_RELAY_CAPACITY, MAX_LOCAL_RECORDS,
 };
 pub use relay::{Relay, RelayCounters, RelayMsg};
+pub use savelog::{
+    AckLevel, Failure, Fault, FakeLog, FakeReply, FakeStore, Health, LogError, Replication, SaveAck,
+    SaveEvent, SavePath, SavePathCounters, SavePathParams, StateLog,
+};
 pub use state::{LoadView, MarkView, ModeView, StateLimits};
 pub use store::{from_row, to_row, Backlog, BacklogCounters, BacklogLimits, BatchId, Offer, Row};
 pub use token::{Claims, KeyError, TokenError, TokenKeys, Verdict, TOKEN_BYTES, TOKEN_CHARS};
