@@ -291,6 +291,11 @@ impl SavePath {
         self.in_flight
     }
 
+    /// Whether another batch may be in flight.
+    pub fn has_room(&self) -> bool {
+        self.in_flight < self.p.in_flight
+    }
+
     pub fn counters(&self) -> SavePathCounters {
         self.counters
     }
@@ -381,6 +386,20 @@ impl SavePath {
             !self.masters[0].healthy()
         } else {
             !self.masters.iter().any(MasterState::healthy)
+        }
+    }
+
+    /// A send from [`next_send`](SavePath::next_send) did not happen
+    /// (nothing to send after all).
+    pub fn cancel(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// A request to `m` outside the batches (e.g. the replay) failed.
+    pub fn note_failure(&mut self, m: usize, why: Failure, now: Instant) {
+        match why {
+            Failure::Silent => self.silent(m, now),
+            Failure::Refused => self.answered(m, now),
         }
     }
 

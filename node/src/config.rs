@@ -222,6 +222,38 @@ pub struct StoreSection {
     /// masters must run with `SHOAL_TT_EXPIRER=shoal_expirer`).
     #[serde(default = "default_save_function")]
     pub save_function: String,
+    /// When a batch counts as saved: `local` (committed on the master) or
+    /// `replicated` (and acknowledged by its peer); default `replicated`
+    /// with two masters or more, `local` with one. docs/store.md.
+    #[serde(default)]
+    pub ack: Option<AckSetting>,
+    /// How long a master waits for its peer under `replicated` before it
+    /// answers "saved here only" (counted, warned).
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+    /// Ping a master after this long without a request or answer; a
+    /// suspect master is pinged this often.
+    #[serde(default = "default_ping_ms")]
+    pub ping_ms: u64,
+    /// Drop a connection that has been silent this long while a request
+    /// waits (also TCP_USER_TIMEOUT and keepalive).
+    #[serde(default = "default_dead_ms")]
+    pub dead_ms: u64,
+    /// Consecutive timeouts (or lost requests, failed pings) after which a
+    /// master is suspect and saves fail over.
+    #[serde(default = "default_suspect_after")]
+    pub suspect_after: u32,
+    /// The preferred master is taken back once healthy this long.
+    #[serde(default = "default_failback_ms")]
+    pub failback_ms: u64,
+}
+
+/// `[store] ack`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckSetting {
+    Local,
+    Replicated,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -511,6 +543,21 @@ fn default_request_timeout_ms() -> u64 {
 fn default_replay_timeout_ms() -> u64 {
     10_000
 }
+fn default_ack_timeout_ms() -> u64 {
+    500
+}
+fn default_ping_ms() -> u64 {
+    500
+}
+fn default_dead_ms() -> u64 {
+    2_000
+}
+fn default_suspect_after() -> u32 {
+    2
+}
+fn default_failback_ms() -> u64 {
+    5_000
+}
 fn default_save_function() -> String {
     "shoal_save".to_string()
 }
@@ -761,7 +808,43 @@ impl StoreSection {
                 "must name a stored procedure (e.g. shoal_save)",
             ));
         }
+        if self.ack == Some(AckSetting::Replicated) && self.masters.len() < 2 {
+            return Err(invalid(
+                "store.ack",
+                "\"replicated\" needs two masters (or set \"local\")",
+            ));
+        }
+        if self.ack_timeout_ms == 0
+            || (self.ack_level() == AckSetting::Replicated
+                && self.ack_timeout_ms >= self.request_timeout_ms)
+        {
+            return Err(invalid(
+                "store.ack_timeout_ms",
+                "must be non-zero and under store.request_timeout_ms",
+            ));
+        }
+        if self.ping_ms < 10 || self.ping_ms > 60_000 {
+            return Err(invalid("store.ping_ms", "must be in 10..=60000"));
+        }
+        if self.dead_ms < 100 || self.dead_ms > 600_000 {
+            return Err(invalid("store.dead_ms", "must be in 100..=600000"));
+        }
+        if self.suspect_after == 0 || self.suspect_after > 1_000 {
+            return Err(invalid("store.suspect_after", "must be in 1..=1000"));
+        }
+        if self.failback_ms > 3_600_000 {
+            return Err(invalid("store.failback_ms", "must be at most 3600000"));
+        }
         Ok(())
+    }
+
+    /// The acknowledgement level in effect.
+    pub fn ack_level(&self) -> AckSetting {
+        self.ack.unwrap_or(if self.masters.len() >= 2 {
+            AckSetting::Replicated
+        } else {
+            AckSetting::Local
+        })
     }
 
     /// The password, read from `password_file` when given that way.

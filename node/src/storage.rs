@@ -1,48 +1,57 @@
-//! The Tarantool edge of the node: replay at start, then the save loop
-//! that moves batches from the node's backlog to the cluster's store, and
-//! the scrape of the masters' own counters.
+//! The Tarantool edge of the node: a thin tokio driver of the core's
+//! [`SavePath`] over [`StateLog`] masters. Replay at start, then the save
+//! loop that moves batches from the node's backlog to the cluster's
+//! store; the scrape of the masters' own counters runs in a task of its
+//! own, with its own timeouts, so a hung master cannot stall saves.
 //!
-//! Saves go to one master at a time (the active one) as calls of
-//! `store.save_function` (the Lua `shoal_save`, or the expiry module's
-//! native `shoal_expirer.shoal_save`) of up to `store.batch` records,
-//! several in flight on one connection. A batch that fails or times out
-//! goes back to the front of the backlog and is sent again, to the other
-//! master when the active one is down: both procedures replace tuples
-//! under keys only this node writes, so a batch saved twice, or on both
-//! masters, is harmless.
+//! The machine decides (which master, when one is suspect, when to ping,
+//! when to take the preferred one back); this driver does the I/O it asks
+//! for, with one deadline per request, and reports every outcome back. A
+//! batch that fails or times out goes back to the front of the backlog and
+//! is sent again, to the other master when the active one is suspect or
+//! down: saving replaces tuples under keys only this node writes, so a
+//! batch saved twice, or on both masters, is harmless.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
-use serde::Deserialize;
-use shoal_tarantool::{Client, ClientConfig, Error as TtError, Iter, Select, Tarantool};
+
+use shoal_core::{
+    AckLevel, BatchId, LogError, Row, SaveAck, SaveEvent, SavePath, SavePathParams, StateLog,
+};
+use shoal_tarantool::statelog::TarantoolLog;
+use shoal_tarantool::{Client, ClientConfig};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::config::{ConfigError, StoreSection};
+use crate::config::{AckSetting, ConfigError, StoreSection};
 use crate::metrics;
 use crate::server::Shared;
-use shoal_core::{BatchId, Row};
 
-/// Rows per select while replaying.
-const REPLAY_PAGE: u32 = 20_000;
-/// How often the masters' own counters are read.
+/// How often the masters' own counters are read, and the limit on one read.
 const SCRAPE_EVERY: Duration = Duration::from_secs(2);
-/// Wait before retrying when no master answers.
-const RETRY_MIN: Duration = Duration::from_millis(20);
-const RETRY_MAX: Duration = Duration::from_secs(1);
-/// How long, from start, saves and replay wait for the preferred master
-/// before taking another that is already connected.
-const PREFERRED_GRACE: Duration = Duration::from_millis(500);
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a stopping node keeps saving what it still holds.
 const DRAIN_ON_STOP: Duration = Duration::from_secs(3);
+/// Connection changes are looked at least this often.
+const POLL_MAX: Duration = Duration::from_millis(50);
+/// At most one fallback warning per this long (each is counted).
+const WARN_EVERY: Duration = Duration::from_secs(1);
 
 /// What the storage driver reports (its backlog lives in the node).
 #[derive(Debug, Default)]
 pub(crate) struct StoreIo {
     pub(crate) failovers: AtomicU64,
+    /// Masters found silent (consecutive timeouts) and back again.
+    pub(crate) suspects: AtomicU64,
+    pub(crate) recoveries: AtomicU64,
+    /// Batches `replicated` was asked for and saved on one master only
+    /// (the peer down, or not confirming in time).
+    pub(crate) ack_fallbacks: AtomicU64,
+    /// 1 when saves are acknowledged at `replicated`.
+    pub(crate) ack_replicated: AtomicU64,
     /// Records loaded from the store at start, and how long it took.
     pub(crate) replay_records: AtomicU64,
     pub(crate) replay_us: AtomicU64,
@@ -59,6 +68,8 @@ pub(crate) struct MasterStats {
     pub(crate) connected: bool,
     /// Saves go here now.
     pub(crate) active: bool,
+    /// Silent: no batch goes here until a ping or a new connection answers.
+    pub(crate) suspect: bool,
     /// Only ever incremented.
     pub(crate) batches: u64,
     pub(crate) errors: u64,
@@ -90,8 +101,12 @@ impl StoreIo {
         if masters.is_empty() {
             return;
         }
-        let [failovers, replay_records, replay_us, replay_ok] = [
+        let [failovers, suspects, recoveries, ack_fallbacks, ack_replicated, replay_records, replay_us, replay_ok] = [
             &self.failovers,
+            &self.suspects,
+            &self.recoveries,
+            &self.ack_fallbacks,
+            &self.ack_replicated,
             &self.replay_records,
             &self.replay_us,
             &self.replay_ok,
@@ -102,6 +117,26 @@ impl StoreIo {
                 "store_failovers",
                 "Switches of the active master.",
                 failovers,
+            )?;
+            o.counter(
+                "store_suspects",
+                "Masters marked suspect after consecutive unanswered requests.",
+                suspects,
+            )?;
+            o.counter(
+                "store_recoveries",
+                "Suspect masters that answered again.",
+                recoveries,
+            )?;
+            o.counter(
+                "store_ack_fallbacks",
+                "Batches saved on one master only although replicated was asked (peer down or slow).",
+                ack_fallbacks,
+            )?;
+            o.gauge(
+                "store_ack_replicated",
+                "1 when a batch counts as saved only once both masters have it.",
+                ack_replicated,
             )?;
             o.gauge(
                 "replay_records",
@@ -132,6 +167,11 @@ impl StoreIo {
                 "store_master_active",
                 "1 for the master saves go to.",
                 each(|m| m.active.into()),
+            )?;
+            o.gauges(
+                "store_master_suspect",
+                "1 while the master is suspect (silent).",
+                each(|m| m.suspect.into()),
             )?;
             o.counters(
                 "store_master_batches",
@@ -190,70 +230,13 @@ impl StoreIo {
 /// The store connections of one node.
 pub(crate) struct Storage {
     name: String,
-    masters: Vec<Client>,
-    /// The stored procedure batches are saved with.
-    save_function: Arc<str>,
-    active: usize,
+    logs: Vec<TarantoolLog>,
+    path: SavePath,
+    ack: AckLevel,
     batch_limit: usize,
-    in_flight: usize,
+    request_timeout: Duration,
     replay_timeout: Duration,
     shared: Arc<Shared>,
-    started: Instant,
-}
-
-/// One `shoal_log` tuple as it comes back from a select.
-#[derive(Debug, Deserialize)]
-struct LogTuple(String, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64);
-
-impl LogTuple {
-    fn row(&self) -> Row {
-        [
-            self.1, self.2, self.3, self.4, self.5, self.6, self.7, self.8, self.9, self.10,
-        ]
-    }
-}
-
-/// What a save call returns: the number of rows saved. The Lua procedure
-/// returns it bare; Tarantool 2.6 wraps each value a C procedure returns
-/// in an array over IPROTO `call`, so the native one's comes as `[n]`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum SaveReply {
-    Count(u64),
-    Wrapped((u64,)),
-}
-
-impl SaveReply {
-    fn count(&self) -> u64 {
-        match self {
-            SaveReply::Count(n) | SaveReply::Wrapped((n,)) => *n,
-        }
-    }
-}
-
-/// What `shoal_stats()` returns.
-#[derive(Debug, Default, Deserialize)]
-struct StoreStatsReply {
-    #[serde(default)]
-    log_len: u64,
-    #[serde(default)]
-    log_bytes: u64,
-    #[serde(default)]
-    lua_memory: f64,
-    #[serde(default)]
-    expirer: Option<ExpirerReply>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ExpirerReply {
-    #[serde(default)]
-    deleted: u64,
-    #[serde(default)]
-    scanned: u64,
-    #[serde(default)]
-    batches: u64,
-    #[serde(default)]
-    lag_ms: f64,
 }
 
 /// The outcome of the start-up replay.
@@ -266,6 +249,9 @@ pub(crate) struct Replayed {
     pub(crate) reading: Duration,
 }
 
+/// The end of a save call: batch, master, rows sent, outcome.
+type Done = (BatchId, usize, usize, Result<SaveAck, LogError>);
+
 impl Storage {
     /// Connects (in the background) to every master. Must run inside the
     /// tokio runtime that will drive [`Storage::run`].
@@ -275,14 +261,26 @@ impl Storage {
         shared: Arc<Shared>,
     ) -> Result<Storage, ConfigError> {
         let password = cfg.password()?;
-        let masters: Vec<Client> = cfg
+        let request_timeout = Duration::from_millis(cfg.request_timeout_ms);
+        let ack = match cfg.ack_level() {
+            AckSetting::Local => AckLevel::Local,
+            AckSetting::Replicated => AckLevel::Replicated,
+        };
+        let logs: Vec<TarantoolLog> = cfg
             .masters
             .iter()
             .map(|addr| {
-                Client::new(ClientConfig {
-                    request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+                let client = Client::new(ClientConfig {
+                    request_timeout,
+                    ping_idle: Some(Duration::from_millis(cfg.ping_ms)),
+                    dead_after: Duration::from_millis(cfg.dead_ms),
                     ..ClientConfig::new(addr.clone(), cfg.user.clone(), password.clone())
-                })
+                });
+                TarantoolLog::new(
+                    client,
+                    &cfg.save_function,
+                    Duration::from_millis(cfg.ack_timeout_ms),
+                )
             })
             .collect();
         if let Ok(mut m) = shared.io.store.masters.lock() {
@@ -297,118 +295,98 @@ impl Storage {
                 })
                 .collect();
         }
+        shared
+            .io
+            .store
+            .ack_replicated
+            .store(u64::from(ack == AckLevel::Replicated), Ordering::Relaxed);
+        let params = SavePathParams {
+            suspect_after: cfg.suspect_after,
+            ping_every: Duration::from_millis(cfg.ping_ms),
+            failback_after: Duration::from_millis(cfg.failback_ms),
+            ..SavePathParams::new(cfg.masters.len(), cfg.in_flight)
+        };
         Ok(Storage {
             name,
-            masters,
-            save_function: Arc::from(cfg.save_function.as_str()),
-            active: 0,
+            path: SavePath::new(params, Instant::now()),
+            logs,
+            ack,
             batch_limit: cfg.batch,
-            in_flight: cfg.in_flight,
+            request_timeout,
             replay_timeout: Duration::from_millis(cfg.replay_timeout_ms),
             shared,
-            started: Instant::now(),
         })
     }
 
     fn with_master(&self, i: usize, f: impl FnOnce(&mut MasterStats)) {
-        if let Ok(mut m) = self.shared.io.store.masters.lock() {
-            if let Some(m) = m.get_mut(i) {
-                f(m);
+        with_master(&self.shared, i, f);
+    }
+
+    /// Tells the machine which connections are up.
+    fn observe(&mut self, now: Instant) {
+        for (i, l) in self.logs.iter().enumerate() {
+            self.path.set_connected(i, l.is_connected(), now);
+        }
+    }
+
+    /// Reports the machine's decisions: logs, counters, the status page.
+    fn report(&mut self) {
+        let io = &self.shared.io.store;
+        while let Some(e) = self.path.poll_event() {
+            match e {
+                SaveEvent::Failover { from, to } => {
+                    warn!(from = %self.logs[from].addr(), to = %self.logs[to].addr(), "store failover");
+                    io.failovers.fetch_add(1, Ordering::Relaxed);
+                    self.with_master(from, |m| m.active = false);
+                    self.with_master(to, |m| m.active = true);
+                }
+                SaveEvent::Suspect(i) => {
+                    warn!(master = %self.logs[i].addr(), "store master silent: suspect, no saves until it answers");
+                    io.suspects.fetch_add(1, Ordering::Relaxed);
+                    self.with_master(i, |m| m.suspect = true);
+                }
+                SaveEvent::Recovered(i) => {
+                    info!(master = %self.logs[i].addr(), "store master answers again");
+                    io.recoveries.fetch_add(1, Ordering::Relaxed);
+                    self.with_master(i, |m| m.suspect = false);
+                }
             }
         }
     }
 
-    /// The active master if connected, else the next connected one; at
-    /// start-up only the active (preferred) master, for `PREFERRED_GRACE`:
-    /// all connections start at once, and the preferred one should not lose
-    /// to whichever handshake happened to finish first.
-    fn connected(&self) -> Option<usize> {
-        let n = self.masters.len();
-        if self.masters[self.active].is_connected() {
-            return Some(self.active);
-        }
-        if self.started.elapsed() < PREFERRED_GRACE {
-            return None;
-        }
-        (1..n)
-            .map(|k| (self.active + k) % n)
-            .find(|&i| self.masters[i].is_connected())
-    }
-
-    /// The first master to answer, within the replay timeout.
-    async fn any_master(&self, timeout: Duration) -> Option<usize> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(i) = self.connected() {
-                return Some(i);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Loads every live record of the cluster from the store into `node`.
-    /// Reads each node's key range from `{node, now}` on, so no expired
-    /// tuple is transferred (the primary key is ordered by expiry).
-    pub(crate) async fn replay(&mut self, now_wall_us: u64) -> Result<Replayed, TtError> {
+    /// Loads every live record of the cluster from the store into `node`,
+    /// from the master the machine chooses; a master that fails or does
+    /// not answer in time is passed over for the next, until
+    /// `replay_timeout`.
+    pub(crate) async fn replay(&mut self, now_wall_us: u64) -> Result<Replayed, LogError> {
         let started = Instant::now();
-        let Some(i) = self.any_master(self.replay_timeout).await else {
-            return Err(TtError::Disconnected);
-        };
-        let client = &self.masters[i];
-        let now = now_wall_us;
-        let mut rows: Vec<(String, Row)> = Vec::new();
-        let mut after: Option<(String, u64, u64)> = None;
-        loop {
-            let page: Vec<LogTuple> = match &after {
-                None => {
-                    let all: &[u64] = &[];
-                    client
-                        .select(
-                            "shoal_log",
-                            &all,
-                            Select {
-                                iter: Iter::All,
-                                limit: REPLAY_PAGE,
-                                ..Select::default()
-                            },
-                        )
-                        .await?
-                }
-                Some(key) => {
-                    client
-                        .select(
-                            "shoal_log",
-                            key,
-                            Select {
-                                iter: Iter::Gt,
-                                limit: REPLAY_PAGE,
-                                ..Select::default()
-                            },
-                        )
-                        .await?
-                }
+        let deadline = started + self.replay_timeout;
+        let mut last = LogError::Disconnected;
+        let rows = loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(last);
+            }
+            self.observe(now);
+            let Some(i) = self.path.choose(now) else {
+                self.report();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
             };
-            let full = page.len() == REPLAY_PAGE as usize;
-            let mut jumped = false;
-            for t in page {
-                if t.1 <= now {
-                    // The expired front of a node's range (the expirer has
-                    // not got to it yet): skip to the range's live part.
-                    after = Some((t.0, now, u64::MAX));
-                    jumped = true;
-                    break;
+            self.report();
+            let limit = deadline - now;
+            let read = tokio::time::timeout(limit, self.logs[i].replay(now_wall_us)).await;
+            match read.unwrap_or(Err(LogError::Timeout(limit))) {
+                Ok(rows) => break rows,
+                Err(e) => {
+                    warn!(master = %self.logs[i].addr(), error = %e, "replay failed on this master");
+                    self.path
+                        .note_failure(i, e.failure(), Instant::now());
+                    last = e;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                after = Some((t.0.clone(), t.1, t.2));
-                let row = t.row();
-                rows.push((t.0, row));
             }
-            if !jumped && !full {
-                break;
-            }
-        }
+        };
         let read = rows.len();
         let reading = started.elapsed();
         let applied = {
@@ -428,63 +406,51 @@ impl Storage {
         })
     }
 
-    /// Picks the master to save to: the active one while it is connected,
-    /// else the next connected one (a failover).
-    fn pick(&mut self) -> Option<usize> {
-        let i = self.connected()?;
-        if i != self.active {
-            warn!(
-                from = %self.masters[self.active].addr(),
-                to = %self.masters[i].addr(),
-                "store failover"
-            );
-            self.shared
-                .io
-                .store
-                .failovers
-                .fetch_add(1, Ordering::Relaxed);
-            let old = self.active;
-            self.with_master(old, |m| m.active = false);
-            self.with_master(i, |m| m.active = true);
-            self.active = i;
-        }
-        Some(i)
-    }
-
     /// Moves batches from the backlog to the store until `stop` resolves,
     /// then keeps saving for a short while so a clean stop loses nothing
     /// that a master can still take.
     pub(crate) async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         let shared = Arc::clone(&self.shared);
         let backlog = || shared.lock().backlog().map_or(0, |b| b.len());
-        type Done = (BatchId, usize, usize, Result<(SaveReply,), TtError>);
+        let queued = || shared.lock().backlog().map_or(0, |b| b.queued());
+        let scrape = tokio::spawn(scrape_loop(self.logs.clone(), Arc::clone(&self.shared)));
         let mut calls: JoinSet<Done> = JoinSet::new();
+        let mut pings: JoinSet<(usize, bool)> = JoinSet::new();
         let mut buf: Vec<Row> = Vec::with_capacity(self.batch_limit);
-        let mut retry = RETRY_MIN;
-        let mut next_scrape = Instant::now();
         let mut stopping: Option<Instant> = None;
+        let mut last_warn: Option<Instant> = None;
+        let mut unwarned: u64 = 0;
         tokio::pin!(stop);
         loop {
-            let mut stalled = false;
-            while calls.len() < self.in_flight {
-                let Some(i) = self.pick() else {
-                    stalled = true;
+            let now = Instant::now();
+            self.observe(now);
+            while let Some(i) = self.path.poll_ping(now) {
+                let log = self.logs[i].clone();
+                let limit = self.request_timeout;
+                pings.spawn(async move {
+                    let ok = tokio::time::timeout(limit, log.ping()).await;
+                    (i, matches!(ok, Ok(Ok(()))))
+                });
+            }
+            while queued() > 0 {
+                let Some(i) = self.path.next_send(now) else {
                     break;
                 };
                 let id = { self.shared.lock().take_save_batch(&mut buf) };
-                let Some(id) = id else { break };
-                let client = self.masters[i].clone();
-                let function = Arc::clone(&self.save_function);
-                let args = (self.name.clone(), std::mem::take(&mut buf));
+                let Some(id) = id else {
+                    self.path.cancel();
+                    break;
+                };
+                let log = self.logs[i].clone();
+                let name = self.name.clone();
+                let rows = std::mem::take(&mut buf);
+                let (ack, limit) = (self.ack, self.request_timeout);
                 calls.spawn(async move {
-                    let r = client.call(&function, &args).await;
-                    (id, i, args.1.len(), r)
+                    let r = tokio::time::timeout(limit, log.save(&name, &rows, ack)).await;
+                    (id, i, rows.len(), r.unwrap_or(Err(LogError::Timeout(limit))))
                 });
             }
-            if Instant::now() >= next_scrape {
-                next_scrape = Instant::now() + SCRAPE_EVERY;
-                self.scrape().await;
-            }
+            self.report();
             if let Some(t) = stopping {
                 if backlog() == 0 || t.elapsed() >= DRAIN_ON_STOP {
                     let left = backlog();
@@ -494,42 +460,62 @@ impl Storage {
                             "stopping with records the store did not take"
                         );
                     }
+                    scrape.abort();
                     return;
                 }
             }
-            let wait = if stalled { retry } else { SCRAPE_EVERY };
+            let stalled = self.path.stalled(now);
+            let free = self.path.has_room();
+            let wait = self
+                .path
+                .poll_timeout()
+                .map_or(POLL_MAX, |t| t.saturating_duration_since(now))
+                .min(POLL_MAX);
             tokio::select! {
                 Some(done) = calls.join_next(), if !calls.is_empty() => {
                     let Ok((id, i, sent, result)) = done else { continue };
+                    let now = Instant::now();
                     match result {
-                        Ok((reply,)) => {
-                            if reply.count() != sent as u64 {
+                        Ok(ack) => {
+                            if ack.rows != sent as u64 {
                                 // Both procedures save all or nothing; a
                                 // different count is a procedure not ours.
-                                warn!(master = %self.masters[i].addr(), sent, saved = reply.count(), "save call answered an unexpected count");
+                                warn!(master = %self.logs[i].addr(), sent, saved = ack.rows, "save call answered an unexpected count");
+                            }
+                            if ack.replication.fell_back() {
+                                self.shared.io.store.ack_fallbacks.fetch_add(1, Ordering::Relaxed);
+                                unwarned += 1;
+                                if last_warn.map_or(true, |t| now.duration_since(t) >= WARN_EVERY) {
+                                    warn!(master = %self.logs[i].addr(), why = ?ack.replication, batches = unwarned, "saved on one master only: its peer did not confirm (ack falls back to local)");
+                                    last_warn = Some(now);
+                                    unwarned = 0;
+                                }
                             }
                             self.shared.lock().save_acked(id);
-                            retry = RETRY_MIN;
+                            self.path.saved(i, now);
                             self.with_master(i, |m| m.batches += 1);
                         }
                         Err(e) => {
                             self.shared.lock().save_failed(id);
+                            self.path.failed(i, e.failure(), now);
                             self.with_master(i, |m| m.errors += 1);
-                            warn!(master = %self.masters[i].addr(), error = %e, "save batch failed; retrying");
-                            if !is_connection(&e) {
-                                // The master answered but refused: do not
-                                // spin on it.
-                                tokio::time::sleep(retry).await;
-                                retry = (retry * 2).min(RETRY_MAX);
-                            }
+                            warn!(master = %self.logs[i].addr(), error = %e, "save batch failed; retrying");
                         }
                     }
                 }
-                _ = self.shared.store_wake.notified(), if !stalled => {}
+                Some(p) = pings.join_next(), if !pings.is_empty() => {
+                    if let Ok((i, ok)) = p {
+                        if !ok {
+                            self.with_master(i, |m| m.errors += 1);
+                            debug!(master = %self.logs[i].addr(), "ping unanswered");
+                        }
+                        self.path.pinged(i, ok, Instant::now());
+                    }
+                }
+                _ = self.shared.store_wake.notified(), if !stalled && free => {}
                 _ = tokio::time::sleep(wait) => {
-                    if stalled {
-                        retry = (retry * 2).min(RETRY_MAX);
-                        debug!(backlog = backlog(), "no master connected");
+                    if stalled && queued() > 0 {
+                        debug!(backlog = backlog(), "no usable master");
                     }
                 }
                 _ = &mut stop, if stopping.is_none() => {
@@ -539,20 +525,35 @@ impl Storage {
             }
         }
     }
+}
 
-    /// Reads each connected master's `shoal_stats()` into the metrics.
-    async fn scrape(&self) {
-        for (i, c) in self.masters.iter().enumerate() {
-            let connected = c.is_connected();
+fn with_master(shared: &Shared, i: usize, f: impl FnOnce(&mut MasterStats)) {
+    if let Ok(mut m) = shared.io.store.masters.lock() {
+        if let Some(m) = m.get_mut(i) {
+            f(m);
+        }
+    }
+}
+
+/// Reads each master's `shoal_stats()` into the metrics every
+/// `SCRAPE_EVERY`, each read bounded by `SCRAPE_TIMEOUT`, off the save
+/// path.
+async fn scrape_loop(logs: Vec<TarantoolLog>, shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(SCRAPE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for (i, log) in logs.iter().enumerate() {
+            let connected = log.is_connected();
             let reply = if connected {
-                c.call::<_, (StoreStatsReply,)>("shoal_stats", &())
+                tokio::time::timeout(SCRAPE_TIMEOUT, log.stats())
                     .await
-                    .map(|(s,)| s)
                     .ok()
+                    .and_then(Result::ok)
             } else {
                 None
             };
-            self.with_master(i, |m| {
+            with_master(&shared, i, |m| {
                 m.connected = connected;
                 if let Some(s) = reply {
                     m.log_len = s.log_len;
@@ -568,17 +569,4 @@ impl Storage {
             });
         }
     }
-}
-
-/// Whether an error says the master is unreachable (fail over) rather than
-/// that it answered and refused (back off, same master).
-fn is_connection(e: &TtError) -> bool {
-    matches!(
-        e,
-        TtError::Disconnected
-            | TtError::OutcomeUnknown(_)
-            | TtError::Timeout(_)
-            | TtError::Io(_)
-            | TtError::ConnectTimeout(_)
-    )
 }

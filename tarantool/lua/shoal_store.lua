@@ -13,6 +13,7 @@
 -- per-node strictly increasing number (unique across restarts) that keeps
 -- keys unique; `timing_us` is when the filter made the record.
 local common = require('shoal_common')
+local fiber = require('fiber')
 
 local M = {}
 
@@ -69,6 +70,52 @@ function shoal_save(node, rows)
     return #rows
 end
 
+-- The `replicated` acknowledgement level: called by a node right after a
+-- save on the same master, it waits until every peer has acknowledged
+-- this master's own rows up to its current LSN (which covers the batch
+-- just committed: it was committed before its answer left), reading the
+-- peer's acknowledged vclock, box.info.replication[peer].downstream.vclock
+-- (a replica acknowledges after its own WAL write). Returns
+--   'confirmed'  every peer has the batch;
+--   'peer_down'  a peer is not replicating from us (no downstream, or not
+--                'follow'): the batch is on this master only;
+--   'timeout'    a peer follows but did not get there within `timeout_s`.
+-- The node decides what a non-confirmation means (docs/store.md).
+function shoal_save_sync(timeout_s)
+    if type(timeout_s) ~= 'number' or timeout_s < 0 or timeout_s > 60 then
+        error('shoal_save_sync: timeout_s must be a number of seconds in 0..60', 2)
+    end
+    local id = box.info.id
+    local lsn = box.info.vclock[id] or 0
+    local deadline = fiber.clock() + timeout_s
+    while true do
+        local peers, behind = 0, false
+        for _, r in pairs(box.info.replication) do
+            if r.id ~= id then
+                peers = peers + 1
+                local d = r.downstream
+                if d == nil or d.status ~= 'follow' then
+                    return 'peer_down'
+                end
+                local got = d.vclock and d.vclock[id] or 0
+                if got < lsn then
+                    behind = true
+                end
+            end
+        end
+        if peers == 0 then
+            return 'peer_down'
+        end
+        if not behind then
+            return 'confirmed'
+        end
+        if fiber.clock() >= deadline then
+            return 'timeout'
+        end
+        fiber.sleep(0.001)
+    end
+end
+
 -- Replication as a node or a test wants to see it: per peer, the
 -- upstream and downstream status.
 function shoal_health()
@@ -102,6 +149,8 @@ end
 function M.start(opts)
     common.check_start_opts(opts)
     box.once('shoal-schema-v1', bootstrap, opts.password, opts.repl_password)
+    -- Its own key: stores made before the `replicated` level get it too.
+    box.once('shoal-save-sync-v1', common.grant_funcs, {'shoal_save_sync'})
     if opts.expirer then
         -- Its own key: a pair first started without the module gets the
         -- function when it is restarted with it. Both masters restarted

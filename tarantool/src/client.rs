@@ -2,6 +2,15 @@
 //! background task that connects, authenticates, writes queued requests in
 //! few writes, matches responses to their waiters by sync id, and
 //! reconnects with exponential backoff when the connection drops.
+//!
+//! Liveness: a peer that stops answering without closing (a stopped
+//! process, a blackholed link) would otherwise look connected forever.
+//! The socket has TCP keepalive and `TCP_USER_TIMEOUT` (unacknowledged
+//! data for that long drops the connection in the kernel); the connection
+//! task pings when nothing has been read for `ping_idle`, and drops the
+//! connection when nothing has been read for `dead_after` while a request
+//! or a ping waits (the process is stopped but its kernel still acks).
+//! The waiting requests then fail with [`Error::OutcomeUnknown`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -57,11 +66,19 @@ pub struct ClientConfig {
     pub max_in_flight: usize,
     /// Responses larger than this drop the connection.
     pub max_response: usize,
+    /// Ping when nothing has been read for this long; `None`: never.
+    pub ping_idle: Option<Duration>,
+    /// Drop the connection when nothing has been read for this long while
+    /// a request or a ping waits for its answer. Also the socket's
+    /// `TCP_USER_TIMEOUT` and, divided by three, its keepalive idle time
+    /// and interval.
+    pub dead_after: Duration,
 }
 
 impl ClientConfig {
     /// Defaults: connect 2 s, request 5 s, reconnect 100 ms doubling to
-    /// 5 s, 1024 requests in flight, responses up to 128 MiB.
+    /// 5 s, 1024 requests in flight, responses up to 128 MiB, ping after
+    /// 1 s of silence, dead after 3 s.
     pub fn new(
         addr: impl Into<String>,
         user: impl Into<String>,
@@ -77,6 +94,8 @@ impl ClientConfig {
             reconnect_max: Duration::from_secs(5),
             max_in_flight: 1024,
             max_response: 128 << 20,
+            ping_idle: Some(Duration::from_secs(1)),
+            dead_after: Duration::from_secs(3),
         }
     }
 }
@@ -93,6 +112,8 @@ impl fmt::Debug for ClientConfig {
             .field("reconnect_max", &self.reconnect_max)
             .field("max_in_flight", &self.max_in_flight)
             .field("max_response", &self.max_response)
+            .field("ping_idle", &self.ping_idle)
+            .field("dead_after", &self.dead_after)
             .finish()
     }
 }
@@ -131,6 +152,9 @@ type Waiter = oneshot::Sender<Result<Reply, Error>>;
 struct Conn {
     tx: mpsc::UnboundedSender<Vec<u8>>,
     pending: Mutex<Pending>,
+    /// When the reader last got bytes, in ms since `born`.
+    read_ms: AtomicU64,
+    born: tokio::time::Instant,
 }
 
 #[derive(Default)]
@@ -174,6 +198,21 @@ impl Conn {
         }
         p.waiters.insert(sync, waiter);
         Ok(())
+    }
+
+    fn mark_read(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.read_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long nothing has been read.
+    fn silent_for(&self) -> Duration {
+        let read = Duration::from_millis(self.read_ms.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(read)
+    }
+
+    fn waiting(&self) -> bool {
+        !lock(&self.pending).waiters.is_empty()
     }
 
     fn take(&self, sync: u64) -> Option<Waiter> {
@@ -535,6 +574,8 @@ async fn run(
                 let conn = Arc::new(Conn {
                     tx,
                     pending: Mutex::new(Pending::default()),
+                    read_ms: AtomicU64::new(0),
+                    born: tokio::time::Instant::now(),
                 });
                 shared.publish(conn.clone());
                 if let Some(first) = first.take() {
@@ -585,6 +626,7 @@ async fn handshake(shared: &Shared) -> Result<(TcpStream, BytesMut, String), Err
     let cfg = &shared.config;
     let mut stream = TcpStream::connect(&cfg.addr).await?;
     stream.set_nodelay(true)?;
+    set_liveness(&stream, cfg.dead_after)?;
     let mut greeting = [0u8; codec::GREETING_LEN];
     stream.read_exact(&mut greeting).await?;
     let greeting = codec::parse_greeting(&greeting)?;
@@ -625,6 +667,57 @@ async fn serve(
     tokio::select! {
         r = read_loop(shared, conn, rd, buf) => r,
         r = write_loop(rx, wr) => r,
+        r = watchdog(shared, conn) => r,
+    }
+}
+
+/// Keepalive probes after a third of `dead_after` idle, every third, and
+/// `TCP_USER_TIMEOUT` of `dead_after`: a link that drops our packets
+/// fails the socket in the kernel.
+fn set_liveness(stream: &TcpStream, dead_after: Duration) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(stream);
+    let third = (dead_after / 3).max(Duration::from_secs(1));
+    sock.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(third)
+            .with_interval(third)
+            .with_retries(3),
+    )?;
+    sock.set_tcp_user_timeout(Some(dead_after))
+}
+
+/// Pings a quiet connection and gives up on one that stays silent while
+/// something waits for an answer; returns why.
+async fn watchdog(shared: &Shared, conn: &Conn) -> String {
+    let cfg = &shared.config;
+    let tick = cfg
+        .ping_idle
+        .unwrap_or(cfg.dead_after)
+        .min(cfg.dead_after)
+        .checked_div(4)
+        .unwrap_or_default()
+        .max(Duration::from_millis(10));
+    let mut pinged = false;
+    loop {
+        tokio::time::sleep(tick).await;
+        let silent = conn.silent_for();
+        if silent >= cfg.dead_after && (pinged || conn.waiting()) {
+            return format!("no answer for {} ms", silent.as_millis());
+        }
+        match cfg.ping_idle {
+            Some(idle) if silent >= idle => {
+                if !pinged {
+                    // The answer goes to no waiter; reading it is the point.
+                    let sync = shared.next_sync.fetch_add(1, Ordering::Relaxed);
+                    let mut frame = Vec::with_capacity(16);
+                    if codec::encode_ping(&mut frame, sync).is_ok() && conn.tx.send(frame).is_err() {
+                        return "writer gone".to_owned();
+                    }
+                    pinged = true;
+                }
+            }
+            _ => pinged = false,
+        }
     }
 }
 
@@ -651,7 +744,7 @@ async fn read_loop(
         }
         match rd.read_buf(&mut buf).await {
             Ok(0) => return "closed by the server".to_owned(),
-            Ok(_) => {}
+            Ok(_) => conn.mark_read(),
             Err(e) => return format!("read failed: {e}"),
         }
     }

@@ -19,6 +19,9 @@
 //! - [`verdict`]: the verdict store's procedures behind `shoal-core`'s
 //!   traits (`VerdictStore`, `CrossQueue`, `Lease`): the only code that
 //!   knows their names and tuple layouts.
+//! - [`statelog`]: the state store's procedure names and `shoal_log`
+//!   tuple layout, in one place, and [`TarantoolLog`], the
+//!   [`StateLog`](shoal_core::StateLog) of one master.
 //! - [`testkit`]: starts and stops a real local pair of state-store masters
 //!   through `tarantool/scripts/pair.sh`, for tests, benches and the demo.
 //!
@@ -43,6 +46,7 @@ mod api;
 mod client;
 mod codec;
 mod error;
+pub mod statelog;
 pub mod testkit;
 pub mod verdict;
 
@@ -51,3 +55,4 @@ pub use client::{Client, ClientConfig};
 #[cfg(feature = "fuzzing")]
 pub use codec::fuzzing;
 pub use error::{DecodeError, Error};
+pub use statelog::{LogTuple, TarantoolLog};
