@@ -41,8 +41,8 @@ pub use node::{
 };
 pub use relay::{Relay, RelayCounters, RelayMsg};
 pub use savelog::{
-    AckLevel, Failure, Fault, FakeLog, FakeReply, FakeStore, Health, LogError, Replication, SaveAck,
-    SaveEvent, SavePath, SavePathCounters, SavePathParams, StateLog,
+    AckLevel, Failure, FakeLog, FakeReply, FakeStore, Fault, Health, LogError, Replication,
+    SaveAck, SaveEvent, SavePath, SavePathCounters, SavePathParams, StateLog,
 };
 pub use state::{LoadView, MarkView, ModeView, StateLimits};
 pub use store::{from_row, to_row, Backlog, BacklogCounters, BacklogLimits, BatchId, Offer, Row};

@@ -494,7 +494,9 @@ impl SavePath {
         for s in &self.masters {
             if s.connected && !s.ping_in_flight {
                 let idle = s.last_io + self.p.ping_every;
-                let due = s.last_ping.map_or(idle, |p| (p + self.p.ping_every).max(idle));
+                let due = s
+                    .last_ping
+                    .map_or(idle, |p| (p + self.p.ping_every).max(idle));
                 at(if s.suspect {
                     s.last_ping.map_or(idle, |p| p + self.p.ping_every)
                 } else {
@@ -814,6 +816,7 @@ impl StateLog for FakeLog {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a test needs a base instant
 mod tests {
     use super::*;
 
@@ -839,10 +842,7 @@ mod tests {
         assert_eq!(p.next_send(ms(t0, 100)), None, "b is up, a preferred");
         assert!(p.stalled(ms(t0, 100)));
         assert_eq!(p.next_send(ms(t0, 500)), Some(1), "grace over: b");
-        assert_eq!(
-            p.poll_event(),
-            Some(SaveEvent::Failover { from: 0, to: 1 })
-        );
+        assert_eq!(p.poll_event(), Some(SaveEvent::Failover { from: 0, to: 1 }));
         p.set_connected(0, true, ms(t0, 600));
         p.saved(1, ms(t0, 600));
         assert_eq!(p.next_send(ms(t0, 700)), Some(1), "not back yet");
@@ -962,10 +962,7 @@ mod tests {
         assert_eq!(s.ids(0).len(), 0);
         assert_eq!(ready(b.replay(10_000)).unwrap().len(), 1);
         s.set_fault(1, Fault::Down);
-        assert!(matches!(
-            ready(b.ping()),
-            Err(LogError::Disconnected)
-        ));
+        assert!(matches!(ready(b.ping()), Err(LogError::Disconnected)));
         let ack = ready(a.save("n1", &[row(4)], AckLevel::Replicated)).unwrap();
         assert_eq!(ack.replication, Replication::PeerDown);
         s.set_fault(1, Fault::None);

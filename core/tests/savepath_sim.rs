@@ -4,6 +4,7 @@
 //! one, a lost disk). Every millisecond: connection states in, pings and
 //! batches out, answers polled, deadlines applied. Deterministic: the same
 //! scenario gives the same trace.
+#![allow(clippy::disallowed_methods)] // a base instant; time is virtual from it
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,8 +13,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use shoal_core::{
-    AckLevel, Backlog, BacklogLimits, BatchId, FakeStore, Fault, LogError, Row, SaveAck,
-    SavePath, SavePathParams, StateLog,
+    AckLevel, Backlog, BacklogLimits, BatchId, FakeStore, Fault, LogError, Row, SaveAck, SavePath,
+    SavePathParams, StateLog,
 };
 
 type Reply<T> = Pin<Box<dyn Future<Output = Result<T, LogError>> + Send>>;
@@ -101,8 +102,11 @@ impl Sim {
         }
         while let Some(m) = self.path.poll_ping(now) {
             let log = self.store.log(m);
-            self.pings
-                .push((m, now + self.timeout, Box::pin(async move { log.ping().await })));
+            self.pings.push((
+                m,
+                now + self.timeout,
+                Box::pin(async move { log.ping().await }),
+            ));
         }
         let mut buf = Vec::new();
         while self.backlog.queued() > 0 {
@@ -224,22 +228,32 @@ fn a_hung_master_is_failed_over_from_within_the_request_timeout() {
     // suspect on the second, the next batch goes to b at once.
     assert!(gap <= 1_000 + 5, "failed over after {gap} ms");
     assert!(sim.path.is_suspect(0));
-    assert_eq!(sim.backlog.counters().saved, sim.next_id, "every record saved");
+    assert_eq!(
+        sim.backlog.counters().saved,
+        sim.next_id,
+        "every record saved"
+    );
     // b holds everything: what a acknowledged was confirmed by b.
     let on_b = sim.ids_on(1);
     assert_eq!(on_b.len() as u64, sim.next_id);
     assert!(sim.fallbacks > 0, "b saved without its peer: counted");
-    assert!(sim
-        .trace
-        .iter()
-        .any(|l| l.ends_with("Suspect(0)")), "{:?}", sim.trace);
+    assert!(
+        sim.trace.iter().any(|l| l.ends_with("Suspect(0)")),
+        "{:?}",
+        sim.trace
+    );
     // The stopped master resumes: pings answer, it recovers, and after
     // failback_after it is the active master again.
     sim.store.set_fault(0, Fault::None);
     sim.run_ms(3000, 5);
     sim.drain();
     assert!(!sim.path.is_suspect(0));
-    assert_eq!(sim.path.active(), 0, "preferred master back: {:?}", sim.trace);
+    assert_eq!(
+        sim.path.active(),
+        0,
+        "preferred master back: {:?}",
+        sim.trace
+    );
     assert!(sim.acks.last().is_some_and(|&(_, m)| m == 0));
 }
 
@@ -315,7 +329,8 @@ fn the_same_scenario_gives_the_same_trace() {
         sim.run_ms(500, 10);
         sim.store.set_fault(0, Fault::Hung);
         sim.run_ms(1500, 10);
-        sim.store.set_fault(0, Fault::Slow(Duration::from_millis(50)));
+        sim.store
+            .set_fault(0, Fault::Slow(Duration::from_millis(50)));
         sim.run_ms(3000, 10);
         sim.drain();
         (sim.trace, sim.acks)

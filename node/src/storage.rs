@@ -380,8 +380,7 @@ impl Storage {
                 Ok(rows) => break rows,
                 Err(e) => {
                     warn!(master = %self.logs[i].addr(), error = %e, "replay failed on this master");
-                    self.path
-                        .note_failure(i, e.failure(), Instant::now());
+                    self.path.note_failure(i, e.failure(), Instant::now());
                     last = e;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -424,6 +423,9 @@ impl Storage {
         loop {
             let now = Instant::now();
             self.observe(now);
+            // Fail over or back now, not at the next batch: the status
+            // page shows where saves go.
+            self.path.choose(now);
             while let Some(i) = self.path.poll_ping(now) {
                 let log = self.logs[i].clone();
                 let limit = self.request_timeout;
@@ -447,7 +449,12 @@ impl Storage {
                 let (ack, limit) = (self.ack, self.request_timeout);
                 calls.spawn(async move {
                     let r = tokio::time::timeout(limit, log.save(&name, &rows, ack)).await;
-                    (id, i, rows.len(), r.unwrap_or(Err(LogError::Timeout(limit))))
+                    (
+                        id,
+                        i,
+                        rows.len(),
+                        r.unwrap_or(Err(LogError::Timeout(limit))),
+                    )
                 });
             }
             self.report();

@@ -710,7 +710,8 @@ async fn watchdog(shared: &Shared, conn: &Conn) -> String {
                     // The answer goes to no waiter; reading it is the point.
                     let sync = shared.next_sync.fetch_add(1, Ordering::Relaxed);
                     let mut frame = Vec::with_capacity(16);
-                    if codec::encode_ping(&mut frame, sync).is_ok() && conn.tx.send(frame).is_err() {
+                    if codec::encode_ping(&mut frame, sync).is_ok() && conn.tx.send(frame).is_err()
+                    {
                         return "writer gone".to_owned();
                     }
                     pinged = true;
