@@ -482,25 +482,30 @@ impl SavePath {
         }
     }
 
-    /// When the machine wants to be asked again at the latest.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// When, after `now`, the machine wants to be asked again at the
+    /// latest (the end of the start-up grace, a back-off, a ping due, a
+    /// failback); `None` when nothing is pending.
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         let mut t: Option<Instant> = None;
-        let mut at = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
-        let grace_end = self.started + self.p.preferred_grace;
-        at(grace_end);
+        let mut at = |x: Instant| {
+            if x > now {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        at(self.started + self.p.preferred_grace);
         if let Some(b) = self.backoff_until {
             at(b);
         }
+        let every = self.p.ping_every;
         for s in &self.masters {
             if s.connected && !s.ping_in_flight {
-                let idle = s.last_io + self.p.ping_every;
-                let due = s
-                    .last_ping
-                    .map_or(idle, |p| (p + self.p.ping_every).max(idle));
-                at(if s.suspect {
-                    s.last_ping.map_or(idle, |p| p + self.p.ping_every)
-                } else {
-                    due
+                let after_ping = s.last_ping.map(|p| p + every);
+                let idle = s.last_io + every;
+                at(match (s.suspect, after_ping) {
+                    (true, Some(p)) => p,
+                    (true, None) => now,
+                    (false, Some(p)) => p.max(idle),
+                    (false, None) => idle,
                 });
             }
         }
@@ -909,7 +914,7 @@ mod tests {
         p.set_connected(0, true, t0);
         p.set_connected(1, true, t0);
         assert_eq!(p.poll_ping(ms(t0, 100)), None, "not idle yet");
-        assert!(p.poll_timeout().is_some_and(|t| t <= ms(t0, 200)));
+        assert_eq!(p.poll_timeout(ms(t0, 100)), Some(ms(t0, 200)));
         let a = p.poll_ping(ms(t0, 200));
         let b = p.poll_ping(ms(t0, 200));
         assert_eq!((a, b), (Some(0), Some(1)), "both, the standby too");

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+use shoal_tarantool::statelog::{LOG_SPACE, SAVE_LUA};
 use shoal_tarantool::testkit::{Master, Pair};
 
 mod common;
@@ -76,7 +77,7 @@ fn stats(pair: &Pair, m: Master) -> Value {
 }
 
 fn len(pair: &Pair, m: Master) -> u64 {
-    eval(pair, m, "return box.space.shoal_log:len()")
+    eval(pair, m, &format!("return box.space.{LOG_SPACE}:len()"))
         .as_u64()
         .expect("a length")
 }
@@ -86,9 +87,11 @@ fn keys(pair: &Pair, m: Master) -> BTreeSet<String> {
     let v = eval(
         pair,
         m,
-        "local t = {} for _, x in box.space.shoal_log:pairs() do \
-         t[#t + 1] = (string.format('%s:%s:%s', x[1], tostring(x[2]), tostring(x[3])) \
-         :gsub('ULL', '')) end return t",
+        &format!(
+            "local t = {{}} for _, x in box.space.{LOG_SPACE}:pairs() do \
+             t[#t + 1] = (string.format('%s:%s:%s', x[1], tostring(x[2]), tostring(x[3])) \
+             :gsub('ULL', '')) end return t"
+        ),
     );
     v.as_array()
         .expect("an array")
@@ -107,7 +110,7 @@ fn save(pair: &Pair, m: Master, node: &str, rows: &[(u64, u64)]) {
     let n = eval(
         pair,
         m,
-        &format!("return shoal_save('{node}', {{{}}})", body.join(", ")),
+        &format!("return {SAVE_LUA}('{node}', {{{}}})", body.join(", ")),
     );
     assert_eq!(n.as_u64(), Some(rows.len() as u64));
 }
@@ -235,7 +238,7 @@ fn steady_load_stays_bounded_and_drains() {
                  for _, node in ipairs({{{nodes}}}) do \
                    local rows = {{}} \
                    for i = 1, 50 do id = id + 1 rows[i] = {{now + {TTL_US}, id, now, 1, 1, 0, 0, 0, 0, 0}} end \
-                   shoal_save(node, rows) _G.load_rows = _G.load_rows + 50 \
+                   {SAVE_LUA}(node, rows) _G.load_rows = _G.load_rows + 50 \
                  end \
                  fiber.sleep(0.02) \
                end \
@@ -248,12 +251,14 @@ fn steady_load_stays_bounded_and_drains() {
     eval(&pair, Master::B, &load("'b1', 'b2'"));
     const MAX_LAG: Duration = Duration::from_millis(1500);
     // Age of the oldest expired row still present, by a scan of the log.
-    let lag_us = "local now = tonumber(require('clock').time64() / 1000ULL) \
-                  local oldest = nil \
-                  for _, t in box.space.shoal_log:pairs() do \
-                    if t[2] <= now and (oldest == nil or t[2] < oldest) then oldest = t[2] end \
-                  end \
-                  return oldest and tonumber(now - oldest) or 0";
+    let lag_us = &format!(
+        "local now = tonumber(require('clock').time64() / 1000ULL) \
+         local oldest = nil \
+         for _, t in box.space.{LOG_SPACE}:pairs() do \
+           if t[2] <= now and (oldest == nil or t[2] < oldest) then oldest = t[2] end \
+         end \
+         return oldest and tonumber(now - oldest) or 0"
+    );
     let mut peak = 0;
     let mut worst_lag = Duration::ZERO;
     loop {
@@ -347,7 +352,7 @@ fn stats_counters_are_consistent() {
     eval(
         &pair,
         Master::A,
-        "return require('shoal_expirer').start({space = 'shoal_log', batch = 7, idle_ms = 50})",
+        &format!("return require('shoal_expirer').start({{space = '{LOG_SPACE}', batch = 7, idle_ms = 50}})"),
     );
     wait_until("a expired", Duration::from_secs(5), || {
         len(&pair, Master::A) == 6

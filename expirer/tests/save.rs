@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
+use shoal_tarantool::statelog::{LogTuple as Tuple, TarantoolLog, SAVE_LUA, SAVE_NATIVE as NATIVE};
 use shoal_tarantool::testkit::{Master, Pair};
-use shoal_tarantool::{Client, ClientConfig, Error, Iter, Select, Tarantool};
+use shoal_tarantool::{Client, ClientConfig, Error, Tarantool};
 
 mod common;
-
-const NATIVE: &str = "shoal_expirer.shoal_save";
 
 type Row = [u64; 10];
 
@@ -32,18 +31,6 @@ impl Count {
         match self {
             Count::Bare(n) | Count::Wrapped((n,)) => *n,
         }
-    }
-}
-
-/// One `shoal_log` tuple.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-struct Tuple(String, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64);
-
-impl Tuple {
-    fn row(&self) -> Row {
-        [
-            self.1, self.2, self.3, self.4, self.5, self.6, self.7, self.8, self.9, self.10,
-        ]
     }
 }
 
@@ -117,20 +104,8 @@ impl Fixture {
     /// Everything in `shoal_log` on master `m`, sorted.
     fn tuples(&self, m: Master) -> Vec<Tuple> {
         self.rt.block_on(async {
-            let all: &[u64] = &[];
-            let mut t: Vec<Tuple> = self
-                .client(m)
-                .select(
-                    "shoal_log",
-                    &all,
-                    Select {
-                        iter: Iter::All,
-                        limit: u32::MAX,
-                        ..Select::default()
-                    },
-                )
-                .await
-                .expect("select");
+            let log = TarantoolLog::new(self.client(m).clone(), NATIVE, Duration::ZERO);
+            let mut t = log.all_tuples().await.expect("select");
             t.sort();
             t
         })
@@ -222,14 +197,14 @@ fn native_save_writes_what_the_lua_save_writes() {
         assert!(out.contains("- C\n"), "{m:?}: {out}");
     }
     let rows = rows(1000, 7);
-    assert_eq!(f.saved(Master::A, "shoal_save", &("lua-n1", &rows)), 1000);
+    assert_eq!(f.saved(Master::A, SAVE_LUA, &("lua-n1", &rows)), 1000);
     assert_eq!(f.saved(Master::A, NATIVE, &("c-n1", &rows)), 1000);
     // Saved twice: replaced, same values.
     assert_eq!(f.saved(Master::A, NATIVE, &("c-n1", &rows)), 1000);
     // No rows: nothing written, 0 returned, as from Lua.
     let none: &[Row] = &[];
     assert_eq!(f.saved(Master::A, NATIVE, &("c-n1", none)), 0);
-    assert_eq!(f.saved(Master::A, "shoal_save", &("lua-n1", none)), 0);
+    assert_eq!(f.saved(Master::A, SAVE_LUA, &("lua-n1", none)), 0);
 
     let all = f.tuples(Master::A);
     assert_eq!(all.len(), 2000);

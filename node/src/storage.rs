@@ -475,7 +475,7 @@ impl Storage {
             let free = self.path.has_room();
             let wait = self
                 .path
-                .poll_timeout()
+                .poll_timeout(now)
                 .map_or(POLL_MAX, |t| t.saturating_duration_since(now))
                 .min(POLL_MAX);
             tokio::select! {

@@ -100,6 +100,9 @@ impl Writer {
                     if c.send(&batch).is_ok() {
                         k += 32;
                         sent.store(k, Ordering::Relaxed);
+                    } else {
+                        // The node's socket buffer is full: let it drain.
+                        std::thread::sleep(Duration::from_micros(200));
                     }
                     let due = Duration::from_secs_f64(k as f64 / per_s as f64);
                     if let Some(d) = due.checked_sub(started.elapsed()) {
@@ -255,6 +258,10 @@ fn kill_with_a_lagging_peer(ack: &str) -> (u64, u64, Vec<u64>) {
     );
     let n = NodeProcess::spawn(Path::new(BIN), &s).expect("node starts");
     let m = |name: &str| n.metric(name).unwrap_or(-1.0) as u64;
+    assert_eq!(
+        m("shoal_store_ack_replicated"),
+        u64::from(ack == "replicated")
+    );
     let writer = Writer::start(n.client().expect("client"), 100_000);
     assert!(wait_until(WAIT, || m("shoal_store_saved_total") > 20_000));
     let lagging = Stopped::new(pid(&pair, Master::B));
@@ -278,6 +285,17 @@ fn kill_with_a_lagging_peer(ack: &str) -> (u64, u64, Vec<u64>) {
         m("shoal_store_ack_fallbacks_total")
     );
     (saved_at_kill, sent, missing)
+}
+
+/// The same under `local`, today's behaviour before `replicated`: the
+/// acknowledged tail is lost (80–110 k of ~400 k saves on the 2-core VM).
+/// The check that the test below fails without the fix; run it with
+/// `--ignored`.
+#[test]
+#[ignore = "shows the loss under ack = local; run by hand with --ignored"]
+fn kill_9_with_the_disk_lost_loses_local_saves() {
+    let (_, _, missing) = kill_with_a_lagging_peer("local");
+    assert!(!missing.is_empty(), "nothing lost under local");
 }
 
 #[test]

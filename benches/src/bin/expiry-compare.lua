@@ -1,5 +1,5 @@
 -- One run of the expiry comparison (driven by expiry-compare.rs): a fresh
--- standalone Tarantool, the shoal_log space, a preload of PRELOAD tuples
+-- standalone Tarantool, the store's shoal_log space, a preload of PRELOAD tuples
 -- over 16 nodes of which EXPIRED are already expired, a steady insert
 -- load of RATE tuples/s (TTL STEADY_TTL_S, so they stay live during the
 -- run), a probe fiber that sleeps 1 ms and records its lateness (the tx
@@ -28,20 +28,11 @@ box.cfg({
     checkpoint_interval = 0,
 })
 
-local s = box.schema.space.create('shoal_log', {format = {
-    {name = 'node', type = 'string'},
-    {name = 'expires_us', type = 'unsigned'},
-    {name = 'id', type = 'unsigned'},
-    {name = 'timing_us', type = 'unsigned'},
-    {name = 'code', type = 'unsigned'},
-    {name = 'op', type = 'unsigned'},
-    {name = 'origin', type = 'unsigned'},
-    {name = 'f0', type = 'unsigned'},
-    {name = 'f1', type = 'unsigned'},
-    {name = 'f2', type = 'unsigned'},
-    {name = 'f3', type = 'unsigned'},
-}})
-s:create_index('primary', {parts = {{1, 'string'}, {2, 'unsigned'}, {3, 'unsigned'}}})
+-- The store's own schema and procedures (tarantool/lua/shoal_store.lua
+-- and shoal_common.lua, written next to this script by
+-- expiry-compare.rs), not a copy of them.
+require('shoal_store').start({password = 'bench-only', repl_password = 'bench-only'})
+local s = box.space.shoal_log
 
 local function now_us() return math.floor(fiber.time() * 1e6) end
 

@@ -39,6 +39,18 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 const SCRIPT: &str = include_str!("expiry-compare.lua");
+/// The store's schema, which the script loads (`require`, from its own
+/// directory) rather than copying it.
+const STORE_LUA: [(&str, &str); 2] = [
+    (
+        "shoal_store.lua",
+        include_str!("../../../tarantool/lua/shoal_store.lua"),
+    ),
+    (
+        "shoal_common.lua",
+        include_str!("../../../tarantool/lua/shoal_common.lua"),
+    ),
+];
 
 struct Args {
     runs: usize,
@@ -114,6 +126,9 @@ fn run_once(
     std::fs::create_dir_all(&dir)?;
     let script = dir.join("bench.lua");
     std::fs::write(&script, SCRIPT)?;
+    for (name, text) in STORE_LUA {
+        std::fs::write(dir.join(name), text)?;
+    }
     let mut cmd = Command::new("tarantool");
     cmd.arg(&script)
         .current_dir(&dir)

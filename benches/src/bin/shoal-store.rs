@@ -14,6 +14,11 @@
 //!
 //! Each figure is the median of `--runs` runs.
 //!
+//! Acknowledgement level: the node runs with `[store] ack = "replicated"`
+//! (its default with two masters) unless `--ack local`; `--ack both`
+//! measures both levels in every run, one after the other on the same
+//! pair, and prints the ratio (the persist rate `replicated` keeps).
+//!
 //! The node saves with the Lua `shoal_save` by default. `--native` saves
 //! with the expiry module's C procedure instead (`save_function =
 //! "shoal_expirer.shoal_save"`), `--both` measures both in every run; the
@@ -24,6 +29,7 @@
 //! Usage: shoal-store [--bin target/release/shoal] [--records 500000]
 //!                    [--replay 1000000] [--runs 3] [--native | --both]
 //!                    [--lib target/release]
+//!                    [--ack replicated | local | both]
 //!                    [--store 'in_flight = 8,batch = 1000']  (extra [store] keys)
 
 use std::path::{Path, PathBuf};
@@ -32,6 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use shoal_node::testkit::{unique_group, wait_until, NodeProcess, NodeSpec};
+use shoal_tarantool::statelog::{LOG_SPACE, SAVE_NATIVE};
 use shoal_tarantool::testkit::{Master, Pair};
 use shoal_wire::{Code, Op, Record};
 
@@ -46,6 +53,8 @@ struct Args {
     saves: Vec<Save>,
     /// Where `libshoal_expirer.so` is (default: the directory of `bin`).
     lib: Option<PathBuf>,
+    /// The acknowledgement levels measured (`[store] ack`).
+    acks: Vec<&'static str>,
 }
 
 /// The procedure a node saves with.
@@ -69,7 +78,7 @@ impl Save {
     fn store_keys(self, extra: &str) -> String {
         match self {
             Save::Lua => extra.to_string(),
-            Save::Native => format!("{extra}\nsave_function = \"shoal_expirer.shoal_save\""),
+            Save::Native => format!("{extra}\nsave_function = \"{SAVE_NATIVE}\""),
         }
     }
 }
@@ -102,6 +111,10 @@ struct Cli {
     /// Where `libshoal_expirer.so` is (default: the directory of --bin).
     #[arg(long)]
     lib: Option<PathBuf>,
+    /// The acknowledgement level(s) measured: replicated (the node's
+    /// default with two masters), local, or both in every run.
+    #[arg(long, default_value = "replicated", value_parser = ["replicated", "local", "both"])]
+    ack: String,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -119,6 +132,11 @@ fn parse_args() -> anyhow::Result<Args> {
         store: c.store.replace(',', "\n"),
         saves,
         lib: c.lib,
+        acks: match c.ack.as_str() {
+            "local" => vec!["local"],
+            "both" => vec!["local", "replicated"],
+            _ => vec!["replicated"],
+        },
     };
     if a.runs == 0 || a.records == 0 {
         bail!("--runs and --records must be positive");
@@ -146,7 +164,7 @@ fn lua_loop(pair: &Pair, n: u64) -> anyhow::Result<f64> {
     console_number(
         pair,
         &format!(
-            "local c = require('clock') local log = box.space.shoal_log \
+            "local c = require('clock') local log = box.space.{LOG_SPACE} \
              local now = math.floor(c.realtime() * 1e6) local t0 = c.monotonic() \
              for i = 0, {n} - 1, 1000 do box.begin() \
              for j = i, math.min(i + 999, {n} - 1) do \
@@ -157,10 +175,10 @@ fn lua_loop(pair: &Pair, n: u64) -> anyhow::Result<f64> {
 }
 
 fn truncate(pair: &Pair) -> anyhow::Result<()> {
-    pair.console(Master::A, "box.space.shoal_log:truncate()")?;
+    pair.console(Master::A, &format!("box.space.{LOG_SPACE}:truncate()"))?;
     // Wait for the other master to have replicated it.
     let b_empty = wait_until(Duration::from_secs(30), || {
-        pair.console(Master::B, "box.space.shoal_log:len()")
+        pair.console(Master::B, &format!("box.space.{LOG_SPACE}:len()"))
             .is_ok_and(|o| o.contains("- 0\n"))
     });
     if !b_empty {
@@ -258,20 +276,26 @@ fn main() -> anyhow::Result<()> {
             .join(" and ")
     );
 
+    // Every (procedure, ack level) measured in every run.
+    let modes: Vec<(Save, &str)> = args
+        .saves
+        .iter()
+        .flat_map(|&s| args.acks.iter().map(move |&a| (s, a)))
+        .collect();
     let mut lua = Vec::new();
-    let mut shoal: Vec<Vec<f64>> = vec![Vec::new(); args.saves.len()];
+    let mut shoal: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     for run in 1..=args.runs {
         truncate(&pair)?;
         let l = lua_loop(&pair, args.records)?;
         let lr = args.records as f64 / l;
         let mut line = format!("run {run} persist: lua loop {lr:.0} rec/s");
-        for (k, save) in args.saves.iter().enumerate() {
+        for (k, (save, ack)) in modes.iter().enumerate() {
             truncate(&pair)?;
-            let extra = save.store_keys(&args.store);
+            let extra = format!("{}\nack = \"{ack}\"", save.store_keys(&args.store));
             let s = shoal_persist(&args.bin, &dir, &pair, args.records, &extra)?;
             let sr = args.records as f64 / s;
             line.push_str(&format!(
-                ", shoal ({}) {sr:.0} rec/s, ratio {:.3}",
+                ", shoal ({}, ack {ack}) {sr:.0} rec/s, ratio {:.3}",
                 save.label(),
                 sr / lr
             ));
@@ -290,7 +314,7 @@ fn main() -> anyhow::Result<()> {
         console_number(
             &pair,
             &format!(
-                "local c = require('clock') local log = box.space.shoal_log \
+                "local c = require('clock') local log = box.space.{LOG_SPACE} \
                  local now = math.floor(c.realtime() * 1e6) \
                  for i = 0, {n} - 1, 1000 do box.begin() \
                  for j = i, math.min(i + 999, {n} - 1) do \
@@ -318,13 +342,28 @@ fn main() -> anyhow::Result<()> {
     println!("\nmedians of {} runs:", args.runs);
     let l = median(lua);
     println!("  lua loop, 1000 per txn        {l:.0} records/s");
-    for (save, rates) in args.saves.iter().zip(shoal) {
-        let s = median(rates);
+    let medians: Vec<f64> = shoal.into_iter().map(median).collect();
+    for ((save, ack), s) in modes.iter().zip(&medians) {
         println!(
-            "  shoal node, persisted         {s:.0} records/s  ({:.3} of the lua loop; {})",
+            "  shoal node, persisted         {s:.0} records/s  ({:.3} of the lua loop; {}, ack {ack})",
             s / l,
             save.label()
         );
+    }
+    for save in &args.saves {
+        let rate = |a: &str| {
+            modes
+                .iter()
+                .position(|(s, x)| s == save && *x == a)
+                .map(|k| medians[k])
+        };
+        if let (Some(local), Some(repl)) = (rate("local"), rate("replicated")) {
+            println!(
+                "  replicated / local ({})      {:.3}",
+                save.label(),
+                repl / local
+            );
+        }
     }
     if !replay.is_empty() {
         println!(
