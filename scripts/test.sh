@@ -10,6 +10,9 @@ need=()
 command -v gcc >/dev/null || need+=(gcc)
 command -v g++ >/dev/null || need+=(g++)
 command -v ip >/dev/null || need+=(iproute2)
+# The store failover test blackholes a master's port with nft in a
+# namespace of its own.
+command -v nft >/dev/null || need+=(nftables)
 # The two-cluster namespace test delays its link with a python3 relay when
 # the kernel has no sch_netem.
 command -v python3 >/dev/null || need+=(python3)

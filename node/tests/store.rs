@@ -8,19 +8,16 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use shoal_node::testkit::{unique_group, wait_until, NodeProcess, NodeSpec};
 use shoal_node::LocalClient;
 use shoal_tarantool::testkit::{Master, Pair};
-use shoal_tarantool::{Client, ClientConfig, Iter, Select, Tarantool};
+use shoal_tarantool::statelog::{LogTuple as Tuple, TarantoolLog, SAVE_LUA, SAVE_NATIVE};
+use shoal_core::StateLog;
+use shoal_tarantool::{Client, ClientConfig};
 use shoal_wire::{Code, Op, Record};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 const WAIT: Duration = Duration::from_secs(20);
-
-/// One `shoal_log` tuple.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-struct Tuple(String, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64);
 
 fn tempdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("shoal-store-{name}-{}", std::process::id()));
@@ -45,33 +42,13 @@ fn tuples(rt: &tokio::runtime::Runtime, pair: &Pair, m: Master) -> Vec<Tuple> {
             pair.password.clone(),
         ));
         assert!(c.wait_connected(Duration::from_secs(5)).await, "connected");
-        let all: &[u64] = &[];
-        let mut t: Vec<Tuple> = c
-            .select(
-                "shoal_log",
-                &all,
-                Select {
-                    iter: Iter::All,
-                    limit: u32::MAX,
-                    ..Select::default()
-                },
-            )
+        let mut t = TarantoolLog::new(c, SAVE_LUA, Duration::ZERO)
+            .all_tuples()
             .await
             .expect("select");
         t.sort();
         t
     })
-}
-
-#[derive(Debug, Deserialize)]
-struct Health {
-    peers: Vec<PeerHealth>,
-}
-
-#[derive(Debug, Deserialize)]
-struct PeerHealth {
-    upstream: String,
-    downstream: String,
 }
 
 /// `upstream/downstream` of each master's view of the other.
@@ -83,11 +60,8 @@ fn replication(rt: &tokio::runtime::Runtime, pair: &Pair, m: Master) -> Vec<(Str
             pair.password.clone(),
         ));
         assert!(c.wait_connected(Duration::from_secs(5)).await, "connected");
-        let (h,): (Health,) = c.call("shoal_health", &()).await.expect("health");
-        h.peers
-            .into_iter()
-            .map(|p| (p.upstream, p.downstream))
-            .collect()
+        let log = TarantoolLog::new(c, SAVE_LUA, Duration::ZERO);
+        log.health().await.expect("health").peers
     })
 }
 
@@ -388,7 +362,7 @@ fn a_node_saves_through_the_native_procedure() {
     let (group, port) = unique_group();
     let mut spec = node(&dir, 1, group, port, [&pair.a, &pair.b], &pair.password);
     spec.extra
-        .push_str("save_function = \"shoal_expirer.shoal_save\"\n");
+        .push_str(&format!("save_function = \"{SAVE_NATIVE}\"\n"));
     let n = NodeProcess::spawn(Path::new(BIN), &spec).expect("node starts");
     const TOTAL: u64 = 5_000;
     let mut c = n.client().expect("client");
