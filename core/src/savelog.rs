@@ -461,7 +461,7 @@ impl SavePath {
             s.connected
                 && !s.ping_in_flight
                 && s.last_ping
-                    .map_or(true, |t| now.saturating_duration_since(t) >= every)
+                    .is_none_or(|t| now.saturating_duration_since(t) >= every)
                 && (s.suspect || now.saturating_duration_since(s.last_io) >= every)
         })?;
         let s = &mut self.masters[m];

@@ -863,6 +863,10 @@ mod tests {
         set(&io.startup_us, 1_500_000);
         set(&io.auth_enabled, 1);
         set(&io.store.failovers, 901);
+        set(&io.store.suspects, 903);
+        set(&io.store.recoveries, 904);
+        set(&io.store.ack_fallbacks, 905);
+        set(&io.store.ack_replicated, 1);
         set(&io.store.replay_records, 902);
         set(&io.store.replay_us, 2_250_000);
         set(&io.store.replay_ok, 1);
@@ -898,6 +902,7 @@ mod tests {
                 addr: "10.0.0.1:3301".into(),
                 connected: true,
                 active: true,
+                suspect: false,
                 batches: 1201,
                 errors: 1202,
                 log_len: 1203,
@@ -997,6 +1002,10 @@ mod tests {
             ("shoal_http_refused_total", 807),
             ("shoal_auth_enabled", 1),
             ("shoal_store_failovers_total", 901),
+            ("shoal_store_suspects_total", 903),
+            ("shoal_store_recoveries_total", 904),
+            ("shoal_store_ack_fallbacks_total", 905),
+            ("shoal_store_ack_replicated", 1),
             ("shoal_replay_records", 902),
             ("shoal_replay_ok", 1),
             ("shoal_verdicts_accepted_total", 1001),

@@ -101,17 +101,18 @@ impl StoreIo {
         if masters.is_empty() {
             return;
         }
-        let [failovers, suspects, recoveries, ack_fallbacks, ack_replicated, replay_records, replay_us, replay_ok] = [
-            &self.failovers,
-            &self.suspects,
-            &self.recoveries,
-            &self.ack_fallbacks,
-            &self.ack_replicated,
-            &self.replay_records,
-            &self.replay_us,
-            &self.replay_ok,
-        ]
-        .map(|a| a.load(Ordering::Relaxed));
+        let [failovers, suspects, recoveries, ack_fallbacks, ack_replicated, replay_records, replay_us, replay_ok] =
+            [
+                &self.failovers,
+                &self.suspects,
+                &self.recoveries,
+                &self.ack_fallbacks,
+                &self.ack_replicated,
+                &self.replay_records,
+                &self.replay_us,
+                &self.replay_ok,
+            ]
+            .map(|a| a.load(Ordering::Relaxed));
         reg.register_collector(metrics::collector(move |o| {
             o.counter(
                 "store_failovers",
@@ -492,7 +493,7 @@ impl Storage {
                             if ack.replication.fell_back() {
                                 self.shared.io.store.ack_fallbacks.fetch_add(1, Ordering::Relaxed);
                                 unwarned += 1;
-                                if last_warn.map_or(true, |t| now.duration_since(t) >= WARN_EVERY) {
+                                if last_warn.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
                                     warn!(master = %self.logs[i].addr(), why = ?ack.replication, batches = unwarned, "saved on one master only: its peer did not confirm (ack falls back to local)");
                                     last_warn = Some(now);
                                     unwarned = 0;

@@ -8,11 +8,11 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use shoal_core::StateLog;
 use shoal_node::testkit::{unique_group, wait_until, NodeProcess, NodeSpec};
 use shoal_node::LocalClient;
-use shoal_tarantool::testkit::{Master, Pair};
 use shoal_tarantool::statelog::{LogTuple as Tuple, TarantoolLog, SAVE_LUA, SAVE_NATIVE};
-use shoal_core::StateLog;
+use shoal_tarantool::testkit::{Master, Pair};
 use shoal_tarantool::{Client, ClientConfig};
 use shoal_wire::{Code, Op, Record};
 
