@@ -559,7 +559,7 @@ fn default_failback_ms() -> u64 {
     5_000
 }
 fn default_save_function() -> String {
-    "shoal_save".to_string()
+    shoal_tarantool::statelog::SAVE_LUA.to_string()
 }
 fn default_verdict_timeout_ms() -> u64 {
     1_000
@@ -1508,5 +1508,43 @@ socket = "/tmp/shoal.sock"
         );
         let empty = format!("{MINIMAL}{store}save_function = \"\"\n");
         assert!(err(&empty).contains("store.save_function"));
+    }
+
+    #[test]
+    fn store_ack_level_and_liveness_keys() {
+        let one = "[store]\nmasters = [\"127.0.0.1:3301\"]\npassword = \"pw\"\n";
+        let two =
+            "[store]\nmasters = [\"127.0.0.1:3301\", \"127.0.0.1:3302\"]\npassword = \"pw\"\n";
+        let level = |text: String| {
+            Config::parse(&text)
+                .expect("valid")
+                .store
+                .expect("a store section")
+                .ack_level()
+        };
+        assert_eq!(level(format!("{MINIMAL}{two}")), AckSetting::Replicated);
+        assert_eq!(level(format!("{MINIMAL}{one}")), AckSetting::Local);
+        assert_eq!(
+            level(format!("{MINIMAL}{two}ack = \"local\"\n")),
+            AckSetting::Local
+        );
+        assert!(err(&format!("{MINIMAL}{one}ack = \"replicated\"\n")).contains("store.ack"));
+        assert!(err(&format!("{MINIMAL}{two}ack = \"quorum\"\n")).contains("ack"));
+        // The master's wait must end before the node gives up on the call.
+        assert!(err(&format!(
+            "{MINIMAL}{two}request_timeout_ms = 500\nack_timeout_ms = 500\n"
+        ))
+        .contains("store.ack_timeout_ms"));
+        // Not under `local`, where there is no wait.
+        assert!(Config::parse(&format!("{MINIMAL}{one}request_timeout_ms = 300\n")).is_ok());
+        for (key, bad) in [
+            ("ping_ms", "0"),
+            ("dead_ms", "5"),
+            ("suspect_after", "0"),
+            ("failback_ms", "99999999999"),
+        ] {
+            let text = format!("{MINIMAL}{two}{key} = {bad}\n");
+            assert!(err(&text).contains(&format!("store.{key}")), "{key}");
+        }
     }
 }

@@ -237,6 +237,10 @@ fn a_stopped_master_is_failed_over_from_within_the_bound() {
         took.as_millis()
     );
     assert!(took <= BOUND, "failover took {took:?}, bound {BOUND:?}");
+    drop(metric);
+    drop(n);
+    drop(pair);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A batch the node counted as saved is on the survivor although the
@@ -284,6 +288,9 @@ fn kill_with_a_lagging_peer(ack: &str) -> (u64, u64, Vec<u64>) {
         missing.len(),
         m("shoal_store_ack_fallbacks_total")
     );
+    drop(n);
+    drop(pair);
+    let _ = std::fs::remove_dir_all(&dir);
     (saved_at_kill, sent, missing)
 }
 

@@ -34,11 +34,11 @@
 //! crate.
 //!
 //! ```no_run
-//! use shoal_tarantool::{Client, ClientConfig, Tarantool};
+//! use shoal_tarantool::{statelog, Client, ClientConfig, Tarantool};
 //! # async fn f() -> Result<(), shoal_tarantool::Error> {
 //! let client = Client::connect(ClientConfig::new("127.0.0.1:3301", "shoal", "secret")).await?;
 //! let rows: Vec<(u64, u64, u64, u64, u64, u64, u64, u64, u64, u64)> = Vec::new();
-//! let (saved,): (u64,) = client.call("shoal_save", &("node-1", rows)).await?;
+//! let (saved,): (u64,) = client.call(statelog::SAVE_LUA, &("node-1", rows)).await?;
 //! # let _ = saved; Ok(()) }
 //! ```
 
