@@ -388,18 +388,121 @@ fn parse_mode(s: &str) -> Option<u32> {
 /// its terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
+/// The two HTTP listeners and what each allows per connection.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSection {
-    /// `host:port` for `/metrics` and `/status`; empty disables it.
-    #[serde(default = "default_http")]
-    pub listen: String,
+    /// `host:port` for `/metrics`, `/status` and `/healthz`; empty
+    /// disables it.
+    #[serde(default = "default_http_admin")]
+    pub admin: String,
+    /// `host:port` for the post-markup API (`/v1/...`), served only with
+    /// a `[verdicts]` section; default `127.0.0.1:9478` then, empty
+    /// disables it.
+    #[serde(default)]
+    pub api: Option<String>,
+    /// The old single listener: refused, with a pointer to `admin`/`api`.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Connections open at once per listener; at the cap a newcomer
+    /// closes the connection that made the least progress.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), in bytes: 431.
+    #[serde(default = "default_http_max_head")]
+    pub max_head: usize,
+    /// From accept, or from the previous response, to a complete head.
+    #[serde(default = "default_http_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// A connection that sent no byte of a request for this long is
+    /// closed (at most `header_read_timeout_ms`).
+    #[serde(default = "default_http_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Reading a request's body, from the end of its head: 408 after.
+    #[serde(default = "default_http_body_timeout_ms")]
+    pub body_timeout_ms: u64,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
-            listen: default_http(),
+            admin: default_http_admin(),
+            api: None,
+            listen: None,
+            max_connections: default_http_max_connections(),
+            max_head: default_http_max_head(),
+            header_read_timeout_ms: default_http_header_read_timeout_ms(),
+            idle_timeout_ms: default_http_idle_timeout_ms(),
+            body_timeout_ms: default_http_body_timeout_ms(),
+        }
+    }
+}
+
+impl HttpSection {
+    fn validate(&self, verdicts: bool) -> Result<(), ConfigError> {
+        if self.listen.is_some() {
+            return Err(invalid(
+                "http.listen",
+                "replaced by http.admin (/metrics, /status, /healthz) and http.api (/v1, with [verdicts])",
+            ));
+        }
+        let admin = match self.admin.as_str() {
+            "" => None,
+            a => Some(a.parse::<SocketAddr>().map_err(|_| {
+                invalid("http.admin", "must be host:port, e.g. 127.0.0.1:9477")
+            })?),
+        };
+        let api = match self.api.as_deref() {
+            None | Some("") => None,
+            Some(_) if !verdicts => {
+                return Err(invalid(
+                    "http.api",
+                    "needs a [verdicts] section (the API serves verdicts)",
+                ))
+            }
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                invalid("http.api", "must be host:port, e.g. 127.0.0.1:9478")
+            })?),
+        };
+        if let (Some(a), Some(b)) = (admin, api) {
+            if a == b && a.port() != 0 {
+                return Err(invalid("http.api", "must differ from http.admin"));
+            }
+        }
+        if !(1..=65_536).contains(&self.max_connections) {
+            return Err(invalid("http.max_connections", "must be in 1..=65536"));
+        }
+        if !(1024..=1 << 20).contains(&self.max_head) {
+            return Err(invalid("http.max_head", "must be in 1024..=1048576"));
+        }
+        for (key, v) in [
+            ("http.header_read_timeout_ms", self.header_read_timeout_ms),
+            ("http.idle_timeout_ms", self.idle_timeout_ms),
+            ("http.body_timeout_ms", self.body_timeout_ms),
+        ] {
+            if !(100..=600_000).contains(&v) {
+                return Err(invalid(key, "must be in 100..=600000"));
+            }
+        }
+        if self.idle_timeout_ms > self.header_read_timeout_ms {
+            return Err(invalid(
+                "http.idle_timeout_ms",
+                "must not exceed http.header_read_timeout_ms (the wait for a next head counts as reading it)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The API's address: with `[verdicts]`, the configured one or the
+    /// default; `None` when off.
+    pub fn api_addr(&self, verdicts: bool) -> Option<String> {
+        if !verdicts {
+            return None;
+        }
+        match self.api.as_deref() {
+            None => Some(default_http_api()),
+            Some("") => None,
+            Some(a) => Some(a.to_string()),
         }
     }
 }
@@ -501,8 +604,26 @@ fn default_max_datagram() -> usize {
 fn default_flush_us() -> u64 {
     200
 }
-fn default_http() -> String {
+fn default_http_admin() -> String {
     "127.0.0.1:9477".to_string()
+}
+fn default_http_api() -> String {
+    "127.0.0.1:9478".to_string()
+}
+fn default_http_max_connections() -> usize {
+    1024
+}
+fn default_http_max_head() -> usize {
+    16 << 10
+}
+fn default_http_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_http_idle_timeout_ms() -> u64 {
+    5_000
+}
+fn default_http_body_timeout_ms() -> u64 {
+    10_000
 }
 fn default_load_stale_ms() -> u64 {
     2000
@@ -958,12 +1079,7 @@ impl Config {
             v.validate(self.node.cluster)?;
         }
         self.local.validate()?;
-        if !self.http.listen.is_empty() && self.http.listen.parse::<SocketAddr>().is_err() {
-            return Err(invalid(
-                "http.listen",
-                "must be host:port, e.g. 127.0.0.1:9477",
-            ));
-        }
+        self.http.validate(self.verdicts.is_some())?;
         let s = &self.state;
         if s.load_stale_ms == 0 {
             return Err(invalid("state.load_stale_ms", "must be non-zero"));

@@ -1,35 +1,87 @@
-//! A small HTTP/1.1 server side, enough for `/metrics` and the post-markup
-//! API: request heads parsed as plain bytes (sans-IO, tested here), bodies
-//! read by `Content-Length` up to a limit, keep-alive, one response per
-//! request. No chunked request bodies, no pipelining beyond reading the
-//! next request after answering.
+//! The node's HTTP listeners, on hyper (HTTP/1.1 server connections): we
+//! parse no request ourselves. This module owns what hyper leaves to its
+//! user on a socket that faces the network:
+//!
+//! - **a connection cap per listener that newcomers cannot be starved
+//!   by**: at the cap, a new connection closes the connection that made
+//!   the least progress (one already closing first, then the one that has
+//!   waited longest in its phase: reading its first head, reading a body,
+//!   or idle between requests). A connection whose handler runs is never
+//!   closed; only when every one is in a handler is the newcomer refused.
+//!   Evictions and refusals are counted.
+//! - **timeouts**: hyper's header-read timeout (from accept, or from the
+//!   previous response, to the end of the head), an idle timeout (no byte
+//!   of a next request), and a deadline for reading a body.
+//! - **limits**: head size (431), body size (413, before any byte of it is
+//!   read when `Content-Length` says so, which also skips the
+//!   `100 Continue`), and a bounded lingering close so a refused client
+//!   reads its answer rather than a reset.
+//!
+//! hyper itself refuses conflicting `Content-Length` headers and malformed
+//! heads with 400, and answers pipelined requests in order.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::StatusCode;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tracing::debug;
 
-/// Largest request head (request line and headers).
-const MAX_HEAD: usize = 16 << 10;
-/// How long a connection may take to send a request, or sit idle.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::metrics::IoStats;
 
-/// One parsed request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// After the last response, how long a closing connection may still send
+/// (read and dropped) so that closing with unread input does not reset
+/// the connection before the client read its answer. Total, not per read:
+/// a byte every 0.4 s does not keep it open.
+const LINGER: Duration = Duration::from_millis(1000);
+/// At most this much is read while lingering.
+const LINGER_BYTES: usize = 1 << 20;
+
+/// What one listener allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Connections open at once; a newcomer at the cap evicts one.
+    pub(crate) max_connections: usize,
+    /// Largest request head (request line and headers), in bytes.
+    pub(crate) max_head: usize,
+    /// Largest request body, in bytes.
+    pub(crate) max_body: usize,
+    /// From accept, or from the previous response, to a complete head.
+    pub(crate) header_read_timeout: Duration,
+    /// A connection that sent no byte of a request for this long is closed.
+    pub(crate) idle_timeout: Duration,
+    /// Reading a request's body, from the end of its head.
+    pub(crate) body_timeout: Duration,
+}
+
+/// One request, its body read in full.
+#[derive(Debug, Clone)]
 pub(crate) struct Request {
     pub(crate) method: String,
+    /// Path and query, as sent.
     pub(crate) path: String,
-    /// Header names lower-cased.
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) body: Vec<u8>,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 impl Request {
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     /// The token of an `Authorization: Bearer <token>` header.
@@ -77,301 +129,519 @@ impl Response {
     pub(crate) fn error(status: u16, message: impl Into<String>) -> Response {
         Response::json(status, &serde_json::json!({ "error": message.into() }))
     }
-}
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        415 => "Unsupported Media Type",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Status",
+    /// The same, and the connection is closed after it (the request's
+    /// body was not read to its end).
+    fn closing(status: u16, message: impl Into<String>) -> Response {
+        let mut r = Response::error(status, message);
+        r.headers.push(("connection", "close".to_string()));
+        r
+    }
+
+    fn into_hyper(self) -> hyper::Response<Full<Bytes>> {
+        let mut r = hyper::Response::new(Full::new(Bytes::from(self.body)));
+        *r.status_mut() =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let h = r.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        for (name, value) in self.headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                h.append(n, v);
+            }
+        }
+        r
     }
 }
 
-/// Why a request could not be read; each maps to the status to answer
-/// with (none when the peer just went away).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum HeadError {
-    #[error("request head larger than {MAX_HEAD} bytes")]
-    TooLarge,
-    #[error("malformed request: {0}")]
-    Malformed(&'static str),
-    #[error("a body needs Content-Length (chunked bodies are not taken)")]
-    LengthRequired,
-    #[error("body of {0} bytes is over the limit of {1}")]
-    BodyTooLarge(usize, usize),
+/// Where a connection is; what eviction looks at.
+mod phase {
+    /// Accepted, no complete head yet.
+    pub(super) const FIRST_HEAD: u8 = 0;
+    /// Head read, body being read.
+    pub(super) const BODY: u8 = 1;
+    /// The handler runs: never evicted.
+    pub(super) const BUSY: u8 = 2;
+    /// Answered; waiting for (or reading the head of) the next request.
+    pub(super) const IDLE: u8 = 3;
+    /// Done with HTTP, lingering before the close.
+    pub(super) const CLOSING: u8 = 4;
+    /// Chosen for eviction; final.
+    pub(super) const EVICTED: u8 = 5;
 }
 
-impl HeadError {
-    pub(crate) fn status(&self) -> u16 {
-        match self {
-            HeadError::TooLarge => 431,
-            HeadError::Malformed(_) => 400,
-            HeadError::LengthRequired => 411,
-            HeadError::BodyTooLarge(..) => 413,
+/// One open connection, shared by its task and the listener's table.
+#[derive(Debug, Default)]
+struct Conn {
+    phase: AtomicU8,
+    /// When it entered its phase, in ms since the table's epoch.
+    since_ms: AtomicU64,
+    /// Bytes read from the socket, and their count when the last
+    /// response was made: equal means no byte of a next request yet.
+    bytes_read: AtomicU64,
+    read_mark: AtomicU64,
+    kill: Notify,
+}
+
+impl Conn {
+    /// Moves to `phase` unless evicted (then `false`: stop).
+    fn enter(&self, phase: u8, now_ms: u64) -> bool {
+        let moved = self
+            .phase
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                (p != phase::EVICTED).then_some(phase)
+            })
+            .is_ok();
+        if moved {
+            self.since_ms.store(now_ms, Ordering::Release);
+        }
+        moved
+    }
+
+    /// Waiting for a request and none of it has arrived: since when.
+    fn idle_since(&self) -> Option<u64> {
+        let p = self.phase.load(Ordering::Acquire);
+        let quiet =
+            self.bytes_read.load(Ordering::Acquire) == self.read_mark.load(Ordering::Acquire);
+        ((p == phase::IDLE || p == phase::FIRST_HEAD) && quiet)
+            .then(|| self.since_ms.load(Ordering::Acquire))
+    }
+}
+
+/// Why a newcomer got its slot, or did not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    Free,
+    Evicted,
+    Refused,
+}
+
+/// The open connections of one listener.
+#[derive(Debug)]
+struct Table {
+    epoch: Instant,
+    max: usize,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    next_id: AtomicU64,
+}
+
+impl Table {
+    fn new(max: usize) -> Table {
+        Table {
+            epoch: Instant::now(),
+            max: max.max(1),
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
         }
     }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// A slot for a new connection: a free one, or the one of the
+    /// connection that made the least progress (closed here).
+    fn admit(&self) -> (Admission, Option<(u64, Arc<Conn>)>) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut how = Admission::Free;
+        // A victim may change phase between the look and the claim; the
+        // claim is a compare-and-swap, so look again a few times.
+        let mut tries = 0;
+        while conns.len() >= self.max {
+            tries += 1;
+            let victim = conns
+                .iter()
+                .filter_map(|(&id, c)| {
+                    let p = c.phase.load(Ordering::Acquire);
+                    let rank = match p {
+                        phase::CLOSING | phase::EVICTED => 0,
+                        phase::FIRST_HEAD | phase::BODY | phase::IDLE => 1,
+                        _ => return None,
+                    };
+                    Some(((rank, c.since_ms.load(Ordering::Acquire)), id, p))
+                })
+                .min();
+            let Some((_, id, seen)) = victim else {
+                return (Admission::Refused, None);
+            };
+            let claimed = conns.get(&id).is_some_and(|c| {
+                seen == phase::EVICTED
+                    || c.phase
+                        .compare_exchange(seen, phase::EVICTED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+            });
+            if claimed {
+                if let Some(c) = conns.remove(&id) {
+                    c.kill.notify_one();
+                }
+                how = Admission::Evicted;
+            } else if tries >= 4 {
+                return (Admission::Refused, None);
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn::default());
+        conn.since_ms.store(self.now_ms(), Ordering::Release);
+        conns.insert(id, Arc::clone(&conn));
+        (how, Some((id, conn)))
+    }
+
+    fn remove(&self, id: u64) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
 }
 
-/// A parsed head: the request without its body, and the body's length.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Head {
-    pub(crate) request: Request,
-    pub(crate) head_len: usize,
-    pub(crate) body_len: usize,
-    pub(crate) keep_alive: bool,
+/// Takes a connection out of the table however its task ends.
+struct Slot<'a>(&'a Table, u64);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.remove(self.1);
+    }
 }
 
-/// Parses the head at the start of `buf`. `Ok(None)` means "not complete
-/// yet"; a complete head is checked against `max_body`.
-pub(crate) fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, HeadError> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if buf.len() > MAX_HEAD {
-            Err(HeadError::TooLarge)
-        } else {
-            Ok(None)
+/// The socket, counting what is read (how eviction and the idle timeout
+/// tell an idle connection from one sending a head).
+struct Tracked {
+    inner: TcpStream,
+    conn: Arc<Conn>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.conn.bytes_read.fetch_add(n as u64, Ordering::AcqRel);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// What every connection of a listener shares.
+struct Listener<H> {
+    limits: Limits,
+    table: Table,
+    builder: http1::Builder,
+    io: Arc<crate::server::Shared>,
+    handler: H,
+}
+
+impl<H> Listener<H> {
+    fn stats(&self) -> &IoStats {
+        &self.io.io
+    }
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<hyper::Response<Full<Bytes>>, Infallible>> + Send>>;
+
+/// Serves `listener` until the task is dropped: every request, body read,
+/// goes to `handler`.
+pub(crate) async fn serve<H, Fut>(
+    listener: TcpListener,
+    limits: Limits,
+    shared: Arc<crate::server::Shared>,
+    handler: H,
+) where
+    H: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_head)
+        .keep_alive(true)
+        .half_close(false);
+    let l = Arc::new(Listener {
+        limits,
+        table: Table::new(limits.max_connections),
+        builder,
+        io: shared,
+        handler,
+    });
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of descriptors, typically: do not spin on it.
+                debug!(error = %e, "http accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
-    };
-    if end > MAX_HEAD {
-        return Err(HeadError::TooLarge);
-    }
-    let text = std::str::from_utf8(&buf[..end]).map_err(|_| HeadError::Malformed("not UTF-8"))?;
-    let mut lines = text.split("\r\n");
-    let line = lines.next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (Some(method), Some(path), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(HeadError::Malformed("request line"));
-    };
-    if method.is_empty() || !path.starts_with('/') || !version.starts_with("HTTP/1.") {
-        return Err(HeadError::Malformed("request line"));
-    }
-    let mut headers = Vec::new();
-    for l in lines {
-        let (name, value) = l
-            .split_once(':')
-            .ok_or(HeadError::Malformed("header line"))?;
-        if name.is_empty() || name.contains(' ') {
-            return Err(HeadError::Malformed("header name"));
+        let (how, slot) = l.table.admit();
+        match how {
+            Admission::Free => {}
+            Admission::Evicted => IoStats::inc(&l.stats().http_evicted),
+            Admission::Refused => IoStats::inc(&l.stats().http_refused),
         }
-        headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+        let Some((id, conn)) = slot else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(connection(Arc::clone(&l), tcp, id, conn));
+    }
+}
+
+/// One connection, from accept to close.
+async fn connection<H, Fut>(l: Arc<Listener<H>>, tcp: TcpStream, id: u64, conn: Arc<Conn>)
+where
+    H: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    let _slot = Slot(&l.table, id);
+    let io = TokioIo::new(Tracked {
+        inner: tcp,
+        conn: Arc::clone(&conn),
+    });
+    let svc = {
+        let l = Arc::clone(&l);
+        let conn = Arc::clone(&conn);
+        service_fn(move |req: hyper::Request<Incoming>| -> Answer {
+            let l = Arc::clone(&l);
+            let conn = Arc::clone(&conn);
+            Box::pin(async move { Ok(answer(&l, &conn, req).await.into_hyper()) })
+        })
+    };
+    let mut http = l.builder.serve_connection(io, svc);
+    let idle = l.limits.idle_timeout;
+    let done = loop {
+        // Checked when it may have run out: from the moment the
+        // connection went quiet, else a full period from now.
+        let now = l.table.now_ms();
+        let wake = conn
+            .idle_since()
+            .map_or(now, |s| s)
+            .saturating_add(idle.as_millis() as u64);
+        let wait = Duration::from_millis(wake.saturating_sub(now).max(1));
+        tokio::select! {
+            r = std::future::poll_fn(|cx| http.poll_without_shutdown(cx)) => break r,
+            () = conn.kill.notified() => {
+                // Evicted: dropping the connection closes the socket.
+                debug!("http connection evicted");
+                return;
+            }
+            () = tokio::time::sleep(wait) => {
+                if conn
+                    .idle_since()
+                    .is_some_and(|s| l.table.now_ms().saturating_sub(s) >= idle.as_millis() as u64)
+                {
+                    // Closes at once when idle, else after the response.
+                    Pin::new(&mut http).graceful_shutdown();
+                }
+            }
+        }
+    };
+    if let Err(e) = done {
+        if e.is_timeout() {
+            IoStats::inc(&l.stats().http_timeouts);
+        }
+        debug!(error = %e, "http connection ended");
+    }
+    if !conn.enter(phase::CLOSING, l.table.now_ms()) {
+        return;
+    }
+    let mut tcp = http.into_parts().io.into_inner().inner;
+    let _ = tcp.shutdown().await;
+    let end = tokio::time::Instant::now() + LINGER;
+    let mut sink = [0u8; 4096];
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        tokio::select! {
+            r = tcp.read(&mut sink) => match r {
+                Ok(n) if n > 0 => left = left.saturating_sub(n),
+                _ => break,
+            },
+            () = tokio::time::sleep_until(end) => break,
+            () = conn.kill.notified() => break,
+        }
+    }
+}
+
+/// Reads the body within the limits, then asks the handler.
+async fn answer<H, Fut>(l: &Listener<H>, conn: &Conn, req: hyper::Request<Incoming>) -> Response
+where
+    H: Fn(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let t = &l.table;
+    if !conn.enter(phase::BODY, t.now_ms()) {
+        return Response::closing(503, "connection closed to make room");
+    }
+    let (parts, body) = req.into_parts();
+    let max = l.limits.max_body;
+    // hyper has checked Content-Length already (digits only; several
+    // headers only when they agree).
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Response::closing(
+            413,
+            format!("body of {} bytes is over the limit of {max}", declared.unwrap_or(0)),
+        );
+    }
+    let read = tokio::time::timeout(l.limits.body_timeout, Limited::new(body, max).collect()).await;
+    let body = match read {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Response::closing(413, format!("body over the limit of {max} bytes"));
+        }
+        Ok(Err(e)) => return Response::closing(400, format!("unreadable body: {e}")),
+        Err(_) => {
+            IoStats::inc(&l.stats().http_timeouts);
+            return Response::closing(408, "body too slow");
+        }
+    };
+    if !conn.enter(phase::BUSY, t.now_ms()) {
+        return Response::closing(503, "connection closed to make room");
     }
     let request = Request {
-        method: method.to_string(),
-        path: path.to_string(),
-        headers,
-        body: Vec::new(),
+        method: parts.method.as_str().to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
+        headers: parts.headers,
+        body,
     };
-    if request
-        .header("transfer-encoding")
-        .is_some_and(|v| !v.eq_ignore_ascii_case("identity"))
-    {
-        return Err(HeadError::LengthRequired);
-    }
-    let body_len = match request.header("content-length") {
-        None => 0,
-        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => v
-            .parse::<usize>()
-            .map_err(|_| HeadError::Malformed("Content-Length"))?,
-        Some(_) => return Err(HeadError::Malformed("Content-Length")),
-    };
-    if body_len > max_body {
-        return Err(HeadError::BodyTooLarge(body_len, max_body));
-    }
-    let connection = request.header("connection").unwrap_or("");
-    let keep_alive = if version == "HTTP/1.0" {
-        connection.eq_ignore_ascii_case("keep-alive")
-    } else {
-        !connection.eq_ignore_ascii_case("close")
-    };
-    Ok(Some(Head {
-        request,
-        head_len: end + 4,
-        body_len,
-        keep_alive,
-    }))
-}
-
-/// Serves requests on `conn` with `handle` until the peer closes, asks to
-/// close, sends something unreadable (answered with a 4xx first) or stays
-/// idle too long.
-pub(crate) async fn serve<F, Fut>(
-    mut conn: TcpStream,
-    max_body: usize,
-    handle: F,
-) -> std::io::Result<()>
-where
-    F: Fn(Request) -> Fut,
-    Fut: std::future::Future<Output = Response>,
-{
-    let mut buf: Vec<u8> = Vec::with_capacity(2048);
-    let mut chunk = vec![0u8; 8192];
-    loop {
-        // One deadline for the whole request (head and body), however
-        // slowly it trickles in; it also bounds an idle keep-alive.
-        let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
-        // Bytes already searched for the end of the head, so a head sent
-        // a byte at a time is not scanned again from the start each time.
-        let mut scanned = 0usize;
-        let head = loop {
-            let fresh = &buf[scanned.saturating_sub(3)..];
-            if buf.len() > MAX_HEAD || fresh.windows(4).any(|w| w == b"\r\n\r\n") {
-                match parse_head(&buf, max_body) {
-                    Ok(Some(h)) => break h,
-                    Ok(None) => {}
-                    Err(e) => {
-                        let r = Response::error(e.status(), e.to_string());
-                        write(&mut conn, &r, false).await?;
-                        return Ok(());
-                    }
-                }
-            }
-            scanned = buf.len();
-            let n = match tokio::time::timeout_at(deadline, conn.read(&mut chunk)).await {
-                Ok(r) => r?,
-                Err(_) if buf.is_empty() => return Ok(()),
-                Err(_) => {
-                    write(&mut conn, &Response::error(408, "request too slow"), false).await?;
-                    return Ok(());
-                }
-            };
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let total = head.head_len + head.body_len;
-        if buf.len() < total
-            && head
-                .request
-                .header("expect")
-                .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-        {
-            conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-        }
-        while buf.len() < total {
-            let n = match tokio::time::timeout_at(deadline, conn.read(&mut chunk)).await {
-                Ok(r) => r?,
-                Err(_) => {
-                    write(&mut conn, &Response::error(408, "body too slow"), false).await?;
-                    return Ok(());
-                }
-            };
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let mut request = head.request;
-        request.body = buf[head.head_len..total].to_vec();
-        buf.drain(..total);
-        let response = handle(request).await;
-        write(&mut conn, &response, head.keep_alive).await?;
-        if !head.keep_alive {
-            return Ok(());
-        }
-    }
-}
-
-async fn write(conn: &mut TcpStream, r: &Response, keep_alive: bool) -> std::io::Result<()> {
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
-        r.status,
-        reason(r.status),
-        r.content_type,
-        r.body.len(),
-        if keep_alive { "keep-alive" } else { "close" },
-    );
-    for (name, value) in &r.headers {
-        head.push_str(name);
-        head.push_str(": ");
-        head.push_str(value);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(r.body.as_bytes());
-    conn.write_all(&out).await?;
-    if !keep_alive {
-        conn.shutdown().await?;
-        // Read what the client still sends (a refused body) before closing:
-        // closing with unread input resets the connection, and the client
-        // may lose the answer.
-        let mut sink = [0u8; 4096];
-        let mut left = 1usize << 20;
-        while left > 0 {
-            match tokio::time::timeout(Duration::from_millis(500), conn.read(&mut sink)).await {
-                Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
-                _ => break,
-            }
-        }
-    }
-    Ok(())
+    let response = (l.handler)(request).await;
+    conn.read_mark
+        .store(conn.bytes_read.load(Ordering::Acquire), Ordering::Release);
+    conn.enter(phase::IDLE, t.now_ms());
+    response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_a_head_and_waits_for_the_rest() {
-        let req = b"POST /v1/verdicts HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nAuthorization: Bearer abc\r\n\r\nhello";
-        assert_eq!(parse_head(&req[..20], 100), Ok(None));
-        let h = parse_head(req, 100).unwrap().unwrap();
-        assert_eq!(h.request.method, "POST");
-        assert_eq!(h.request.path, "/v1/verdicts");
-        assert_eq!(h.request.bearer(), Some("abc"));
-        assert_eq!(h.body_len, 5);
-        assert_eq!(&req[h.head_len..], b"hello");
-        assert!(h.keep_alive);
+    fn closes(r: &hyper::Response<Full<Bytes>>) -> bool {
+        r.headers()
+            .get(hyper::header::CONNECTION)
+            .is_some_and(|v| v == "close")
+    }
+
+    fn table_with(phases: &[(u8, u64)]) -> (Table, Vec<Arc<Conn>>) {
+        let t = Table::new(phases.len());
+        let conns = phases
+            .iter()
+            .map(|&(p, since)| {
+                let (how, slot) = t.admit();
+                assert_eq!(how, Admission::Free);
+                let (_, c) = slot.expect("a slot");
+                c.phase.store(p, Ordering::Release);
+                c.since_ms.store(since, Ordering::Release);
+                c
+            })
+            .collect();
+        (t, conns)
     }
 
     #[test]
-    fn refuses_what_it_cannot_serve() {
-        let big = b"POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n";
-        assert_eq!(
-            parse_head(big, 100).unwrap_err(),
-            HeadError::BodyTooLarge(101, 100)
-        );
-        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(
-            parse_head(chunked, 100).unwrap_err(),
-            HeadError::LengthRequired
-        );
-        for bad in [
-            &b"GARBAGE\r\n\r\n"[..],
-            b"GET nopath HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
-            b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
-            b"GET / SPDY/3\r\n\r\n",
-        ] {
-            assert_eq!(parse_head(bad, 100).unwrap_err().status(), 400, "{bad:?}");
-        }
-        let endless = vec![b'a'; MAX_HEAD + 1];
-        assert_eq!(parse_head(&endless, 100).unwrap_err().status(), 431);
+    fn at_the_cap_the_connection_with_least_progress_goes() {
+        let (t, c) = table_with(&[
+            (phase::BUSY, 0),
+            (phase::IDLE, 50),
+            (phase::FIRST_HEAD, 10),
+            (phase::BODY, 30),
+        ]);
+        let (how, slot) = t.admit();
+        assert_eq!(how, Admission::Evicted);
+        assert!(slot.is_some());
+        // The oldest waiting one: the first head pending since 10.
+        assert_eq!(c[2].phase.load(Ordering::Acquire), phase::EVICTED);
+        assert_eq!(c[0].phase.load(Ordering::Acquire), phase::BUSY);
+        // A closing one goes before any other.
+        c[1].phase.store(phase::CLOSING, Ordering::Release);
+        assert_eq!(t.admit().0, Admission::Evicted);
+        assert_eq!(c[1].phase.load(Ordering::Acquire), phase::EVICTED);
+        assert_eq!(c[3].phase.load(Ordering::Acquire), phase::BODY);
     }
 
     #[test]
-    fn connection_header_decides_keep_alive() {
-        let close = b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
-        assert!(!parse_head(close, 0).unwrap().unwrap().keep_alive);
-        let old = b"GET / HTTP/1.0\r\n\r\n";
-        assert!(!parse_head(old, 0).unwrap().unwrap().keep_alive);
-        let bearer = b"GET / HTTP/1.1\r\nAuthorization: Basic abc\r\n\r\n";
-        assert_eq!(
-            parse_head(bearer, 0).unwrap().unwrap().request.bearer(),
-            None
-        );
+    fn a_newcomer_is_refused_only_when_every_handler_runs() {
+        let (t, _c) = table_with(&[(phase::BUSY, 0), (phase::BUSY, 1)]);
+        let (how, slot) = t.admit();
+        assert_eq!(how, Admission::Refused);
+        assert!(slot.is_none());
+        assert_eq!(t.conns.lock().map(|c| c.len()).unwrap_or(0), 2);
+    }
+
+    #[test]
+    fn an_evicted_connection_cannot_come_back() {
+        let c = Conn::default();
+        assert!(c.enter(phase::BODY, 1));
+        c.phase.store(phase::EVICTED, Ordering::Release);
+        assert!(!c.enter(phase::BUSY, 2));
+        assert_eq!(c.phase.load(Ordering::Acquire), phase::EVICTED);
+    }
+
+    #[test]
+    fn idle_means_no_byte_of_a_next_request() {
+        let c = Conn::default();
+        assert!(c.enter(phase::IDLE, 7));
+        assert_eq!(c.idle_since(), Some(7));
+        c.bytes_read.fetch_add(1, Ordering::AcqRel);
+        assert_eq!(c.idle_since(), None);
+        assert!(c.enter(phase::BUSY, 8));
+        c.read_mark.store(1, Ordering::Release);
+        assert_eq!(c.idle_since(), None);
+    }
+
+    #[test]
+    fn responses_keep_status_type_and_headers() {
+        let mut r = Response::error(401, "no");
+        r.headers.push(("www-authenticate", "Bearer".into()));
+        let h = r.into_hyper();
+        assert_eq!(h.status(), 401);
+        assert_eq!(h.headers()["content-type"], "application/json");
+        assert_eq!(h.headers()["www-authenticate"], "Bearer");
+        assert!(!closes(&h));
+        assert!(closes(&Response::closing(413, "big").into_hyper()));
     }
 }

@@ -137,11 +137,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status { config, metrics } => {
             let cfg = Config::load(&config)?;
             let path = if metrics { "/metrics" } else { "/status" };
-            if cfg.http.listen.is_empty() {
-                bail!("http.listen is empty in the config: the node serves no status");
+            if cfg.http.admin.is_empty() {
+                bail!("http.admin is empty in the config: the node serves no status");
             }
-            let body = http_get(&cfg.http.listen, path)
-                .with_context(|| format!("asking the node at {}", cfg.http.listen))?;
+            let body = http_get(&cfg.http.admin, path)
+                .with_context(|| format!("asking the node at {}", cfg.http.admin))?;
             print!("{body}");
         }
         Cmd::Send { config, what, op } => {

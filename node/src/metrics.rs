@@ -51,8 +51,14 @@ pub(crate) struct IoStats {
     pub(crate) send_errors: AtomicU64,
     pub(crate) recv_errors: AtomicU64,
     pub(crate) local_reply_errors: AtomicU64,
-    /// HTTP connections closed at accept: too many open.
+    /// HTTP connections closed at accept: at the cap and every open one
+    /// in a handler.
     pub(crate) http_refused: AtomicU64,
+    /// HTTP connections closed to make room for a new one at the cap.
+    pub(crate) http_evicted: AtomicU64,
+    /// HTTP requests whose head (header-read timeout) or body (deadline)
+    /// came too slowly.
+    pub(crate) http_timeouts: AtomicU64,
     /// Microseconds the start-up took before the node answered its filter.
     pub(crate) startup_us: AtomicU64,
     /// 1 with `[auth]` (signed datagrams), 0 without: alert on 0.
@@ -72,7 +78,7 @@ impl IoStats {
     /// Registers the driver's values as they are now, then those of the
     /// store, the API and the forwarder.
     pub(crate) fn register(&self, reg: &mut Registry) {
-        let [requested, effective, capped, send, recv, reply, http, startup_us, auth] = [
+        let [requested, effective, capped, send, recv, reply, http, evicted, timeouts, startup_us, auth] = [
             &self.rcvbuf_requested,
             &self.rcvbuf_effective,
             &self.rcvbuf_capped,
@@ -80,6 +86,8 @@ impl IoStats {
             &self.recv_errors,
             &self.local_reply_errors,
             &self.http_refused,
+            &self.http_evicted,
+            &self.http_timeouts,
             &self.startup_us,
             &self.auth_enabled,
         ]
@@ -109,8 +117,18 @@ impl IoStats {
             )?;
             o.counter(
                 "http_refused",
-                "HTTP connections closed at accept because too many were open.",
+                "HTTP connections closed at accept: at the cap with every open one in a handler.",
                 http,
+            )?;
+            o.counter(
+                "http_evicted",
+                "HTTP connections closed to make room for a new one at the cap.",
+                evicted,
+            )?;
+            o.counter(
+                "http_timeouts",
+                "HTTP requests whose head or body came too slowly.",
+                timeouts,
             )?;
             o.gauge(
                 "startup_seconds",
@@ -860,6 +878,8 @@ mod tests {
         set(&io.recv_errors, 805);
         set(&io.local_reply_errors, 806);
         set(&io.http_refused, 807);
+        set(&io.http_evicted, 808);
+        set(&io.http_timeouts, 809);
         set(&io.startup_us, 1_500_000);
         set(&io.auth_enabled, 1);
         set(&io.store.failovers, 901);
@@ -1000,6 +1020,8 @@ mod tests {
             ("shoal_recv_errors_total", 805),
             ("shoal_local_reply_errors_total", 806),
             ("shoal_http_refused_total", 807),
+            ("shoal_http_evicted_total", 808),
+            ("shoal_http_timeouts_total", 809),
             ("shoal_auth_enabled", 1),
             ("shoal_store_failovers_total", 901),
             ("shoal_store_suspects_total", 903),

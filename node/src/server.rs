@@ -7,8 +7,9 @@
 //! - `shoal-local` serves the filter, flushes batches on time and drives
 //!   the node's timers.
 //!
-//! tokio runs only the HTTP endpoint (`/metrics`, `/status`, `/healthz`)
-//! and the signal handling.
+//! tokio runs the HTTP listeners (admin: `/metrics`, `/status`,
+//! `/healthz`; API: `/v1/...`), the Tarantool edges and the signal
+//! handling.
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
@@ -201,7 +202,13 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
     };
     // Bound before the node says it serves, so /metrics answers as soon as
     // the log line is out.
-    let http = bind_http(&rt, &cfg.http.listen)?;
+    let api_addr = cfg.http.api_addr(api.is_some());
+    raise_fd_limit(cfg.http.max_connections * (1 + usize::from(api_addr.is_some())));
+    let admin_listener = bind_http(&rt, &cfg.http.admin)?;
+    let api_listener = match &api_addr {
+        Some(a) => bind_http(&rt, a)?,
+        None => None,
+    };
     let rx = {
         let s = Arc::clone(&shared);
         let span = span.clone();
@@ -227,7 +234,8 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         port = cfg.multicast.port,
         interface = %cfg.multicast.interface,
         socket = %cfg.local.socket.display(),
-        http = %cfg.http.listen,
+        admin = %cfg.http.admin,
+        api = api_addr.as_deref().unwrap_or(""),
         auth = cfg.auth.is_some(),
         verdicts = api.is_some(),
         startup_us = started.elapsed().as_micros() as u64,
@@ -249,8 +257,16 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         Arc::clone(&shared),
         incarnation_file,
     ));
-    let max_body = cfg.verdicts.as_ref().map_or(4096, |v| v.max_body);
-    let result = rt.block_on(serve_until_signal(Arc::clone(&shared), http, api, max_body));
+    let listeners = Listeners {
+        admin: admin_listener,
+        api: api_listener.zip(api),
+        admin_limits: http_limits(&cfg.http, ADMIN_MAX_BODY),
+        api_limits: http_limits(
+            &cfg.http,
+            cfg.verdicts.as_ref().map_or(ADMIN_MAX_BODY, |v| v.max_body),
+        ),
+    };
+    let result = rt.block_on(serve_until_signal(Arc::clone(&shared), listeners));
     shared.shutdown.store(true, Ordering::Relaxed);
     if let Some(f) = forwarder {
         // Hands the lease over at once rather than after it runs out.
@@ -495,67 +511,104 @@ fn bind_http(
     tokio::net::TcpListener::from_std(l).map(Some).map_err(err)
 }
 
-/// HTTP connections served at once; more are closed at accept (counted).
-const MAX_HTTP_CONNECTIONS: usize = 1024;
+/// Largest body the admin listener reads (its endpoints take none).
+const ADMIN_MAX_BODY: usize = 4096;
 
-async fn serve_until_signal(
-    s: Arc<Shared>,
-    listener: Option<tokio::net::TcpListener>,
-    api: Option<Arc<Api>>,
-    max_body: usize,
-) -> Result<(), ServerError> {
-    let http = async {
-        let Some(l) = listener else {
-            std::future::pending::<()>().await;
-            return Ok(());
+/// Descriptors the node needs besides its HTTP connections.
+const FD_MARGIN: usize = 256;
+
+/// Raises the soft descriptor limit towards the hard one so that the HTTP
+/// connection caps, not `EMFILE` at accept, decide who is served.
+fn raise_fd_limit(http_connections: usize) {
+    let want = (http_connections + FD_MARGIN) as libc::rlim_t;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= want {
+            return;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: want.min(lim.rlim_max),
+            rlim_max: lim.rlim_max,
         };
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
-        loop {
-            let conn = match l.accept().await {
-                Ok((conn, _)) => conn,
-                Err(e) => {
-                    // Out of descriptors, typically: do not spin on it.
-                    debug!(error = %e, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                IoStats::inc(&s.io.http_refused);
-                continue;
-            };
-            let s = Arc::clone(&s);
-            let api = api.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
-                let served = http::serve(conn, max_body, |req| {
-                    let s = Arc::clone(&s);
-                    let api = api.clone();
-                    async move { route(&s, api.as_deref(), req).await }
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            lim = raised;
+        }
+    }
+    if lim.rlim_cur < want {
+        warn!(
+            limit = lim.rlim_cur,
+            wanted = want,
+            "descriptor limit below the HTTP connection caps; raise LimitNOFILE/ulimit -n"
+        );
+    }
+}
+
+fn http_limits(h: &crate::config::HttpSection, max_body: usize) -> http::Limits {
+    http::Limits {
+        max_connections: h.max_connections,
+        max_head: h.max_head,
+        max_body,
+        header_read_timeout: Duration::from_millis(h.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(h.idle_timeout_ms),
+        body_timeout: Duration::from_millis(h.body_timeout_ms),
+    }
+}
+
+/// The bound HTTP listeners: admin (`/metrics`, `/status`, `/healthz`)
+/// and, with `[verdicts]`, the API (`/v1/...`).
+struct Listeners {
+    admin: Option<tokio::net::TcpListener>,
+    api: Option<(tokio::net::TcpListener, Arc<Api>)>,
+    admin_limits: http::Limits,
+    api_limits: http::Limits,
+}
+
+async fn serve_until_signal(s: Arc<Shared>, l: Listeners) -> Result<(), ServerError> {
+    let admin = async {
+        match l.admin {
+            Some(listener) => {
+                let st = Arc::clone(&s);
+                http::serve(listener, l.admin_limits, Arc::clone(&s), move |req| {
+                    let s = Arc::clone(&st);
+                    async move { admin_route(&s, req) }
                 })
-                .await;
-                if let Err(e) = served {
-                    debug!(error = %e, "http connection failed");
-                }
-            });
+                .await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let api = async {
+        match l.api {
+            Some((listener, api)) => {
+                http::serve(listener, l.api_limits, Arc::clone(&s), move |req| {
+                    let api = Arc::clone(&api);
+                    async move { api_route(&api, req).await }
+                })
+                .await
+            }
+            None => std::future::pending().await,
         }
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(ServerError::Runtime)?;
     tokio::select! {
-        r = http => r,
+        () = admin => Ok(()),
+        () = api => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = term.recv() => Ok(()),
     }
 }
 
-async fn route(s: &Shared, api: Option<&Api>, req: Request) -> Response {
+/// The admin listener: the node's own pages, nothing of the API.
+fn admin_route(s: &Shared, req: Request) -> Response {
     let path = req.path.split('?').next().unwrap_or("");
-    if path.starts_with("/v1/") {
-        return match api {
-            Some(api) => api.handle(&req).await,
-            None => Response::error(404, "no [verdicts] section: the API is off"),
-        };
+    let known = matches!(path, "/metrics" | "/status" | "/healthz");
+    if !known {
+        return Response::text(404, "try /metrics, /status or /healthz (the API has its own listener)\n");
     }
     if req.method != "GET" {
         return Response::text(405, "GET only\n");
@@ -567,7 +620,16 @@ async fn route(s: &Shared, api: Option<&Api>, req: Request) -> Response {
             r
         }
         "/status" => Response::text(200, metrics::status(s)),
-        "/healthz" => Response::text(200, "ok\n"),
-        _ => Response::text(404, "try /metrics, /status, /healthz or /v1/...\n"),
+        _ => Response::text(200, "ok
+"),
     }
+}
+
+/// The API listener: `/v1/...` only.
+async fn api_route(api: &Api, req: Request) -> Response {
+    let path = req.path.split('?').next().unwrap_or("");
+    if !path.starts_with("/v1/") {
+        return Response::error(404, "the API serves /v1/... (the node's pages are on the admin listener)");
+    }
+    api.handle(&req).await
 }

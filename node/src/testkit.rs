@@ -67,13 +67,24 @@ impl NodeSpec {
         self.dir.join(format!("node{}.sock", self.id))
     }
 
-    /// The TOML config for this node, with `http` as the listen address.
-    pub fn config_text(&self, http: &str) -> String {
+    /// Whether the node serves the API (its `extra` has `[verdicts]`).
+    pub fn has_api(&self) -> bool {
+        self.extra.contains("[verdicts]")
+    }
+
+    /// The TOML config for this node, with `admin` and `api` as the HTTP
+    /// listeners (`api` is written only when the node serves the API).
+    pub fn config_text(&self, admin: &str, api: &str) -> String {
         let auth = self.secret.as_ref().map_or(String::new(), |s| {
             format!("\n[auth]\nkey_id = 1\nsecret = \"{s}\"\n")
         });
+        let api = if self.has_api() {
+            format!("api = \"{api}\"\n")
+        } else {
+            String::new()
+        };
         format!(
-            "[node]\nid = {}\ncluster = {}\n\n[multicast]\ngroup = \"{}\"\nport = {}\ninterface = \"{}\"\n{auth}\n[local]\nsocket = \"{}\"\n\n[http]\nlisten = \"{http}\"\n\n{}\n",
+            "[node]\nid = {}\ncluster = {}\n\n[multicast]\ngroup = \"{}\"\nport = {}\ninterface = \"{}\"\n{auth}\n[local]\nsocket = \"{}\"\n\n[http]\nadmin = \"{admin}\"\n{api}\n{}\n",
             self.id,
             self.cluster,
             self.group,
@@ -92,7 +103,11 @@ pub struct NodeProcess {
     pub id: u32,
     pub socket: PathBuf,
     pub config: PathBuf,
-    pub http: String,
+    /// The admin listener (`/metrics`, `/status`, `/healthz`).
+    pub admin: String,
+    /// The API listener (`/v1/...`); bound only when the node has
+    /// `[verdicts]`.
+    pub api: String,
     pub log: PathBuf,
 }
 
@@ -106,9 +121,10 @@ impl NodeProcess {
             Some(_) => spec.interface,
             None => Ipv4Addr::LOCALHOST,
         };
-        let http = format!("{host}:{}", free_tcp_port());
+        let admin = format!("{host}:{}", free_tcp_port());
+        let api = format!("{host}:{}", free_tcp_port());
         let config = spec.dir.join(format!("node{}.toml", spec.id));
-        std::fs::write(&config, spec.config_text(&http))?;
+        std::fs::write(&config, spec.config_text(&admin, &api))?;
         let log = spec.dir.join(format!("node{}.log", spec.id));
         let mut cmd = match &spec.netns {
             Some(ns) => {
@@ -137,7 +153,8 @@ impl NodeProcess {
             id: spec.id,
             socket: spec.socket_path(),
             config,
-            http,
+            admin,
+            api,
             log,
         };
         // Ready once it logs that it serves (the socket file alone may be
@@ -172,7 +189,7 @@ impl NodeProcess {
 
     /// The node's Prometheus page.
     pub fn metrics(&self) -> std::io::Result<String> {
-        http_get(&self.http, "/metrics")
+        http_get(&self.admin, "/metrics")
     }
 
     /// One sample from the metrics page, e.g. `shoal_records_applied_total`

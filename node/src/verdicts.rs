@@ -179,9 +179,20 @@ pub(crate) struct Api {
     pub(crate) next_id: AtomicU64,
 }
 
-/// Compares without stopping at the first different byte.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0, |d, (x, y)| d | (x ^ y)) == 0
+/// Whether `given` is one of `accepted`, in time independent of where
+/// they differ and of which one matches: SHA-256 digests (equal length,
+/// so not even the tokens' lengths show) compared with `subtle`, every
+/// accepted token compared.
+fn accepted_token(accepted: &[String], given: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::{Choice, ConstantTimeEq};
+    let g = Sha256::digest(given.as_bytes());
+    accepted
+        .iter()
+        .fold(Choice::from(0), |any, k| {
+            any | Sha256::digest(k.as_bytes()).ct_eq(&g)
+        })
+        .into()
 }
 
 impl Api {
@@ -197,7 +208,7 @@ impl Api {
     pub(crate) async fn handle(&self, req: &Request) -> Response {
         let authorized = req
             .bearer()
-            .is_some_and(|t| self.api_tokens.iter().any(|k| same(k, t)));
+            .is_some_and(|t| accepted_token(&self.api_tokens, t));
         if !authorized {
             self.count(&self.stats().unauthorized);
             let mut r = Response::error(
@@ -428,8 +439,12 @@ mod tests {
 
     #[test]
     fn token_comparison_is_exact() {
-        assert!(same("abcdefabcdefabcdef", "abcdefabcdefabcdef"));
-        assert!(!same("abcdefabcdefabcdef", "abcdefabcdefabcdeF"));
-        assert!(!same("abc", "abcd"));
+        let keys = ["abcdefabcdefabcdef".to_string(), "0123456789abcdef".to_string()];
+        assert!(accepted_token(&keys, "abcdefabcdefabcdef"));
+        assert!(accepted_token(&keys, "0123456789abcdef"));
+        assert!(!accepted_token(&keys, "abcdefabcdefabcdeF"));
+        assert!(!accepted_token(&keys, "abc"));
+        assert!(!accepted_token(&keys, ""));
+        assert!(!accepted_token(&[], "abcdefabcdefabcdef"));
     }
 }

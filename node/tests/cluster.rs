@@ -271,7 +271,7 @@ fn bad_config_is_refused_with_the_key_named() {
     let dir = tempdir("config");
     let (group, port) = unique_group();
     let spec = NodeSpec::loopback(1, group, port, &dir);
-    let good = spec.config_text("127.0.0.1:0");
+    let good = spec.config_text("127.0.0.1:0", "127.0.0.1:0");
     for (bad, key) in [
         (
             good.replace(&group.to_string(), "10.1.2.3"),

@@ -70,7 +70,7 @@ fn config(dir: &Path, local_extra: &str, extra: &str) -> (String, PathBuf) {
     );
     let line = format!("socket = \"{}\"\n", socket.display());
     let text = spec
-        .config_text(&http)
+        .config_text(&http, "127.0.0.1:0")
         .replace(&line, &format!("{line}{local_extra}"));
     assert!(text.contains(local_extra), "[local] extended");
     (text, socket)

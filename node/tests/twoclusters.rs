@@ -134,7 +134,7 @@ fn nodes(dir: &Path, side: &str, cluster: u32) -> Vec<NodeProcess> {
 fn post(n: &NodeProcess, subject: u64) -> u16 {
     let body = format!(r#"{{"subject":{subject},"verdict":"bot","ttl_s":3600}}"#);
     http_request(
-        &n.http,
+        &n.api,
         "POST",
         "/v1/verdicts",
         Some(API_TOKEN),
@@ -145,7 +145,7 @@ fn post(n: &NodeProcess, subject: u64) -> u16 {
 
 fn get(n: &NodeProcess, subject: u64) -> u16 {
     http_request(
-        &n.http,
+        &n.api,
         "GET",
         &format!("/v1/verdicts/{subject}"),
         Some(API_TOKEN),

@@ -71,7 +71,7 @@ fn post(n: &NodeProcess, body: &str) -> (u16, Value) {
 
 fn call(n: &NodeProcess, method: &str, path: &str, auth: Option<&str>, body: &str) -> (u16, Value) {
     let (status, text) =
-        http_request(&n.http, method, path, auth, body.as_bytes()).expect("http answer");
+        http_request(&n.api, method, path, auth, body.as_bytes()).expect("http answer");
     let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, v)
 }
@@ -283,7 +283,7 @@ fn the_api_refuses_bad_requests_with_4xx_and_keeps_serving() {
     }
     // Garbage on the socket, a slow client, then a good request.
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(&n.http).unwrap();
+    let mut s = std::net::TcpStream::connect(&n.api).unwrap();
     s.write_all(b"\x16\x03\x01garbage\r\n\r\n").unwrap();
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);

@@ -89,7 +89,7 @@ fn run_once(node: &NodeProcess, args: &Args, base: u64) -> anyhow::Result<RunRes
     let started = Instant::now();
     let handles: Vec<_> = (0..args.conns)
         .map(|lane| {
-            let addr = node.http.clone();
+            let addr = node.api.clone();
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
                 let mut r = BufReader::new(TcpStream::connect(&addr)?);
@@ -152,7 +152,7 @@ fn main() -> anyhow::Result<()> {
     // until then.
     let up = shoal_node::testkit::wait_until(Duration::from_secs(10), || {
         shoal_node::http_request(
-            &node.http,
+            &node.api,
             "POST",
             "/v1/verdicts",
             Some(TOKEN),
