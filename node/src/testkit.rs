@@ -25,6 +25,8 @@ pub struct NodeSpec {
     pub netns: Option<String>,
     /// Extra TOML appended to the config (e.g. `[modes.default]`).
     pub extra: String,
+    /// Extra keys of the `[http]` section (e.g. `max_connections = 8`).
+    pub http_extra: String,
 }
 
 static NEXT_GROUP: AtomicU32 = AtomicU32::new(0);
@@ -60,6 +62,7 @@ impl NodeSpec {
             dir: dir.to_path_buf(),
             netns: None,
             extra: String::new(),
+            http_extra: String::new(),
         }
     }
 
@@ -84,13 +87,14 @@ impl NodeSpec {
             String::new()
         };
         format!(
-            "[node]\nid = {}\ncluster = {}\n\n[multicast]\ngroup = \"{}\"\nport = {}\ninterface = \"{}\"\n{auth}\n[local]\nsocket = \"{}\"\n\n[http]\nadmin = \"{admin}\"\n{api}\n{}\n",
+            "[node]\nid = {}\ncluster = {}\n\n[multicast]\ngroup = \"{}\"\nport = {}\ninterface = \"{}\"\n{auth}\n[local]\nsocket = \"{}\"\n\n[http]\nadmin = \"{admin}\"\n{api}{}\n\n{}\n",
             self.id,
             self.cluster,
             self.group,
             self.port,
             self.interface,
             self.socket_path().display(),
+            self.http_extra,
             self.extra
         )
     }
