@@ -39,7 +39,8 @@ for s in a b; do
   cluster=$((cluster + 1))
 done
 
-http_of() { echo "$(bash scripts/twoclusters.sh addr "$1" "$2"):9480"; }
+admin_of() { echo "$(bash scripts/twoclusters.sh addr "$1" "$2"):9480"; }
+api_of() { echo "$(bash scripts/twoclusters.sh addr "$1" "$2"):9481"; }
 cluster=1
 for s in a b; do
   subnet=$((80 + cluster))
@@ -58,7 +59,8 @@ secret = "demo-cluster-secret-change-me"
 [local]
 socket = "$DIR/$s$k.sock"
 [http]
-listen = "$(http_of "$s" "$k")"
+admin = "$(admin_of "$s" "$k")"
+api = "$(api_of "$s" "$k")"
 [verdicts]
 store = "10.213.$subnet.3:3301"
 password = "$SHOAL_TT_PASSWORD"
@@ -74,24 +76,24 @@ TOML
   cluster=$((cluster + 1))
 done
 for s in a b; do for k in 1 2; do
-  for _ in $(seq 100); do curl -sf "http://$(http_of "$s" "$k")/healthz" >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 100); do curl -sf "http://$(admin_of "$s" "$k")/healthz" >/dev/null && break; sleep 0.1; done
 done; done
 
 api() { curl -s -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' "$@"; }
 echo "== POST a verdict to node a1 (acknowledged once durable in A's store)"
-api -X POST "http://$(http_of a 1)/v1/verdicts" \
+api -X POST "http://$(api_of a 1)/v1/verdicts" \
   -d '{"subject":"1311768467294899695","verdict":"bot","score":92,"ttl_s":600,"source":"demo"}' | tee "$DIR/posted.json"
 tok=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$DIR/posted.json")
 echo "== its token, verified by node b2 (no store involved)"
-api -X POST "http://$(http_of b 2)/v1/tokens/verify" -d "{\"token\":\"$tok\"}"
+api -X POST "http://$(api_of b 2)/v1/tokens/verify" -d "{\"token\":\"$tok\"}"
 echo "== reading it from node b1 until replication brings it"
 start=$(date +%s%N)
-until api -f "http://$(http_of b 1)/v1/verdicts/1311768467294899695" > "$DIR/read.json" 2>/dev/null; do sleep 0.005; done
+until api -f "http://$(api_of b 1)/v1/verdicts/1311768467294899695" > "$DIR/read.json" 2>/dev/null; do sleep 0.005; done
 echo "after $(( ($(date +%s%N) - start) / 1000000 )) ms: $(cat "$DIR/read.json")"
 
 # (grep on a captured page: with pipefail, grep -q closing the pipe early
 # would fail the whole pipeline.)
-is_leader() { local m; m=$(curl -s "http://$(http_of "$1" "$2")/metrics") && grep -q '^shoal_forwarder_leader 1' <<< "$m"; }
+is_leader() { local m; m=$(curl -s "http://$(admin_of "$1" "$2")/metrics") && grep -q '^shoal_forwarder_leader 1' <<< "$m"; }
 leader() { for k in 1 2; do is_leader "$1" "$k" && echo "$k"; done; true; }
 for s in a b; do
   for _ in $(seq 200); do [ -n "$(leader "$s")" ] && break; sleep 0.05; done

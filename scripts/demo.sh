@@ -49,7 +49,7 @@ secret = "demo-cluster-secret-change-me"
 socket = "$DIR/node$i.sock"
 
 [http]
-listen = "127.0.0.1:$(( PORT + i ))"
+admin = "127.0.0.1:$(( PORT + i ))"
 
 [store]
 masters = ["$SHOAL_TT_A", "$SHOAL_TT_B"]

@@ -448,9 +448,10 @@ impl HttpSection {
         }
         let admin = match self.admin.as_str() {
             "" => None,
-            a => Some(a.parse::<SocketAddr>().map_err(|_| {
-                invalid("http.admin", "must be host:port, e.g. 127.0.0.1:9477")
-            })?),
+            a => Some(
+                a.parse::<SocketAddr>()
+                    .map_err(|_| invalid("http.admin", "must be host:port, e.g. 127.0.0.1:9477"))?,
+            ),
         };
         let api = match self.api.as_deref() {
             None | Some("") => None,
@@ -460,9 +461,10 @@ impl HttpSection {
                     "needs a [verdicts] section (the API serves verdicts)",
                 ))
             }
-            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
-                invalid("http.api", "must be host:port, e.g. 127.0.0.1:9478")
-            })?),
+            Some(a) => Some(
+                a.parse::<SocketAddr>()
+                    .map_err(|_| invalid("http.api", "must be host:port, e.g. 127.0.0.1:9478"))?,
+            ),
         };
         if let (Some(a), Some(b)) = (admin, api) {
             if a == b && a.port() != 0 {
@@ -1608,6 +1610,41 @@ socket = "/tmp/shoal.sock"
             .source()
             .is_some_and(|e| e.to_string().contains("longer than")));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn http_listeners_and_limits_are_checked_key_by_key() {
+        let c = Config::parse(MINIMAL).expect("valid");
+        assert_eq!(c.http.admin, "127.0.0.1:9477");
+        assert_eq!(c.http.api_addr(false), None);
+        assert_eq!(c.http.api_addr(true).as_deref(), Some("127.0.0.1:9478"));
+        assert_eq!(c.http.max_connections, 1024);
+        let verdicts = "[verdicts]\nstore = \"127.0.0.1:3302\"\npassword = \"pw\"\napi_tokens = [\"0123456789abcdef\"]\ntoken_key_id = 2\ntoken_secret = \"0123456789abcdef\"\n";
+        let with = |http: &str| format!("{MINIMAL}[http]\n{http}\n{verdicts}");
+        let c = Config::parse(&with("admin = \"\"\napi = \"0.0.0.0:8080\"")).expect("valid");
+        assert_eq!(c.http.api_addr(true).as_deref(), Some("0.0.0.0:8080"));
+        let c = Config::parse(&with("api = \"\"")).expect("valid");
+        assert_eq!(c.http.api_addr(true), None);
+        for (http, key) in [
+            ("listen = \"127.0.0.1:9477\"", "http.listen"),
+            ("admin = \"nohost\"", "http.admin"),
+            ("api = \"nohost\"", "http.api"),
+            (
+                "admin = \"127.0.0.1:9000\"\napi = \"127.0.0.1:9000\"",
+                "http.api",
+            ),
+            ("max_connections = 0", "http.max_connections"),
+            ("max_head = 10", "http.max_head"),
+            ("body_timeout_ms = 0", "http.body_timeout_ms"),
+            ("idle_timeout_ms = 20000", "http.idle_timeout_ms"),
+            ("header_read_timeout_ms = 99", "http.header_read_timeout_ms"),
+            ("admin_port = 1", "admin_port"),
+        ] {
+            let e = err(&with(http));
+            assert!(e.contains(key), "{e} does not name {key}");
+        }
+        let e = err(&format!("{MINIMAL}[http]\napi = \"127.0.0.1:9478\"\n"));
+        assert!(e.contains("http.api") && e.contains("[verdicts]"), "{e}");
     }
 
     #[test]

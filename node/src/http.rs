@@ -373,7 +373,8 @@ impl<H> Listener<H> {
     }
 }
 
-type Answer = Pin<Box<dyn Future<Output = Result<hyper::Response<Full<Bytes>>, Infallible>> + Send>>;
+type Answer =
+    Pin<Box<dyn Future<Output = Result<hyper::Response<Full<Bytes>>, Infallible>> + Send>>;
 
 /// Serves `listener` until the task is dropped: every request, body read,
 /// goes to `handler`.
@@ -521,7 +522,10 @@ where
     if declared.is_some_and(|n| n > max as u64) {
         return Response::closing(
             413,
-            format!("body of {} bytes is over the limit of {max}", declared.unwrap_or(0)),
+            format!(
+                "body of {} bytes is over the limit of {max}",
+                declared.unwrap_or(0)
+            ),
         );
     }
     let read = tokio::time::timeout(l.limits.body_timeout, Limited::new(body, max).collect()).await;

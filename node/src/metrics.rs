@@ -78,20 +78,21 @@ impl IoStats {
     /// Registers the driver's values as they are now, then those of the
     /// store, the API and the forwarder.
     pub(crate) fn register(&self, reg: &mut Registry) {
-        let [requested, effective, capped, send, recv, reply, http, evicted, timeouts, startup_us, auth] = [
-            &self.rcvbuf_requested,
-            &self.rcvbuf_effective,
-            &self.rcvbuf_capped,
-            &self.send_errors,
-            &self.recv_errors,
-            &self.local_reply_errors,
-            &self.http_refused,
-            &self.http_evicted,
-            &self.http_timeouts,
-            &self.startup_us,
-            &self.auth_enabled,
-        ]
-        .map(|a| a.load(Ordering::Relaxed));
+        let [requested, effective, capped, send, recv, reply, http, evicted, timeouts, startup_us, auth] =
+            [
+                &self.rcvbuf_requested,
+                &self.rcvbuf_effective,
+                &self.rcvbuf_capped,
+                &self.send_errors,
+                &self.recv_errors,
+                &self.local_reply_errors,
+                &self.http_refused,
+                &self.http_evicted,
+                &self.http_timeouts,
+                &self.startup_us,
+                &self.auth_enabled,
+            ]
+            .map(|a| a.load(Ordering::Relaxed));
         reg.register_collector(collector(move |o| {
             o.gauge(
                 "rcvbuf_requested_bytes",

@@ -439,7 +439,10 @@ mod tests {
 
     #[test]
     fn token_comparison_is_exact() {
-        let keys = ["abcdefabcdefabcdef".to_string(), "0123456789abcdef".to_string()];
+        let keys = [
+            "abcdefabcdefabcdef".to_string(),
+            "0123456789abcdef".to_string(),
+        ];
         assert!(accepted_token(&keys, "abcdefabcdefabcdef"));
         assert!(accepted_token(&keys, "0123456789abcdef"));
         assert!(!accepted_token(&keys, "abcdefabcdefabcdeF"));

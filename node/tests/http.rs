@@ -140,7 +140,10 @@ fn an_oversized_head_gets_431_or_a_close_never_a_hang() {
     );
     // The node still serves.
     assert_eq!(
-        status_of(&n.admin, "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n"),
+        status_of(
+            &n.admin,
+            "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n"
+        ),
         200
     );
 }
@@ -229,7 +232,11 @@ fn idle_slow_head_and_slow_body_connections_are_closed() {
     let mut idle = connect(&n.admin);
     let t = Instant::now();
     assert!(closed_within(&mut idle, Duration::from_secs(5)));
-    assert!(t.elapsed() >= Duration::from_millis(250), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
     // A kept-alive connection after its answer: closed the same way.
     let mut kept = connect(&n.admin);
     kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -239,12 +246,20 @@ fn idle_slow_head_and_slow_body_connections_are_closed() {
     assert!(buf[..k].starts_with(b"HTTP/1.1 200"));
     let t = Instant::now();
     assert!(closed_within(&mut kept, Duration::from_secs(5)));
-    assert!(t.elapsed() >= Duration::from_millis(200), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
     // A head a byte at a time: closed by the header-read timeout.
     let mut slow = connect(&n.admin);
     let t = Instant::now();
     let mut closed = false;
-    for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: y\r\n".iter().cycle().take(200) {
+    for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: y\r\n"
+        .iter()
+        .cycle()
+        .take(200)
+    {
         if slow.write_all(&[*b]).is_err() || closed_within(&mut slow, Duration::from_millis(100)) {
             closed = true;
             break;
