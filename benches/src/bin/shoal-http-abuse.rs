@@ -528,7 +528,7 @@ async fn run_attack(args: &Args, attack: Attack, t: &Target) -> (ProbeReport, Pr
     (admin, api, summary)
 }
 
-fn raise_fd_limit() -> u64 {
+fn raise_fd_limit() -> libc::rlim_t {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -541,7 +541,7 @@ fn raise_fd_limit() -> u64 {
             libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 fn line(server: &str, attack: Attack, listener: &str, r: &ProbeReport) {
@@ -561,7 +561,7 @@ fn main() -> anyhow::Result<()> {
         bail!("--seconds must be positive");
     }
     let fds = raise_fd_limit();
-    let per_listener = args.slowloris.max(args.trickle) as u64;
+    let per_listener = args.slowloris.max(args.trickle) as libc::rlim_t;
     if fds < 2 * per_listener + 1000 {
         bail!(
             "descriptor limit {fds} is below what the attacks need ({})",
