@@ -333,9 +333,9 @@ impl Drop for Running {
 fn http_of(text: &str) -> String {
     let line = text
         .lines()
-        .find(|l| l.starts_with("listen = "))
-        .expect("listen line");
-    line.trim_start_matches("listen = ")
+        .find(|l| l.starts_with("admin = "))
+        .expect("admin line");
+    line.trim_start_matches("admin = ")
         .trim_matches('"')
         .to_string()
 }
