@@ -11,7 +11,8 @@
 //!   Evictions and refusals are counted.
 //! - **timeouts**: hyper's header-read timeout (from accept, or from the
 //!   previous response, to the end of the head), an idle timeout (no byte
-//!   of a next request), and a deadline for reading a body.
+//!   of a next request), a deadline for reading a body, and a close for a
+//!   client that does not read its answers.
 //! - **limits**: head size (431), body size (413, before any byte of it is
 //!   read when `Content-Length` says so, which also skips the
 //!   `100 Continue`), and a bounded lingering close so a refused client
@@ -49,6 +50,9 @@ use crate::metrics::IoStats;
 /// the connection before the client read its answer. Total, not per read:
 /// a byte every 0.4 s does not keep it open.
 const LINGER: Duration = Duration::from_millis(1000);
+/// How much longer than the header-read timeout a connection may sit
+/// answered without its next head under way (its answer unread).
+const STALL_GRACE: Duration = Duration::from_secs(1);
 /// At most this much is read while lingering.
 const LINGER_BYTES: usize = 1 << 20;
 
@@ -446,15 +450,42 @@ where
         })
     };
     let mut http = l.builder.serve_connection(io, svc);
-    let idle = l.limits.idle_timeout;
+    let idle = l.limits.idle_timeout.as_millis() as u64;
+    // hyper's header timer starts only once the previous response is
+    // written; a client that does not read its answers is cut off here,
+    // a little after hyper would have cut off a slow head.
+    let stall = (l.limits.header_read_timeout + STALL_GRACE).as_millis() as u64;
+    // When the idle close was asked for (hyper then closes at once, or
+    // after the response being written).
+    let mut asked: Option<u64> = None;
     let done = loop {
-        // Checked when it may have run out: from the moment the
-        // connection went quiet, else a full period from now.
         let now = l.table.now_ms();
-        let wake = conn
-            .idle_since()
-            .map_or(now, |s| s)
-            .saturating_add(idle.as_millis() as u64);
+        let quiet = conn.idle_since().filter(|_| asked.is_none());
+        let answered = (conn.phase.load(Ordering::Acquire) == phase::IDLE)
+            .then(|| conn.since_ms.load(Ordering::Acquire));
+        if quiet.is_some_and(|s| now.saturating_sub(s) >= idle) {
+            Pin::new(&mut http).graceful_shutdown();
+            asked = Some(now);
+            continue;
+        }
+        let stuck = answered.is_some_and(|s| now.saturating_sub(s) >= stall)
+            || asked.is_some_and(|a| now.saturating_sub(a) >= idle);
+        if stuck {
+            debug!("http connection not reading its answers: closed");
+            IoStats::inc(&l.stats().http_timeouts);
+            return;
+        }
+        // The next moment one of the rules above may apply.
+        let wake = [
+            quiet.map(|s| s + idle),
+            answered.map(|s| s + stall),
+            asked.map(|a| a + idle),
+            Some(now + idle),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + idle);
         let wait = Duration::from_millis(wake.saturating_sub(now).max(1));
         tokio::select! {
             r = std::future::poll_fn(|cx| http.poll_without_shutdown(cx)) => break r,
@@ -463,15 +494,7 @@ where
                 debug!("http connection evicted");
                 return;
             }
-            () = tokio::time::sleep(wait) => {
-                if conn
-                    .idle_since()
-                    .is_some_and(|s| l.table.now_ms().saturating_sub(s) >= idle.as_millis() as u64)
-                {
-                    // Closes at once when idle, else after the response.
-                    Pin::new(&mut http).graceful_shutdown();
-                }
-            }
+            () = tokio::time::sleep(wait) => {}
         }
     };
     if let Err(e) = done {

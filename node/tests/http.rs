@@ -319,3 +319,21 @@ fn expect_100_continue_and_body_limits() {
     let answer = read_all(&mut s, Duration::from_secs(5));
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
+
+#[test]
+fn a_client_that_never_reads_its_answers_is_closed() {
+    let n = node(
+        "unread",
+        "idle_timeout_ms = 500\nheader_read_timeout_ms = 1000\n",
+    );
+    let mut s = connect(&n.admin);
+    s.set_write_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    // Far more answers than the socket buffers hold, none of them read.
+    let burst = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(20_000);
+    let _ = s.write_all(burst.as_bytes());
+    std::thread::sleep(Duration::from_secs(3));
+    // Draining what was buffered ends in a close, not in more answers.
+    assert!(closed_within(&mut s, Duration::from_secs(10)));
+    assert!(metric(&n, "shoal_http_timeouts_total") >= 1);
+}
