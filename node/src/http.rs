@@ -551,7 +551,12 @@ where
             ),
         );
     }
-    let read = tokio::time::timeout(l.limits.body_timeout, Limited::new(body, max).collect()).await;
+    // No body (most requests): no timer to arm.
+    let read = if hyper::body::Body::is_end_stream(&body) {
+        Ok(Ok(http_body_util::Collected::default()))
+    } else {
+        tokio::time::timeout(l.limits.body_timeout, Limited::new(body, max).collect()).await
+    };
     let body = match read {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
