@@ -7,7 +7,8 @@
 //!   one byte of a head every 5 s;
 //! - `trickle`: `--trickle` connections per listener, each asking with
 //!   `Connection: close`, reading the answer, then sending one byte every
-//!   0.4 s until the node closes it;
+//!   0.4 s until a write fails (the node has closed, not just ended its
+//!   answer);
 //! - `big-headers`: 50 clients per listener sending requests with 100 KB
 //!   of headers, over and over;
 //! - `pipelining`: 50 clients per listener writing 100 pipelined requests
@@ -275,16 +276,17 @@ async fn trickle(ctx: Arc<Ctx>, addr: String, path: &'static str, lane: usize) {
                     Ctx::inc(&ctx.stats.answers);
                 }
             }
+            // The node's end of the answer (a half close) does not stop
+            // it: only a failed write (the node has closed) does.
             loop {
                 if ctx.stopped() {
                     return;
                 }
-                if s.write_all(b"x").await.is_err()
-                    || closed(&mut s, Duration::from_millis(400)).await
-                {
+                if s.write_all(b"x").await.is_err() {
                     Ctx::inc(&ctx.stats.closed_by_node);
                     break;
                 }
+                tokio::time::sleep(Duration::from_millis(400)).await;
             }
         }
         ctx.pause(ctx.reconnect).await;
@@ -528,6 +530,14 @@ async fn run_attack(args: &Args, attack: Attack, t: &Target) -> (ProbeReport, Pr
     (admin, api, summary)
 }
 
+/// The 1-minute load average: how shared the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn raise_fd_limit() -> libc::rlim_t {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -601,7 +611,10 @@ fn main() -> anyhow::Result<()> {
                 line(name, attack, "admin /healthz", &admin);
                 line(name, attack, "api /v1", &api);
             }
-            eprintln!("{name} {attack:?}: {summary}");
+            eprintln!(
+                "{name} {attack:?}: {summary}; load average {}",
+                load_average()
+            );
             drop(target);
             // Let the closed connections drain before the next node.
             std::thread::sleep(Duration::from_secs(2));
