@@ -423,6 +423,21 @@ async fn probes(addr: String, req: String, stop: Arc<Ctx>) -> Vec<Option<Duratio
     out
 }
 
+/// [`probes`] on a thread with its own runtime.
+fn probe_thread(
+    addr: String,
+    req: String,
+    ctx: Arc<Ctx>,
+) -> std::thread::JoinHandle<Vec<Option<Duration>>> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| rt.block_on(probes(addr, req, ctx)))
+            .unwrap_or_default()
+    })
+}
+
 struct ProbeReport {
     tried: usize,
     answered: usize,
@@ -499,20 +514,22 @@ async fn run_attack(args: &Args, attack: Attack, t: &Target) -> (ProbeReport, Pr
             }
         }
     }
-    let admin_probe = tokio::spawn(probes(
+    // The probes run on threads of their own, so a busy attacker task
+    // does not delay them inside the harness.
+    let admin_probe = probe_thread(
         t.admin.clone(),
         "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
         Arc::clone(&ctx),
-    ));
-    let api_probe = tokio::spawn(probes(
+    );
+    let api_probe = probe_thread(
         t.api.clone(),
         format!("GET /v1/verdicts/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"),
         Arc::clone(&ctx),
-    ));
+    );
     tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
     ctx.stop.store(true, Ordering::Relaxed);
-    let admin = report(&admin_probe.await.unwrap_or_default());
-    let api = report(&api_probe.await.unwrap_or_default());
+    let admin = report(&admin_probe.join().unwrap_or_default());
+    let api = report(&api_probe.join().unwrap_or_default());
     for a in attackers {
         a.abort();
     }
