@@ -441,7 +441,7 @@ fn a_blackholed_master_is_failed_over_from_within_the_bound() {
     s.netns = Some(ns.0.clone());
     s.group = Ipv4Addr::new(239, 77, 1, 1);
     let n = NodeProcess::spawn(Path::new(BIN), &s).expect("node starts in the namespace");
-    let metric: Metric<'_> = Box::new(|name| ns_metric(&ns, &n.http, name));
+    let metric: Metric<'_> = Box::new(|name| ns_metric(&ns, &n.admin, name));
     let port = pair.a.rsplit(':').next().expect("port").to_string();
     let took = fail_over(&metric, n.client().expect("client"), &pair, || {
         Blackhole::new(&ns, &port)
