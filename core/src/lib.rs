@@ -29,8 +29,10 @@ mod node;
 pub mod ports;
 mod relay;
 mod savelog;
+pub mod rules;
 mod state;
 mod store;
+pub mod syslog;
 mod token;
 
 pub use controller::{Decision, Level, ModeController, ModeRules, Rule};
