@@ -68,7 +68,9 @@ impl Net {
             _ => ip,
         };
         let (a, b, bits) = match (self.addr, ip) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(a.to_bits()), u128::from(b.to_bits()), 32),
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                (u128::from(a.to_bits()), u128::from(b.to_bits()), 32)
+            }
             (IpAddr::V6(a), IpAddr::V6(b)) => (a.to_bits(), b.to_bits(), 128),
             _ => return false,
         };
@@ -140,7 +142,8 @@ pub enum RuleError {
 
 /// The address capture `<ADDR>` expands to: IPv4 dotted quad or an IPv6
 /// text form; std's parser then decides (a near-miss is not an address).
-const ADDR_RE: &str = r"(?P<addr>[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]{1,44})";
+const ADDR_RE: &str =
+    r"(?P<addr>[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]{1,44})";
 
 /// Most rules a set may hold.
 pub const MAX_RULES: usize = 4096;
@@ -164,7 +167,9 @@ pub struct RuleSet {
 
 impl std::fmt::Debug for RuleSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RuleSet").field("rules", &self.rules.len()).finish()
+        f.debug_struct("RuleSet")
+            .field("rules", &self.rules.len())
+            .finish()
     }
 }
 
@@ -193,7 +198,10 @@ fn anchored(re: &str) -> String {
 impl RuleSet {
     pub fn compile(specs: &[RuleSpec], ignore: NetList) -> Result<RuleSet, RuleError> {
         if specs.len() > MAX_RULES {
-            return Err(RuleError::Set(format!("{} rules, at most {MAX_RULES}", specs.len())));
+            return Err(RuleError::Set(format!(
+                "{} rules, at most {MAX_RULES}",
+                specs.len()
+            )));
         }
         let mut patterns = Vec::with_capacity(specs.len());
         let mut rules = Vec::with_capacity(specs.len());
@@ -365,7 +373,8 @@ impl LocalBuckets {
         let dt = now.saturating_duration_since(l.at).as_nanos();
         let per = l.leak_every.as_nanos().max(1);
         let out = dt.saturating_mul(u128::from(UNIT)) / per;
-        l.milli.saturating_sub(u64::try_from(out).unwrap_or(u64::MAX))
+        l.milli
+            .saturating_sub(u64::try_from(out).unwrap_or(u64::MAX))
     }
 }
 
@@ -403,11 +412,19 @@ impl Buckets for LocalBuckets {
 pub enum Outcome {
     Miss(Miss),
     /// Counted in its bucket, below the limit.
-    Counted { hit: Hit, level: u32 },
+    Counted {
+        hit: Hit,
+        level: u32,
+    },
     /// The bucket overflowed: apply the rule's action to the address.
-    Act { hit: Hit, action: ActionSpec },
+    Act {
+        hit: Hit,
+        action: ActionSpec,
+    },
     /// Matched, but the bucket table had no room: not acted on.
-    Dropped { hit: Hit },
+    Dropped {
+        hit: Hit,
+    },
 }
 
 /// The rules and their buckets.
@@ -448,6 +465,7 @@ impl<B: Buckets> Responder<B> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a test needs a base instant
 mod tests {
     use super::*;
 
@@ -478,9 +496,18 @@ mod tests {
     #[test]
     fn the_address_comes_from_the_structure_not_a_user_field() {
         let set = RuleSet::compile(&[rule("sshd", SSHD, 3)], NetList::default()).unwrap();
-        let want = |a: &str| Ok(Hit { rule: 0, addr: a.parse().unwrap() });
+        let want = |a: &str| {
+            Ok(Hit {
+                rule: 0,
+                addr: a.parse().unwrap(),
+            })
+        };
         assert_eq!(
-            set.find("h", "sshd", "Failed password for invalid user 1.2.3.4 from 5.6.7.8 port 22"),
+            set.find(
+                "h",
+                "sshd",
+                "Failed password for invalid user 1.2.3.4 from 5.6.7.8 port 22"
+            ),
             want("5.6.7.8")
         );
         // The CVE-2013-7176 shape: the user name carries a whole
@@ -495,24 +522,44 @@ mod tests {
         );
         // Trailing or leading text is not accepted either (anchored).
         assert_eq!(
-            set.find("h", "sshd", "Failed password for root from 5.6.7.8 port 22 ssh2 1.2.3.4"),
+            set.find(
+                "h",
+                "sshd",
+                "Failed password for root from 5.6.7.8 port 22 ssh2 1.2.3.4"
+            ),
             Err(Miss::NoRule)
         );
         assert_eq!(
-            set.find("h", "sshd", "x Failed password for root from 5.6.7.8 port 22"),
+            set.find(
+                "h",
+                "sshd",
+                "x Failed password for root from 5.6.7.8 port 22"
+            ),
             Err(Miss::NoRule)
         );
         // Program must match.
         assert_eq!(
-            set.find("h", "sshd2", "Failed password for root from 5.6.7.8 port 22"),
+            set.find(
+                "h",
+                "sshd2",
+                "Failed password for root from 5.6.7.8 port 22"
+            ),
             Err(Miss::NoRule)
         );
         assert_eq!(
-            set.find("h", "sshd", "Failed password for root from 2001:db8::1 port 22 ssh2"),
+            set.find(
+                "h",
+                "sshd",
+                "Failed password for root from 2001:db8::1 port 22 ssh2"
+            ),
             want("2001:db8::1")
         );
         assert_eq!(
-            set.find("h", "sshd", "Failed password for root from 999.1.1.1 port 22"),
+            set.find(
+                "h",
+                "sshd",
+                "Failed password for root from 999.1.1.1 port 22"
+            ),
             Err(Miss::BadAddress)
         );
     }
@@ -540,19 +587,38 @@ mod tests {
         specs[0].host = Some("fw[0-9]+".into());
         let set = RuleSet::compile(&specs, nets(&["10.0.0.0/8", "2001:db8::/32"])).unwrap();
         assert_eq!(
-            set.find("fw1", "sshd", "Accepted publickey for a from 1.1.1.1 port 1 ssh2"),
-            Ok(Hit { rule: 0, addr: "1.1.1.1".parse().unwrap() })
+            set.find(
+                "fw1",
+                "sshd",
+                "Accepted publickey for a from 1.1.1.1 port 1 ssh2"
+            ),
+            Ok(Hit {
+                rule: 0,
+                addr: "1.1.1.1".parse().unwrap()
+            })
         );
         assert_eq!(
-            set.find("db1", "sshd", "Accepted publickey for a from 1.1.1.1 port 1 ssh2"),
+            set.find(
+                "db1",
+                "sshd",
+                "Accepted publickey for a from 1.1.1.1 port 1 ssh2"
+            ),
             Err(Miss::NoRule)
         );
         assert_eq!(
-            set.find("fw1", "sshd", "Failed password for root from 10.2.3.4 port 1"),
+            set.find(
+                "fw1",
+                "sshd",
+                "Failed password for root from 10.2.3.4 port 1"
+            ),
             Err(Miss::Ignored)
         );
         assert_eq!(
-            set.find("fw1", "sshd", "Failed password for root from 2001:db8::7 port 1"),
+            set.find(
+                "fw1",
+                "sshd",
+                "Failed password for root from 2001:db8::7 port 1"
+            ),
             Err(Miss::Ignored)
         );
     }
@@ -564,32 +630,65 @@ mod tests {
         let t0 = Instant::now();
         let line = |a: &str| format!("Failed password for root from {a} port 22");
         let l = line("5.6.7.8");
-        assert!(matches!(r.observe(t0, "h", "sshd", &l), Outcome::Counted { level: 1, .. }));
-        assert!(matches!(r.observe(t0, "h", "sshd", &l), Outcome::Counted { level: 2, .. }));
+        assert!(matches!(
+            r.observe(t0, "h", "sshd", &l),
+            Outcome::Counted { level: 1, .. }
+        ));
+        assert!(matches!(
+            r.observe(t0, "h", "sshd", &l),
+            Outcome::Counted { level: 2, .. }
+        ));
         // Another address has its own bucket.
-        assert!(matches!(r.observe(t0, "h", "sshd", &line("5.6.7.9")), Outcome::Counted { level: 1, .. }));
-        assert!(matches!(r.observe(t0, "h", "sshd", &l), Outcome::Act { .. }));
+        assert!(matches!(
+            r.observe(t0, "h", "sshd", &line("5.6.7.9")),
+            Outcome::Counted { level: 1, .. }
+        ));
+        assert!(matches!(
+            r.observe(t0, "h", "sshd", &l),
+            Outcome::Act { .. }
+        ));
         // Emptied after acting.
-        assert!(matches!(r.observe(t0, "h", "sshd", &l), Outcome::Counted { level: 1, .. }));
+        assert!(matches!(
+            r.observe(t0, "h", "sshd", &l),
+            Outcome::Counted { level: 1, .. }
+        ));
         // 3 per 600 s leak: after 400 s two events are gone.
         let t1 = t0 + Duration::from_secs(400);
-        assert!(matches!(r.observe(t1, "h", "sshd", &l), Outcome::Counted { level: 1, .. }));
-        assert!(matches!(r.observe(t1, "h", "sshd", &l), Outcome::Counted { level: 2, .. }));
-        assert!(matches!(r.observe(t1, "h", "sshd", &l), Outcome::Act { .. }));
+        assert!(matches!(
+            r.observe(t1, "h", "sshd", &l),
+            Outcome::Counted { level: 1, .. }
+        ));
+        assert!(matches!(
+            r.observe(t1, "h", "sshd", &l),
+            Outcome::Counted { level: 2, .. }
+        ));
+        assert!(matches!(
+            r.observe(t1, "h", "sshd", &l),
+            Outcome::Act { .. }
+        ));
     }
 
     #[test]
     fn bucket_table_is_bounded() {
         let mut b = LocalBuckets::new(2, 1);
-        let shape = BucketShape { capacity: 5, leak_every: Duration::from_secs(1) };
+        let shape = BucketShape {
+            capacity: 5,
+            leak_every: Duration::from_secs(1),
+        };
         let t0 = Instant::now();
-        let k = |n: u8| BucketKey { rule: 0, addr: IpAddr::from([1, 1, 1, n]) };
+        let k = |n: u8| BucketKey {
+            rule: 0,
+            addr: IpAddr::from([1, 1, 1, n]),
+        };
         assert_eq!(b.add(t0, k(1), shape), Fill::Held(1));
         assert_eq!(b.add(t0, k(2), shape), Fill::Held(1));
         assert_eq!(b.add(t0, k(3), shape), Fill::TableFull);
         assert_eq!(b.len(), 2);
         // Once the others leaked empty, a new key gets in.
-        assert_eq!(b.add(t0 + Duration::from_secs(2), k(3), shape), Fill::Held(1));
+        assert_eq!(
+            b.add(t0 + Duration::from_secs(2), k(3), shape),
+            Fill::Held(1)
+        );
         assert_eq!(b.len(), 1);
     }
 
@@ -609,6 +708,9 @@ mod tests {
         }
         assert_eq!(addr_key("1.2.3.4".parse().unwrap()), 0x01020304);
         assert_eq!(addr_key("::ffff:1.2.3.4".parse().unwrap()), 0x01020304);
-        assert_eq!(addr_key("2001:db8:1:2::5".parse().unwrap()), 0x20010db800010002);
+        assert_eq!(
+            addr_key("2001:db8:1:2::5".parse().unwrap()),
+            0x20010db800010002
+        );
     }
 }

@@ -196,8 +196,7 @@ fn timestamp_5424(t: &[u8]) -> Result<&str, ParseError> {
         && t[10] == b'T'
         && t[13] == b':'
         && t[16] == b':'
-        && t
-            .iter()
+        && t.iter()
             .all(|c| c.is_ascii_digit() || b"-T:.+Z".contains(c));
     let zone = t.ends_with(b"Z") || (t.len() >= 6 && matches!(t[t.len() - 6], b'+' | b'-'));
     if !shape || !zone {
@@ -501,7 +500,10 @@ mod tests {
             "Failed password for root from 10.0.0.1 port 47336 ssh2"
         );
         let l = parse(b"<13>Aug  6 16:07:59 vyos netplugd: eth1: state DOWN").unwrap();
-        assert_eq!((l.app, l.procid, l.msg), ("netplugd", "", "eth1: state DOWN"));
+        assert_eq!(
+            (l.app, l.procid, l.msg),
+            ("netplugd", "", "eth1: state DOWN")
+        );
         // No host: the tag comes first.
         let l = parse(b"<13>Aug  6 16:07:59 sshd[1]: hi").unwrap();
         assert_eq!((l.host, l.app, l.msg), ("", "sshd", "hi"));
@@ -530,17 +532,28 @@ mod tests {
             (b"<13>Aug 26", ParseError::BadTimestamp),
         ];
         for (input, want) in cases {
-            assert_eq!(parse(input), Err(*want), "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                parse(input),
+                Err(*want),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
         let long_app = format!("<13>1 - h {} - - - m", "a".repeat(49));
-        assert_eq!(parse(long_app.as_bytes()), Err(ParseError::BadField("app-name")));
+        assert_eq!(
+            parse(long_app.as_bytes()),
+            Err(ParseError::BadField("app-name"))
+        );
     }
 
     /// A small deterministic generator: no dependency, same cases each run.
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             self.0 >> 33
         }
     }

@@ -84,7 +84,7 @@ const MAX_SECRET_FILE_BYTES: u64 = 64 << 10;
 
 /// Reads a UTF-8 file of at most `max` bytes; a longer one is an
 /// `InvalidData` error rather than a read without end.
-fn read_bounded(path: &Path, max: u64) -> std::io::Result<String> {
+pub(crate) fn read_bounded(path: &Path, max: u64) -> std::io::Result<String> {
     use std::io::Read;
     let mut text = String::new();
     std::fs::File::open(path)?
@@ -128,6 +128,10 @@ pub struct Config {
     /// tokens and the queue forwarder; absent means none of them.
     #[serde(default)]
     pub verdicts: Option<VerdictsSection>,
+    /// The log responder: syslog listeners and the rules file; absent
+    /// means no syslog is read.
+    #[serde(default)]
+    pub syslog: Option<crate::syslog::SyslogSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1079,6 +1083,9 @@ impl Config {
         }
         if let Some(v) = &self.verdicts {
             v.validate(self.node.cluster)?;
+        }
+        if let Some(s) = &self.syslog {
+            s.validate()?;
         }
         self.local.validate()?;
         self.http.validate(self.verdicts.is_some())?;

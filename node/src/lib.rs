@@ -27,6 +27,10 @@
 //!   local socket with its mode and group.
 //! - `incarnation`: the persisted floor that keeps the node's incarnation
 //!   (and its record seqs and row ids) growing across restarts.
+//! - `syslog`: the log responder's edge: syslog over UDP and TCP, the
+//!   bounded queue, and the worker applying `shoal_core::rules` actions.
+//! - `rulesfile`: the responder's rules file (TOML) read into the core's
+//!   rule specs, for `run` and `shoal rules test`.
 //! - `server`: threads, sockets, HTTP and signals around the node.
 //! - `client`: the local API client used by the CLI, tests and harness.
 //! - `testkit`: starting real `shoal` processes for tests and benches.
@@ -38,8 +42,10 @@ mod http;
 mod incarnation;
 mod metrics;
 mod preflight;
+mod rulesfile;
 mod server;
 mod storage;
+mod syslog;
 pub mod testkit;
 mod transport;
 mod verdicts;
@@ -50,5 +56,6 @@ pub use config::{
     RuleSection, Secret, StoreSection, MAX_PEERS, MAX_RESOURCES, MAX_SESSION_CAPACITY,
 };
 pub use preflight::{probe, BindError, Preflight, Probe, SocketPath};
+pub use rulesfile::{load_rules, parse_rules, test_log, TestSummary};
 pub use server::{run, wall_us, ServerError};
 pub use transport::{open as open_multicast, Multicast, RcvBuf, TransportError};

@@ -53,6 +53,11 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = OpArg::Send, global = true)]
         op: OpArg,
     },
+    /// Check a responder rules file, or run a log through it.
+    Rules {
+        #[command(subcommand)]
+        what: RulesWhat,
+    },
     /// Ask the local sidecar a question.
     Query {
         #[arg(short, long)]
@@ -60,6 +65,19 @@ enum Cmd {
         #[arg(value_enum)]
         what: QueryWhat,
         key: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesWhat {
+    /// Print each line a rule acts on (with -v every match) and a
+    /// summary, as the node would see the log (fail2ban-regex's job).
+    Test {
+        rules: PathBuf,
+        /// A log file; `-` reads stdin.
+        log: PathBuf,
+        #[arg(short, long)]
+        verbose: bool,
     },
 }
 
@@ -133,6 +151,34 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             let pre = cfg.preflight()?;
             check_report(&cfg, &pre).context("writing the report")?;
+        }
+        Cmd::Rules {
+            what:
+                RulesWhat::Test {
+                    rules,
+                    log,
+                    verbose,
+                },
+        } => {
+            let set = shoal_node::load_rules(&rules)?;
+            let n = set.len();
+            let mut out = std::io::stdout().lock();
+            let sum = if log.as_os_str() == "-" {
+                shoal_node::test_log(set, std::io::stdin().lock(), &mut out, verbose)
+            } else {
+                let f = std::fs::File::open(&log)
+                    .with_context(|| format!("opening {}", log.display()))?;
+                shoal_node::test_log(set, std::io::BufReader::new(f), &mut out, verbose)
+            }
+            .context("reading the log")?;
+            writeln!(
+                out,
+                "{} lines, {} malformed, {} matched, {} ignored, {} bad address; {} rules; {} would-be actions",
+                sum.lines, sum.malformed, sum.matched, sum.ignored, sum.bad_address, n, sum.actions.len()
+            )?;
+            for (name, c) in &sum.per_rule {
+                writeln!(out, "  {name}: {c} matches")?;
+            }
         }
         Cmd::Status { config, metrics } => {
             let cfg = Config::load(&config)?;

@@ -68,6 +68,8 @@ pub(crate) struct IoStats {
     /// The post-markup API and the forwarder, with `[verdicts]`.
     pub(crate) api: crate::verdicts::ApiStats,
     pub(crate) forwarder: crate::forwarder::ForwarderStats,
+    /// The syslog edge and the responder, with `[syslog]`.
+    pub(crate) syslog: crate::syslog::SyslogStats,
 }
 
 impl IoStats {
@@ -145,6 +147,7 @@ impl IoStats {
         self.store.register(reg);
         self.api.register(reg);
         self.forwarder.register(reg);
+        self.syslog.register(reg);
     }
 }
 

@@ -56,6 +56,8 @@ pub enum ServerError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Incarnation(#[from] crate::incarnation::IncarnationError),
+    #[error("syslog listener")]
+    Syslog(#[source] std::io::Error),
 }
 
 /// Microseconds since the Unix epoch.
@@ -76,6 +78,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// True once the node is shutting down (threads outside this module
+    /// poll it).
+    pub(crate) fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Node> {
         // A panic while holding the lock is a bug; the state is still the
         // best we have, so keep serving it.
@@ -168,6 +176,11 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         gid = pre.socket_gid,
         "local socket bound"
     );
+    // Read before anything is served: a bad rules file stops the start.
+    let rules = match &cfg.syslog {
+        Some(s) => Some(crate::rulesfile::load_rules(&s.rules)?),
+        None => None,
+    };
     // Persisted before the node speaks: above every value of its last run.
     let (incarnation_file, incarnation) =
         crate::incarnation::IncarnationFile::start(&cfg.incarnation_file(), wall_us())?;
@@ -176,7 +189,9 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         file = %cfg.incarnation_file().display(),
         "incarnation"
     );
-    let node = Node::new(cfg.node_params(), Instant::now(), wall_us(), incarnation);
+    let params = cfg.node_params();
+    let seed = params.hash_seed;
+    let node = Node::new(params, Instant::now(), wall_us(), incarnation);
     let shared = Arc::new(Shared {
         node: Mutex::new(node),
         io,
@@ -224,6 +239,13 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
             let _e = span.enter();
             local_loop(&s, &local)
         })?
+    };
+    let syslog = match (&cfg.syslog, rules) {
+        (Some(sc), Some(rules)) => {
+            info!(rules = rules.len(), file = %sc.rules.display(), "responder rules loaded");
+            Some(crate::syslog::start(sc, rules, seed, &shared).map_err(ServerError::Syslog)?)
+        }
+        _ => None,
     };
     shared
         .io
@@ -274,6 +296,9 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), f).await });
     }
     let _ = ingress.join();
+    if let Some(s) = syslog {
+        s.join();
+    }
     if let Some(saver) = saver {
         // Stop taking records first, then let the saver drain.
         let _ = stop_tx.send(());

@@ -1,0 +1,624 @@
+//! The syslog edge of the responder: UDP and TCP listeners, the bounded
+//! queue between them and the rules, and the worker that turns a rule's
+//! action into a record on the node (send+save, like a filter's).
+//!
+//! Parsing and framing are `shoal_core::syslog`, the decisions
+//! `shoal_core::rules`; this module owns sockets, threads and limits:
+//!
+//! - senders outside `[syslog] allow` are refused (UDP datagram dropped,
+//!   TCP connection closed), counted;
+//! - one bounded queue: a full queue drops UDP messages (counted) and
+//!   stops reading TCP connections until there is room (back-pressure: the
+//!   kernel's window closes on the sender);
+//! - messages over `max_message` are counted and skipped, never buffered;
+//! - at most `max_connections` TCP connections, `max_per_source` from one
+//!   address; one idle for `idle_timeout_ms`, or sitting on a partial
+//!   message for `frame_timeout_ms` (slowloris), is closed, counted.
+//!
+//! Every line is counted once by what became of it (`shoal_syslog_*`,
+//! `shoal_responder_*`): nothing is lost silently.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use shoal_core::rules::{
+    addr_key, ActionSpec, LocalBuckets, Net, NetList, Outcome, Responder, RuleSet,
+};
+use shoal_core::syslog::{self, Frame, Framer};
+use shoal_wire::{Code, Op, Record};
+use tracing::{debug, info, warn};
+
+use crate::config::ConfigError;
+use crate::metrics::collector;
+use crate::server::Shared;
+
+/// `[syslog]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogSection {
+    /// `host:port` for UDP; absent: no UDP.
+    #[serde(default)]
+    pub udp: Option<String>,
+    /// `host:port` for TCP (octet counting or LF framing); absent: no TCP.
+    #[serde(default)]
+    pub tcp: Option<String>,
+    /// Source networks accepted; required (no default trust).
+    pub allow: Vec<String>,
+    /// The rules file.
+    pub rules: PathBuf,
+    #[serde(default = "default_max_message")]
+    pub max_message: usize,
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_max_per_source")]
+    pub max_per_source: usize,
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    #[serde(default = "default_frame_timeout_ms")]
+    pub frame_timeout_ms: u64,
+    /// Buckets tracked at once (a key is a rule and an address).
+    #[serde(default = "default_buckets")]
+    pub buckets: usize,
+}
+
+fn default_max_message() -> usize {
+    8192
+}
+fn default_queue() -> usize {
+    16_384
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_per_source() -> usize {
+    16
+}
+fn default_idle_timeout_ms() -> u64 {
+    300_000
+}
+fn default_frame_timeout_ms() -> u64 {
+    10_000
+}
+fn default_buckets() -> usize {
+    1_000_000
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: format!("syslog.{key}"),
+        message: message.into(),
+    }
+}
+
+impl SyslogSection {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.udp.is_none() && self.tcp.is_none() {
+            return Err(invalid("udp", "give udp, tcp or both"));
+        }
+        for (k, v) in [("udp", &self.udp), ("tcp", &self.tcp)] {
+            if let Some(a) = v {
+                a.parse::<SocketAddr>()
+                    .map_err(|_| invalid(k, format!("`{a}` is not ip:port")))?;
+            }
+        }
+        if self.allow.is_empty() {
+            return Err(invalid(
+                "allow",
+                "list the source networks (e.g. \"10.0.0.0/8\")",
+            ));
+        }
+        self.allow_list()?;
+        let range = |k: &str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                Err(invalid(k, format!("{lo}..={hi}")))
+            } else {
+                Ok(())
+            }
+        };
+        range("max_message", self.max_message as u64, 480, 65_536)?;
+        range("queue", self.queue as u64, 1, 1 << 20)?;
+        range("max_connections", self.max_connections as u64, 1, 65_536)?;
+        range("max_per_source", self.max_per_source as u64, 1, 65_536)?;
+        range("idle_timeout_ms", self.idle_timeout_ms, 100, 86_400_000)?;
+        range("frame_timeout_ms", self.frame_timeout_ms, 100, 3_600_000)?;
+        range("buckets", self.buckets as u64, 1, 50_000_000)?;
+        Ok(())
+    }
+
+    fn allow_list(&self) -> Result<NetList, ConfigError> {
+        self.allow
+            .iter()
+            .map(|s| {
+                s.parse::<Net>()
+                    .map_err(|e| invalid("allow", e.to_string()))
+            })
+            .collect::<Result<_, _>>()
+            .map(NetList)
+    }
+}
+
+/// The edge's counters; they only grow.
+#[derive(Debug, Default)]
+pub(crate) struct SyslogStats {
+    udp_messages: AtomicU64,
+    tcp_messages: AtomicU64,
+    refused_source: AtomicU64,
+    queue_full: AtomicU64,
+    backpressure: AtomicU64,
+    oversized: AtomicU64,
+    tcp_refused: AtomicU64,
+    tcp_timeouts: AtomicU64,
+    tcp_broken: AtomicU64,
+    malformed: [AtomicU64; MALFORMED.len()],
+    unmatched: AtomicU64,
+    ignored: AtomicU64,
+    bad_address: AtomicU64,
+    counted: AtomicU64,
+    bucket_full: AtomicU64,
+    actions: AtomicU64,
+    action_errors: AtomicU64,
+    tcp_open: AtomicUsize,
+}
+
+const MALFORMED: [&str; 8] = [
+    "empty",
+    "no_pri",
+    "bad_pri",
+    "bad_version",
+    "bad_timestamp",
+    "bad_field",
+    "bad_structured_data",
+    "not_utf8",
+];
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct Transport {
+    transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct Result_ {
+    result: &'static str,
+}
+
+impl SyslogStats {
+    /// Registers the edge's counters as they are now.
+    pub(crate) fn register(&self, reg: &mut Registry) {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let messages = [
+            (Transport { transport: "udp" }, l(&self.udp_messages)),
+            (Transport { transport: "tcp" }, l(&self.tcp_messages)),
+        ];
+        let dropped = [
+            ("source", l(&self.refused_source)),
+            ("queue_full", l(&self.queue_full)),
+            ("oversized", l(&self.oversized)),
+        ]
+        .map(|(reason, v)| (Reason { reason }, v));
+        let malformed: Vec<_> = MALFORMED
+            .iter()
+            .zip(&self.malformed)
+            .map(|(reason, v)| (Reason { reason }, l(v)))
+            .collect();
+        let lines = [
+            ("unmatched", l(&self.unmatched)),
+            ("ignored", l(&self.ignored)),
+            ("bad_address", l(&self.bad_address)),
+            ("counted", l(&self.counted)),
+            ("bucket_table_full", l(&self.bucket_full)),
+            ("acted", l(&self.actions)),
+        ]
+        .map(|(result, v)| (Result_ { result }, v));
+        let (bp, refused, timeouts, broken, errors) = (
+            l(&self.backpressure),
+            l(&self.tcp_refused),
+            l(&self.tcp_timeouts),
+            l(&self.tcp_broken),
+            l(&self.action_errors),
+        );
+        let open = self.tcp_open.load(Ordering::Relaxed) as u64;
+        reg.register_collector(collector(move |o| {
+            o.counters(
+                "syslog_messages",
+                "Syslog messages received, by transport (before any check).",
+                messages.clone(),
+            )?;
+            o.counters(
+                "syslog_dropped",
+                "Syslog messages dropped before parsing: source not allowed, queue full (UDP), over max_message.",
+                dropped.clone(),
+            )?;
+            o.counters(
+                "syslog_malformed",
+                "Syslog messages refused by the parser, by reason.",
+                malformed.clone(),
+            )?;
+            o.counter(
+                "syslog_backpressure",
+                "Times a TCP connection waited for room in the queue (reading paused).",
+                bp,
+            )?;
+            o.counter(
+                "syslog_tcp_refused",
+                "TCP connections closed at accept: source not allowed or too many connections.",
+                refused,
+            )?;
+            o.counter(
+                "syslog_tcp_timeouts",
+                "TCP connections closed idle or slow (a partial message held too long).",
+                timeouts,
+            )?;
+            o.counter(
+                "syslog_tcp_broken",
+                "TCP connections closed on a framing error (bad octet count).",
+                broken,
+            )?;
+            o.gauge("syslog_tcp_connections", "TCP syslog connections open.", open)?;
+            o.counters(
+                "responder_lines",
+                "Parsed lines by what the rules made of them.",
+                lines.clone(),
+            )?;
+            o.counter(
+                "responder_action_errors",
+                "Actions the node refused (the record is counted here, not applied).",
+                errors,
+            )?;
+            Ok(())
+        }))
+    }
+}
+
+/// One message on its way to the rules.
+struct Msg {
+    from: IpAddr,
+    bytes: Vec<u8>,
+}
+
+/// The running edge; [`SyslogEdge::stop`] joins its threads.
+pub(crate) struct SyslogEdge {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl SyslogEdge {
+    pub(crate) fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds the listeners and starts the threads. Shutdown follows the
+/// node's flag.
+pub(crate) fn start(
+    cfg: &SyslogSection,
+    rules: RuleSet,
+    seed: u128,
+    shared: &Arc<Shared>,
+) -> Result<SyslogEdge, std::io::Error> {
+    let allow = Arc::new(cfg.allow_list().map_err(std::io::Error::other)?);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(cfg.queue);
+    let mut threads = Vec::new();
+    if let Some(a) = &cfg.udp {
+        let sock = UdpSocket::bind(a)?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        info!(addr = %sock.local_addr()?, "syslog udp listening");
+        let (s, allow, tx, max) = (
+            Arc::clone(shared),
+            Arc::clone(&allow),
+            tx.clone(),
+            cfg.max_message,
+        );
+        threads.push(spawn("shoal-syslog-udp", move || {
+            udp_loop(&s, &sock, &allow, &tx, max)
+        })?);
+    }
+    if let Some(a) = &cfg.tcp {
+        let l = TcpListener::bind(a)?;
+        l.set_nonblocking(true)?;
+        info!(addr = %l.local_addr()?, "syslog tcp listening");
+        let (s, allow, tx, c) = (
+            Arc::clone(shared),
+            Arc::clone(&allow),
+            tx.clone(),
+            cfg.clone(),
+        );
+        threads.push(spawn("shoal-syslog-tcp", move || {
+            accept_loop(&s, &l, &allow, &tx, &c)
+        })?);
+    }
+    drop(tx);
+    let responder = Responder::new(rules, LocalBuckets::new(cfg.buckets, seed));
+    let s = Arc::clone(shared);
+    threads.push(spawn("shoal-syslog", move || worker(&s, rx, responder))?);
+    Ok(SyslogEdge { threads })
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name.into()).spawn(f)
+}
+
+fn udp_loop(s: &Shared, sock: &UdpSocket, allow: &NetList, tx: &SyncSender<Msg>, max: usize) {
+    let st = &s.io.syslog;
+    // One byte more than allowed tells an oversized datagram from a full one.
+    let mut buf = vec![0u8; max + 1];
+    while !s.stopping() {
+        let (n, from) = match sock.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(e) => {
+                debug!(error = %e, "syslog udp receive failed");
+                continue;
+            }
+        };
+        inc(&st.udp_messages);
+        if !allow.contains(from.ip()) {
+            inc(&st.refused_source);
+            continue;
+        }
+        if n > max {
+            inc(&st.oversized);
+            continue;
+        }
+        let m = Msg {
+            from: from.ip(),
+            bytes: buf[..n].to_vec(),
+        };
+        if let Err(TrySendError::Full(_)) = tx.try_send(m) {
+            inc(&st.queue_full);
+        }
+    }
+}
+
+fn accept_loop(
+    s: &Arc<Shared>,
+    l: &TcpListener,
+    allow: &Arc<NetList>,
+    tx: &SyncSender<Msg>,
+    cfg: &SyslogSection,
+) {
+    let per_source: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let st = &s.io.syslog;
+    while !s.stopping() {
+        let (conn, peer) = match l.accept() {
+            Ok(c) => c,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(e) => {
+                debug!(error = %e, "syslog accept failed");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let ip = peer.ip();
+        if !allow.contains(ip) {
+            inc(&st.refused_source);
+            inc(&st.tcp_refused);
+            continue;
+        }
+        {
+            let mut m = per_source.lock().unwrap_or_else(|p| p.into_inner());
+            let n = m.entry(ip).or_insert(0);
+            if *n >= cfg.max_per_source
+                || st.tcp_open.load(Ordering::Relaxed) >= cfg.max_connections
+            {
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+                inc(&st.tcp_refused);
+                continue;
+            }
+            *n += 1;
+        }
+        st.tcp_open.fetch_add(1, Ordering::Relaxed);
+        let (s2, tx, per, c) = (
+            Arc::clone(s),
+            tx.clone(),
+            Arc::clone(&per_source),
+            cfg.clone(),
+        );
+        let spawned = spawn("shoal-syslog-conn", move || {
+            conn_loop(&s2, conn, ip, &tx, &c);
+            s2.io.syslog.tcp_open.fetch_sub(1, Ordering::Relaxed);
+            let mut m = per.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start a syslog connection thread");
+        }
+    }
+}
+
+fn conn_loop(
+    s: &Shared,
+    mut conn: TcpStream,
+    from: IpAddr,
+    tx: &SyncSender<Msg>,
+    cfg: &SyslogSection,
+) {
+    let st = &s.io.syslog;
+    let idle = Duration::from_millis(cfg.idle_timeout_ms);
+    let frame_limit = Duration::from_millis(cfg.frame_timeout_ms);
+    // Short reads so shutdown and the timeouts are looked at often.
+    if conn
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .is_err()
+    {
+        return;
+    }
+    let mut framer = Framer::new(cfg.max_message);
+    let mut buf = vec![0u8; 16 << 10];
+    let mut last_data = Instant::now();
+    let mut partial_since: Option<Instant> = None;
+    while !s.stopping() {
+        let room = framer.room().min(buf.len()).max(1);
+        match conn.read(&mut buf[..room]) {
+            Ok(0) => return,
+            Ok(n) => {
+                last_data = Instant::now();
+                framer.push(&buf[..n]);
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+        loop {
+            let m = match framer.next_frame() {
+                None => break,
+                Some(Frame::Message(m)) => m.to_vec(),
+                Some(Frame::Oversized) => {
+                    inc(&st.tcp_messages);
+                    inc(&st.oversized);
+                    continue;
+                }
+                Some(Frame::Broken) => {
+                    inc(&st.tcp_broken);
+                    return;
+                }
+            };
+            inc(&st.tcp_messages);
+            match tx.try_send(Msg { from, bytes: m }) {
+                Ok(()) => {}
+                Err(TrySendError::Full(m)) => {
+                    // Back-pressure: stop reading until the worker has
+                    // room; the kernel's window closes on the sender.
+                    inc(&st.backpressure);
+                    if tx.send(m).is_err() {
+                        return;
+                    }
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+        let now = Instant::now();
+        partial_since = match (framer.pending() > 0, partial_since) {
+            (true, None) => Some(now),
+            (true, p) => p,
+            (false, _) => None,
+        };
+        let slow = partial_since.is_some_and(|p| now.duration_since(p) > frame_limit);
+        if slow || now.duration_since(last_data) > idle {
+            inc(&st.tcp_timeouts);
+            return;
+        }
+    }
+}
+
+/// The record an action makes; `None` for BLOCK (not in this build:
+/// refused when the rules are compiled).
+pub(crate) fn action_record(action: ActionSpec, addr: IpAddr) -> Option<Record> {
+    let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+    let (code, fields, ttl) = match action {
+        ActionSpec::Mark { suspicious, ttl } => (
+            Code::SESSION_MARK,
+            [
+                addr_key(addr),
+                if suspicious {
+                    Record::MARK_SUSPICIOUS
+                } else {
+                    Record::MARK_LEGITIMATE
+                },
+                0,
+                0,
+            ],
+            ttl,
+        ),
+        ActionSpec::Mode {
+            resource,
+            level,
+            ttl,
+        } => (Code::MODE, [resource, u64::from(level), 0, 0], ttl),
+        ActionSpec::Block { .. } => return None,
+    };
+    let mut r = Record::new(code, fields);
+    r.ttl_ms = ms(ttl);
+    r.op = Op::SEND_SAVE;
+    Some(r)
+}
+
+fn worker(s: &Shared, rx: Receiver<Msg>, mut responder: Responder) {
+    let st = &s.io.syslog;
+    let mut from_text = String::new();
+    while !s.stopping() {
+        let m = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let line = match syslog::parse(&m.bytes) {
+            Ok(l) => l,
+            Err(e) => {
+                if let Some(i) = MALFORMED.iter().position(|r| *r == e.label()) {
+                    inc(&st.malformed[i]);
+                }
+                debug!(from = %m.from, error = %e, "syslog message refused");
+                continue;
+            }
+        };
+        // A line without a host name is the sender's own.
+        let host = if line.host.is_empty() {
+            use std::fmt::Write;
+            from_text.clear();
+            let _ = write!(from_text, "{}", m.from);
+            from_text.as_str()
+        } else {
+            line.host
+        };
+        let now = Instant::now();
+        match responder.observe(now, host, line.app, line.msg) {
+            Outcome::Miss(shoal_core::rules::Miss::NoRule) => inc(&st.unmatched),
+            Outcome::Miss(shoal_core::rules::Miss::Ignored) => inc(&st.ignored),
+            Outcome::Miss(shoal_core::rules::Miss::BadAddress) => inc(&st.bad_address),
+            Outcome::Counted { .. } => inc(&st.counted),
+            Outcome::Dropped { .. } => inc(&st.bucket_full),
+            Outcome::Act { hit, action } => {
+                let rule = responder.rules.name(hit.rule);
+                let Some(rec) = action_record(action, hit.addr) else {
+                    inc(&st.action_errors);
+                    continue;
+                };
+                let done = s.with_node(|node| {
+                    let r = node.inject(now, rec);
+                    node.flush();
+                    r
+                });
+                match done {
+                    Ok(()) => {
+                        inc(&st.actions);
+                        info!(rule, addr = %hit.addr, host, "responder acted");
+                    }
+                    Err(e) => {
+                        inc(&st.action_errors);
+                        warn!(rule, addr = %hit.addr, error = ?e, "responder action refused by the node");
+                    }
+                }
+            }
+        }
+    }
+}
