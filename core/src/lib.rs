@@ -19,14 +19,21 @@
 //!   faults on command, for the simulator.
 //! - `election`: the forwarder's lease and forwarding rounds as a state
 //!   machine that emits store calls.
+//! - `keyrate`: per-key decayed rates in fixed memory (Space-Saving), the
+//!   heavy keys a node announces and the peers' rates per origin: the
+//!   counting under rate limits and the log responder.
+//! - `ratelimit`: cluster-wide rate limits on top of `keyrate`: token
+//!   buckets refilled at this node's share of each key's limit.
 //! - `hash`: the keyed hasher of every map here (seeded by the caller).
 
 mod controller;
 pub mod election;
 pub mod fakes;
 mod hash;
+pub mod keyrate;
 mod node;
 pub mod ports;
+pub mod ratelimit;
 mod relay;
 mod savelog;
 pub mod rules;

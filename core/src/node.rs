@@ -17,6 +17,8 @@ use shoal_wire::{
 
 use crate::controller::{Decision, ModeController, ModeRules};
 use crate::hash::{Map, SeededState};
+use crate::keyrate::KeyRateRecord;
+use crate::ratelimit::{LimitRule, LimitSnapshot, Limits, LimitsError, TopKey, ANNOUNCE_EVERY};
 use crate::relay::{Relay, RelayCounters, RelayMsg};
 use crate::state::{Applied, ClusterState, LoadView, MarkView, ModeView, StateLimits};
 use crate::store::{self, Backlog, BacklogCounters, BacklogLimits, BatchId, Offer, Row};
@@ -63,15 +65,24 @@ pub enum LocalError {
     /// The save backlog is full of records Tarantool has not taken yet:
     /// the record was applied and sent, but not saved. Always replied.
     StoreFull = 5,
+    /// Taken by the `enforce` branch (BLOCK records), not on main yet.
+    Reserved6 = 6,
+    /// Taken by the `enforce` branch (BLOCK records), not on main yet.
+    Reserved7 = 7,
+    /// A `QUERY_LIMIT` for a limit this sidecar does not have.
+    UnknownLimit = 8,
 }
 
 impl LocalError {
-    pub const LABELS: [&'static str; 5] = [
+    pub const LABELS: [&'static str; 8] = [
         "bad_length",
         "bad_record",
         "unknown_code",
         "too_many_records",
         "store_full",
+        "reserved_6",
+        "reserved_7",
+        "unknown_limit",
     ];
 
     pub fn label(self) -> &'static str {
@@ -126,6 +137,8 @@ enum Action {
         claimant: u64,
         seq: u64,
     },
+    /// A peer's rate of a key (never from the local filter).
+    KeyRate(KeyRateRecord),
     Extension,
     Query,
 }
@@ -136,7 +149,10 @@ impl Action {
     fn has_lifetime(&self) -> bool {
         matches!(
             self,
-            Action::Mode { .. } | Action::Mark { .. } | Action::RemoteMode { .. }
+            Action::Mode { .. }
+                | Action::Mark { .. }
+                | Action::RemoteMode { .. }
+                | Action::KeyRate(_)
         )
     }
 }
@@ -174,6 +190,14 @@ fn classify(r: &Record) -> Result<Action, LocalError> {
         },
         CodeKind::Extension => Ok(Action::Extension),
         CodeKind::QueryLoad | CodeKind::QueryMode | CodeKind::QuerySession => Ok(Action::Query),
+        CodeKind::KeyRate => KeyRateRecord::from_record(r)
+            .map(Action::KeyRate)
+            .ok_or(LocalError::BadRecord),
+        // 1..=u32::MAX hits of a limit id (32 bits).
+        CodeKind::QueryLimit => match (f0 >> 32, r.fields[2]) {
+            (0, 1..=0xffff_ffff) => Ok(Action::Query),
+            _ => Err(LocalError::BadRecord),
+        },
         CodeKind::ReplyError | CodeKind::Unknown => Err(LocalError::UnknownCode),
     }
 }
@@ -354,6 +378,12 @@ pub struct Node {
     /// [`Node::replay`] also raises it past every replayed id of this node.
     next_row_id: u64,
     relay: Relay,
+    limits: Limits,
+    next_announce: Instant,
+    announce_buf: Vec<KeyRateRecord>,
+    /// Nodes heard from lately, this one included (the share of a new
+    /// key's burst).
+    live_nodes: usize,
 }
 
 impl Node {
@@ -398,6 +428,10 @@ impl Node {
             backlog: p.store.map(Backlog::new),
             next_row_id: incarnation,
             relay: Relay::new(p.relay_capacity, hasher),
+            limits: Limits::empty(hasher),
+            next_announce: now + ANNOUNCE_EVERY,
+            announce_buf: Vec::new(),
+            live_nodes: 1,
         }
     }
 
@@ -448,6 +482,41 @@ impl Node {
 
     fn refuse(&mut self, why: RecordRefusal) {
         self.counters.records_refused[why as usize] += 1;
+    }
+
+    /// Installs the rate limits (`ratelimit`), replacing any before: keys
+    /// counted so far are forgotten.
+    pub fn set_limits(
+        &mut self,
+        now: Instant,
+        rules: Vec<LimitRule>,
+        hash_seed: u128,
+    ) -> Result<(), LimitsError> {
+        self.limits = Limits::new(rules, now, SeededState::new(hash_seed))?;
+        Ok(())
+    }
+
+    /// The rate limits' numbers (O(limits)).
+    pub fn limit_snapshots(&self) -> Vec<LimitSnapshot> {
+        self.limits.iter().map(|l| l.snapshot()).collect()
+    }
+
+    /// `KEY_RATE` records for a limit this node does not have.
+    pub fn key_rate_unknown_table(&self) -> u64 {
+        self.limits.unknown_table
+    }
+
+    /// The busiest keys of each limit (name, keys), by cluster rate.
+    pub fn limit_top(&self, now: Instant, n: usize) -> Vec<(String, Vec<TopKey>)> {
+        self.limits
+            .iter()
+            .map(|l| (l.rule().name.clone(), l.top(now, n)))
+            .collect()
+    }
+
+    /// Nodes heard from within the last second, this one included.
+    pub fn live_nodes(&self) -> usize {
+        self.live_nodes
     }
 
     pub fn id(&self) -> u32 {
@@ -508,7 +577,10 @@ impl Node {
         let has_query = req.chunks_exact(RECORD_LEN).any(|c| {
             matches!(
                 Code(u16::from_le_bytes([c[24], c[25]])).kind(),
-                CodeKind::QueryLoad | CodeKind::QueryMode | CodeKind::QuerySession
+                CodeKind::QueryLoad
+                    | CodeKind::QueryMode
+                    | CodeKind::QuerySession
+                    | CodeKind::QueryLimit
             )
         });
         for (i, chunk) in req.chunks_exact(RECORD_LEN).enumerate() {
@@ -518,6 +590,8 @@ impl Node {
                 // Relayed modes come from the forwarder only: one from a
                 // filter could move the apply-once mark of a whole cluster.
                 Ok(Action::RemoteMode { .. }) => Err(LocalError::UnknownCode),
+                // Only sidecars announce rates.
+                Ok(Action::KeyRate(_)) => Err(LocalError::UnknownCode),
                 other => other.map(|a| (r, a)),
             });
             match outcome {
@@ -583,10 +657,28 @@ impl Node {
         reply.extend_from_slice(&r.to_bytes());
     }
 
-    fn answer(&self, now: Instant, q: &Record, reply: &mut Vec<u8>) {
+    fn answer(&mut self, now: Instant, q: &Record, reply: &mut Vec<u8>) {
         let key = q.fields[0];
         let ms = |d: Duration| d.as_millis() as u64;
         let fields = match q.code.kind() {
+            CodeKind::QueryLimit => {
+                let (id, k, n) = (key as u32, q.fields[1], q.fields[2]);
+                let nodes = self.live_nodes;
+                let Some(l) = self.limits.get_mut(id) else {
+                    self.counters.local_rejected[LocalError::UnknownLimit as usize - 1] += 1;
+                    let e = LocalError::UnknownLimit as u64;
+                    self.push_reply(reply, now, Code::REPLY_ERROR, q.seq, [e, key, 0, 0]);
+                    return;
+                };
+                let v = l.hit(now, k, n, nodes);
+                let retry_us = match v {
+                    crate::ratelimit::Verdict::Deny { retry_after } => {
+                        retry_after.as_micros().max(1) as u64
+                    }
+                    _ => 0,
+                };
+                [key, k, v.code(), retry_us]
+            }
             CodeKind::QueryLoad => {
                 let v = self.state.load(now, key);
                 [key, v.total, v.local, v.nodes as u64]
@@ -644,7 +736,7 @@ impl Node {
     pub fn inject(&mut self, now: Instant, r: Record) -> Result<(), LocalError> {
         let action = classify(&r)?;
         match action {
-            Action::Query => return Err(LocalError::UnknownCode),
+            Action::Query | Action::KeyRate(_) => return Err(LocalError::UnknownCode),
             // What every receiver would refuse (`relay_form`), this node
             // does not apply either.
             Action::RemoteMode { claimant, .. } if claimant >> 32 == u64::from(self.cluster) => {
@@ -742,6 +834,14 @@ impl Node {
             }
             Action::Mark { key, mark } => {
                 self.state.apply_mark(now, origin, key, mark, ttl_ms);
+                Applied::Ok
+            }
+            Action::KeyRate(rec) => {
+                // Held for what is left of its lifetime (7.2).
+                if origin != self.id {
+                    self.limits
+                        .absorb(now, origin, &KeyRateRecord { ttl_ms, ..rec });
+                }
                 Applied::Ok
             }
             Action::Extension => {
@@ -968,6 +1068,42 @@ impl Node {
             self.next_purge = now + PURGE_EVERY;
             self.state.purge(now);
         }
+        if now >= self.next_announce {
+            self.next_announce = now + ANNOUNCE_EVERY;
+            self.announce(now);
+        }
+    }
+
+    /// Every announce round: counts the live nodes, sends this node's
+    /// own rates of the heavy keys of each limit (`KEY_RATE`) and sweeps
+    /// idle keys.
+    fn announce(&mut self, now: Instant) {
+        let recent = Duration::from_secs(1);
+        self.live_nodes = 1 + self
+            .peers
+            .values()
+            .filter(|p| now.saturating_duration_since(p.last_seen) < recent)
+            .count();
+        if self.limits.is_empty() {
+            return;
+        }
+        let nodes = self.live_nodes;
+        let mut out = std::mem::take(&mut self.announce_buf);
+        for l in self.limits.iter_mut() {
+            l.tick(now, nodes, |k| out.push(k));
+        }
+        let timing_us = self.wall_us(now);
+        for k in out.drain(..) {
+            self.record_seq = self.hybrid_next(now, self.record_seq);
+            let r = Record {
+                timing_us,
+                seq: self.record_seq,
+                origin: self.id,
+                ..k.to_record()
+            };
+            self.enqueue(now, &r);
+        }
+        self.announce_buf = out;
     }
 
     /// Takes a datagram from the cluster. Returns the number of records

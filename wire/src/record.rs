@@ -27,12 +27,20 @@ impl Code {
     /// sequence in the origin cluster's queue (receivers apply each
     /// sequence once). `ttl_ms` as for [`Code::MODE`].
     pub const REMOTE_MODE: Code = Code(0x0004);
+    /// Per-key rate: `f0` the table (`domain << 32 | id`), `f1` the key,
+    /// `f2` the origin's own rate of hits of that key in thousandths of a
+    /// hit per second, `f3` zero. `ttl_ms` (never 0) is how long receivers
+    /// hold the rate; the sender repeats it sooner while the key is heavy.
+    pub const KEY_RATE: Code = Code(0x0008);
     /// Local API only: cluster load of resource `f0`.
     pub const QUERY_LOAD: Code = Code(0x0101);
     /// Local API only: effective mode of resource `f0`.
     pub const QUERY_MODE: Code = Code(0x0102);
     /// Local API only: mark of session `f0`.
     pub const QUERY_SESSION: Code = Code(0x0103);
+    /// Local API only: count `f2` hits of key `f1` under limit `f0` and
+    /// decide (see `docs/local-api.md`).
+    pub const QUERY_LIMIT: Code = Code(0x0104);
     /// Local API only: the reply to a request that could not be served;
     /// `f0` holds the reason (see `docs/local-api.md`).
     pub const REPLY_ERROR: Code = Code(0x01ff);
@@ -47,9 +55,11 @@ impl Code {
             0x0002 => CodeKind::Mode,
             0x0003 => CodeKind::SessionMark,
             0x0004 => CodeKind::RemoteMode,
+            0x0008 => CodeKind::KeyRate,
             0x0101 => CodeKind::QueryLoad,
             0x0102 => CodeKind::QueryMode,
             0x0103 => CodeKind::QuerySession,
+            0x0104 => CodeKind::QueryLimit,
             0x01ff => CodeKind::ReplyError,
             c if c >= Self::EXTENSION_FIRST => CodeKind::Extension,
             _ => CodeKind::Unknown,
@@ -64,9 +74,11 @@ pub enum CodeKind {
     Mode,
     SessionMark,
     RemoteMode,
+    KeyRate,
     QueryLoad,
     QueryMode,
     QuerySession,
+    QueryLimit,
     ReplyError,
     /// `0x8000..=0xffff`: application-defined, relayed as is.
     Extension,
@@ -241,6 +253,9 @@ mod tests {
     fn code_ranges() {
         assert_eq!(Code(0x0001).kind(), CodeKind::Load);
         assert_eq!(Code(0x0005).kind(), CodeKind::Unknown);
+        assert_eq!(Code(0x0008).kind(), CodeKind::KeyRate);
+        assert_eq!(Code(0x0009).kind(), CodeKind::Unknown);
+        assert_eq!(Code(0x0104).kind(), CodeKind::QueryLimit);
         assert_eq!(Code(0x7fff).kind(), CodeKind::Unknown);
         assert_eq!(Code(0x8000).kind(), CodeKind::Extension);
         assert_eq!(Code(0xffff).kind(), CodeKind::Extension);

@@ -159,6 +159,7 @@ fn documented_vectors_match_the_implementation() {
         "c-signed-key",
         "c-signed-nonce",
         "c-signed-aegismac-not-the-tag",
+        KEY_RATE_VECTOR,
     ]
     .into_iter()
     .chain(TRUST_VECTORS);
@@ -181,6 +182,26 @@ fn documented_vectors_match_the_implementation() {
 
     check_datagram_vector("b-unsigned", &vectors["b-unsigned"], &vector_b());
     check_datagram_vector("c-signed", &vectors["c-signed"], &vector_c());
+
+    let h = &vectors[KEY_RATE_VECTOR];
+    assert_eq!(hex(&record_h().to_bytes()), hex(h), "vector h-key-rate");
+    assert_eq!(Record::decode_slice(h), Ok(record_h()), "vector h-key-rate");
+}
+
+/// Section 8.1: a per-key rate.
+const KEY_RATE_VECTOR: &str = "h-key-rate";
+
+fn record_h() -> Record {
+    Record {
+        timing_us: 1_767_225_601_000_000,
+        seq: 43,
+        origin: 3,
+        ttl_ms: 250,
+        code: Code::KEY_RATE,
+        op: Op::SEND,
+        // Domain 1 (limits), FNV-1a 32 of "login"; ::ffff:192.0.2.1.
+        fields: [0x0000_0001_c97f_2f32, 0x0000_ffff_c000_0201, 1_250_000, 0],
+    }
 }
 
 /// Section 6.3's intermediate values, computed here with the primitives
