@@ -24,6 +24,10 @@
 //!   counting under rate limits and the log responder.
 //! - `ratelimit`: cluster-wide rate limits on top of `keyrate`: token
 //!   buckets refilled at this node's share of each key's limit.
+//! - `syslog`: the syslog parser (RFC 5424, RFC 3164) and the RFC 6587
+//!   stream framer, strict and bounded.
+//! - `rules`: the log responder's rules (anchored patterns, one
+//!   `RegexSet`), its cluster buckets on `keyrate`, and the actions.
 //! - `hash`: the keyed hasher of every map here (seeded by the caller).
 
 mod controller;
@@ -46,7 +50,7 @@ pub use controller::{Decision, Level, ModeController, ModeRules, Rule};
 pub use hash::{Map, SeededState};
 pub use node::{
     BacklogSnapshot, Counters, LocalError, Node, NodeParams, NodeSnapshot, PeerSnapshot, PeerStats,
-    RecordRefusal, Refused, DEFAULT_RELAY_CAPACITY, MAX_LOCAL_RECORDS,
+    RecordRefusal, Refused, DEFAULT_RELAY_CAPACITY, MAX_LOCAL_RECORDS, RESPONDER_INBOX,
 };
 pub use relay::{Relay, RelayCounters, RelayMsg};
 pub use savelog::{

@@ -17,7 +17,7 @@ use shoal_wire::{
 
 use crate::controller::{Decision, ModeController, ModeRules};
 use crate::hash::{Map, SeededState};
-use crate::keyrate::KeyRateRecord;
+use crate::keyrate::{self, KeyRateRecord};
 use crate::ratelimit::{LimitRule, LimitSnapshot, Limits, LimitsError, TopKey, ANNOUNCE_EVERY};
 use crate::relay::{Relay, RelayCounters, RelayMsg};
 use crate::state::{Applied, ClusterState, LoadView, MarkView, ModeView, StateLimits};
@@ -384,7 +384,16 @@ pub struct Node {
     /// Nodes heard from lately, this one included (the share of a new
     /// key's burst).
     live_nodes: usize,
+    /// Other nodes' responder counts (`KEY_RATE`, domain 2) waiting for
+    /// the log responder, which owns the tables; `None` while no
+    /// responder runs (the records are then unknown, as on a node
+    /// without one).
+    responder_inbox: Option<VecDeque<(u32, KeyRateRecord)>>,
+    responder_inbox_dropped: u64,
 }
+
+/// Responder counts held for the responder between its drains.
+pub const RESPONDER_INBOX: usize = 65_536;
 
 impl Node {
     /// A node starting at `now`, when the wall clock reads `wall_us`
@@ -432,6 +441,8 @@ impl Node {
             next_announce: now + ANNOUNCE_EVERY,
             announce_buf: Vec::new(),
             live_nodes: 1,
+            responder_inbox: None,
+            responder_inbox_dropped: 0,
         }
     }
 
@@ -517,6 +528,36 @@ impl Node {
     /// Nodes heard from within the last second, this one included.
     pub fn live_nodes(&self) -> usize {
         self.live_nodes
+    }
+
+    /// Starts holding the responder's `KEY_RATE` records (domain 2) for
+    /// [`Node::take_responder_rates`].
+    pub fn enable_responder_rates(&mut self) {
+        self.responder_inbox.get_or_insert_with(VecDeque::new);
+    }
+
+    /// Moves the held responder counts (origin, record) into `out`.
+    pub fn take_responder_rates(&mut self, out: &mut Vec<(u32, KeyRateRecord)>) {
+        if let Some(q) = self.responder_inbox.as_mut() {
+            out.extend(q.drain(..));
+        }
+    }
+
+    /// Responder counts dropped because the responder had not drained
+    /// [`RESPONDER_INBOX`] of them.
+    pub fn responder_inbox_dropped(&self) -> u64 {
+        self.responder_inbox_dropped
+    }
+
+    /// Multicasts one of the responder's counts with the next batch.
+    pub fn send_key_rate(&mut self, now: Instant, k: &KeyRateRecord) {
+        let mut r = k.to_record();
+        self.record_seq = self.hybrid_next(now, self.record_seq);
+        r.timing_us = self.wall_us(now);
+        r.seq = self.record_seq;
+        r.origin = self.id;
+        r.op = Op::SEND;
+        self.enqueue(now, &r);
     }
 
     pub fn id(&self) -> u32 {
@@ -838,9 +879,20 @@ impl Node {
             }
             Action::KeyRate(rec) => {
                 // Held for what is left of its lifetime (7.2).
-                if origin != self.id {
-                    self.limits
-                        .absorb(now, origin, &KeyRateRecord { ttl_ms, ..rec });
+                let rec = KeyRateRecord { ttl_ms, ..rec };
+                let responder = rec.table >> 32 == u64::from(keyrate::domain::RESPONDER);
+                match self.responder_inbox.as_mut() {
+                    _ if origin == self.id => {}
+                    // The log responder owns its tables: held until it
+                    // takes them (bounded; what does not fit is counted).
+                    Some(q) if responder => {
+                        if q.len() < RESPONDER_INBOX {
+                            q.push_back((origin, rec));
+                        } else {
+                            self.responder_inbox_dropped += 1;
+                        }
+                    }
+                    _ => self.limits.absorb(now, origin, &rec),
                 }
                 Applied::Ok
             }

@@ -9,8 +9,9 @@
 //! - All message patterns are compiled into one `RegexSet`; only a rule it
 //!   selects runs its captures, so the cost per line does not grow with
 //!   the number of rules that do not match.
-//! - Buckets sit behind [`Buckets`]: [`LocalBuckets`] counts on this node;
-//!   a cluster-wide counter can take its place without touching the rules.
+//! - Buckets sit behind [`Buckets`]; [`ClusterBuckets`] counts on the
+//!   cluster's shared per-key counters (`keyrate`), so attempts spread
+//!   over the nodes fill one bucket.
 //!
 //! `now` is passed in; config parsing (TOML) is the node's.
 
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use regex::{Regex, RegexSet};
 
 use crate::hash::{Map, SeededState};
+use crate::keyrate::{domain, name_id, table_id, KeyRateParams, KeyRateRecord, KeyRates};
 
 /// An IP network (`10.0.0.0/8`, `2001:db8::/32`, or one address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,87 +325,161 @@ pub enum Fill {
     Held(u32),
     /// Overflowed: act. The bucket is emptied.
     Overflow,
-    /// No room to track a new key: counted, not acted on.
+    /// No bucket for the key (a rule without a table): counted, not
+    /// acted on.
     TableFull,
 }
 
-/// Where events are counted: [`LocalBuckets`] on this node, or a
-/// cluster-wide counter fed by every node's events.
+/// Where events are counted ([`ClusterBuckets`]; tests may count
+/// otherwise).
 pub trait Buckets {
     fn add(&mut self, now: Instant, key: BucketKey, shape: BucketShape) -> Fill;
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Level {
-    /// Events held, in units of 1/1024 event (so leaking is exact enough
-    /// without floats).
-    milli: u64,
-    at: Instant,
-    leak_every: Duration,
+/// The buckets counted across the cluster on `keyrate` tables, one per
+/// rule (`KEY_RATE` table `domain::RESPONDER << 32 | name_id(rule)`).
+///
+/// A cluster bucket leaks exponentially rather than linearly: each node
+/// keeps a decayed count per address with time constant
+/// `tau = max(capacity, 1) * leak_every` (the same sustained rate
+/// overflows it as the linear bucket, `1 / leak_every`, and a burst of
+/// `capacity + 1` within a small part of `tau` does), announces it while
+/// it is at least half an event, and holds the other nodes' counts for
+/// [`ANNOUNCE_TTL`]. The event that brings the cluster's count (own plus
+/// peers') to `capacity + 1` (rounded to the nearest event) overflows.
+///
+/// On the wire the `f2` of a responder `KEY_RATE` carries the sender's
+/// decayed count in thousandths of an event (not hits/s): rules with a
+/// `findtime` of hours would lose every event to rounding otherwise.
+pub struct ClusterBuckets {
+    tables: Vec<KeyRates<()>>,
+    ids: Vec<u64>,
+    by_id: Map<u64, usize>,
+    taus: Vec<f64>,
+    next_announce: Instant,
+    sweep_idle: Vec<Duration>,
 }
 
-const UNIT: u64 = 1024;
-
-/// Leaky buckets on this node, at most `capacity` keys; when full, keys
-/// that have leaked empty are dropped first, and a new key is refused
-/// (counted) if none has.
-#[derive(Debug)]
-pub struct LocalBuckets {
-    map: Map<BucketKey, Level>,
-    max: usize,
-}
-
-impl LocalBuckets {
-    pub fn new(max: usize, seed: u128) -> LocalBuckets {
-        LocalBuckets {
-            map: Map::with_hasher(SeededState::new(seed)),
-            max: max.max(1),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    fn leaked(l: Level, now: Instant) -> u64 {
-        let dt = now.saturating_duration_since(l.at).as_nanos();
-        let per = l.leak_every.as_nanos().max(1);
-        let out = dt.saturating_mul(u128::from(UNIT)) / per;
-        l.milli
-            .saturating_sub(u64::try_from(out).unwrap_or(u64::MAX))
+impl std::fmt::Debug for ClusterBuckets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterBuckets")
+            .field("tables", &self.tables.len())
+            .finish()
     }
 }
 
-impl Buckets for LocalBuckets {
-    fn add(&mut self, now: Instant, key: BucketKey, shape: BucketShape) -> Fill {
-        if !self.map.contains_key(&key) && self.map.len() >= self.max {
-            // Sweep: whatever leaked empty by now goes. O(n) but only when
-            // full, and it frees every empty key at once.
-            self.map.retain(|_, l| LocalBuckets::leaked(*l, now) > 0);
-            if self.map.len() >= self.max {
-                return Fill::TableFull;
-            }
-        }
-        let l = self.map.entry(key).or_insert(Level {
-            milli: 0,
-            at: now,
-            leak_every: shape.leak_every,
-        });
-        let level = LocalBuckets::leaked(*l, now);
-        if level + UNIT > u64::from(shape.capacity) * UNIT {
-            self.map.remove(&key);
-            return Fill::Overflow;
-        }
-        *l = Level {
-            milli: level + UNIT,
-            at: now,
-            leak_every: shape.leak_every,
+/// How often a node announces its responder counts.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(100);
+/// How long a peer's announced count is held.
+pub const ANNOUNCE_TTL: Duration = Duration::from_millis(1000);
+
+impl ClusterBuckets {
+    /// One table per rule of `rules`, `per_rule` keys each (the tables take
+    /// their memory now).
+    pub fn new(rules: &RuleSet, per_rule: usize, now: Instant, seed: u128) -> ClusterBuckets {
+        let hasher = SeededState::new(seed);
+        let mut b = ClusterBuckets {
+            tables: Vec::with_capacity(rules.len()),
+            ids: Vec::with_capacity(rules.len()),
+            by_id: Map::with_hasher(hasher),
+            taus: Vec::with_capacity(rules.len()),
+            next_announce: now,
+            sweep_idle: Vec::with_capacity(rules.len()),
         };
-        Fill::Held(((level + UNIT) / UNIT) as u32)
+        for (i, r) in rules.rules.iter().enumerate() {
+            let tau = r.leak_every.saturating_mul(r.capacity.max(1));
+            let tau_s = tau.as_secs_f64().max(1e-3);
+            let p = KeyRateParams {
+                capacity: per_rule,
+                tau,
+                announce_min: 0.5 / tau_s,
+                max_announce: 512,
+                peer_capacity: per_rule.min(65_536),
+                max_origins: 64,
+            };
+            let id = table_id(domain::RESPONDER, name_id(&r.name));
+            b.tables.push(KeyRates::new(p, now, hasher));
+            b.by_id.insert(id, i);
+            b.ids.push(id);
+            b.taus.push(tau_s);
+            // A count is below 1/1000 of an event after 7 tau.
+            b.sweep_idle.push(tau.saturating_mul(7));
+        }
+        b
+    }
+
+    fn key(addr: IpAddr) -> u64 {
+        addr_key(addr)
+    }
+
+    /// Counts that gave way to heavier ones in full tables (monotonic).
+    pub fn evictions(&self) -> u64 {
+        self.tables.iter().map(|t| t.counters().evictions).sum()
+    }
+
+    /// When [`ClusterBuckets::announce`] is next due.
+    pub fn next_announce(&self) -> Instant {
+        self.next_announce
+    }
+
+    /// If due, the records to send: each table's addresses holding at
+    /// least half an event, with their counts; sweeps idle keys too.
+    pub fn announce(&mut self, now: Instant, mut emit: impl FnMut(KeyRateRecord)) {
+        if now < self.next_announce {
+            return;
+        }
+        self.next_announce = now + ANNOUNCE_EVERY;
+        let ttl_ms = ANNOUNCE_TTL.as_millis() as u32;
+        for (i, t) in self.tables.iter_mut().enumerate() {
+            let (table, tau) = (self.ids[i], self.taus[i]);
+            t.announce(now, |key, rate| {
+                emit(KeyRateRecord {
+                    table,
+                    key,
+                    rate: rate * tau,
+                    ttl_ms,
+                })
+            });
+            t.sweep(now, self.sweep_idle[i], 1024);
+        }
+    }
+
+    /// Takes another node's announced count. False when the table is not
+    /// one of ours (another rule set) or the peer table is full.
+    pub fn absorb(&mut self, now: Instant, origin: u32, k: &KeyRateRecord) -> bool {
+        let Some(&i) = self.by_id.get(&k.table) else {
+            return false;
+        };
+        let until = now + Duration::from_millis(u64::from(k.ttl_ms).min(10_000));
+        let rate = k.rate / self.taus[i];
+        self.tables[i].absorb(now, origin, k.key, rate, until)
+    }
+
+    /// The cluster count of an address under a rule (own plus peers').
+    pub fn level(&self, now: Instant, rule: usize, addr: IpAddr) -> f64 {
+        self.tables[rule]
+            .view(now, ClusterBuckets::key(addr))
+            .cluster()
+            * self.taus[rule]
+    }
+}
+
+impl Buckets for ClusterBuckets {
+    fn add(&mut self, now: Instant, key: BucketKey, shape: BucketShape) -> Fill {
+        let i = key.rule as usize;
+        let Some(t) = self.tables.get_mut(i) else {
+            return Fill::TableFull;
+        };
+        let h = t.hit(now, ClusterBuckets::key(key.addr), 1);
+        let level = (h.local + h.peers) * self.taus[i];
+        // Rounded: decay between the events of a burst takes a little
+        // off each.
+        let events = (level + 0.5).floor();
+        if events > f64::from(shape.capacity) {
+            Fill::Overflow
+        } else {
+            Fill::Held(events as u32)
+        }
     }
 }
 
@@ -421,7 +497,7 @@ pub enum Outcome {
         hit: Hit,
         action: ActionSpec,
     },
-    /// Matched, but the bucket table had no room: not acted on.
+    /// Matched, but no bucket could count it: not acted on.
     Dropped {
         hit: Hit,
     },
@@ -429,7 +505,7 @@ pub enum Outcome {
 
 /// The rules and their buckets.
 #[derive(Debug)]
-pub struct Responder<B: Buckets = LocalBuckets> {
+pub struct Responder<B: Buckets = ClusterBuckets> {
     pub rules: RuleSet,
     pub buckets: B,
 }
@@ -439,6 +515,7 @@ impl<B: Buckets> Responder<B> {
         Responder { rules, buckets }
     }
 
+    /// Matches a line, counts it in its bucket and says what to do.
     pub fn observe(&mut self, now: Instant, host: &str, program: &str, msg: &str) -> Outcome {
         let hit = match self.rules.find(host, program, msg) {
             Ok(h) => h,
@@ -624,72 +701,105 @@ mod tests {
     }
 
     #[test]
-    fn leaky_bucket_maxretry_findtime() {
+    fn maxretry_within_findtime_alone() {
         let set = RuleSet::compile(&[rule("sshd", SSHD, 3)], NetList::default()).unwrap();
-        let mut r = Responder::new(set, LocalBuckets::new(16, 1));
         let t0 = Instant::now();
+        let b = ClusterBuckets::new(&set, 16, t0, 1);
+        let mut r = Responder::new(set, b);
         let line = |a: &str| format!("Failed password for root from {a} port 22");
         let l = line("5.6.7.8");
+        let s = Duration::from_secs(1);
         assert!(matches!(
             r.observe(t0, "h", "sshd", &l),
             Outcome::Counted { level: 1, .. }
         ));
         assert!(matches!(
-            r.observe(t0, "h", "sshd", &l),
+            r.observe(t0 + s, "h", "sshd", &l),
             Outcome::Counted { level: 2, .. }
         ));
         // Another address has its own bucket.
         assert!(matches!(
-            r.observe(t0, "h", "sshd", &line("5.6.7.9")),
+            r.observe(t0 + s, "h", "sshd", &line("5.6.7.9")),
             Outcome::Counted { level: 1, .. }
         ));
         assert!(matches!(
-            r.observe(t0, "h", "sshd", &l),
+            r.observe(t0 + 2 * s, "h", "sshd", &l),
             Outcome::Act { .. }
         ));
-        // Emptied after acting.
-        assert!(matches!(
-            r.observe(t0, "h", "sshd", &l),
-            Outcome::Counted { level: 1, .. }
-        ));
-        // 3 per 600 s leak: after 400 s two events are gone.
-        let t1 = t0 + Duration::from_secs(400);
-        assert!(matches!(
-            r.observe(t1, "h", "sshd", &l),
-            Outcome::Counted { level: 1, .. }
-        ));
-        assert!(matches!(
-            r.observe(t1, "h", "sshd", &l),
-            Outcome::Counted { level: 2, .. }
-        ));
-        assert!(matches!(
-            r.observe(t1, "h", "sshd", &l),
-            Outcome::Act { .. }
-        ));
+        // Spread thinner than maxretry per findtime (3 per 600 s; tau
+        // 400 s): one every 400 s never acts.
+        let far = line("5.6.7.10");
+        for k in 0..20 {
+            let o = r.observe(t0 + 400 * k * s, "h", "sshd", &far);
+            assert!(matches!(o, Outcome::Counted { .. }), "{k}: {o:?}");
+        }
     }
 
     #[test]
-    fn bucket_table_is_bounded() {
-        let mut b = LocalBuckets::new(2, 1);
-        let shape = BucketShape {
-            capacity: 5,
-            leak_every: Duration::from_secs(1),
-        };
+    fn cluster_buckets_fill_one_bucket_from_three_nodes() {
+        let spec = rule("sshd", SSHD, 5); // capacity 4: the 5th event acts
+        let set = || RuleSet::compile(std::slice::from_ref(&spec), NetList::default()).unwrap();
         let t0 = Instant::now();
-        let k = |n: u8| BucketKey {
-            rule: 0,
-            addr: IpAddr::from([1, 1, 1, n]),
-        };
-        assert_eq!(b.add(t0, k(1), shape), Fill::Held(1));
-        assert_eq!(b.add(t0, k(2), shape), Fill::Held(1));
-        assert_eq!(b.add(t0, k(3), shape), Fill::TableFull);
-        assert_eq!(b.len(), 2);
-        // Once the others leaked empty, a new key gets in.
-        assert_eq!(
-            b.add(t0 + Duration::from_secs(2), k(3), shape),
-            Fill::Held(1)
+        let mut nodes: Vec<Responder<ClusterBuckets>> = (0..3)
+            .map(|i| {
+                let rules = set();
+                let b = ClusterBuckets::new(&rules, 1024, t0, i);
+                Responder::new(rules, b)
+            })
+            .collect();
+        let line = "Failed password for root from 7.7.7.7 port 22";
+        let mut acted = Vec::new();
+        // Ten attempts, 0.3 s apart, round robin over the nodes; every
+        // 100 ms each node announces and the others absorb.
+        let mut t = t0;
+        for n in 0..10 {
+            for _ in 0..3 {
+                t += Duration::from_millis(100);
+                let mut sent = Vec::new();
+                for (i, r) in nodes.iter_mut().enumerate() {
+                    r.buckets.announce(t, |k| sent.push((i as u32, k)));
+                }
+                for (from, k) in &sent {
+                    for (i, r) in nodes.iter_mut().enumerate() {
+                        if i as u32 != *from {
+                            assert!(r.buckets.absorb(t, *from, k));
+                        }
+                    }
+                }
+            }
+            let i = n % 3;
+            if let Outcome::Act { .. } = nodes[i].observe(t, "h", "sshd", line) {
+                acted.push(n);
+            }
+        }
+        // The fifth attempt overall overflows (it is node 1's second);
+        // later ones overflow too (the count stays high): the edge
+        // suppresses those while the action is in force.
+        assert_eq!(acted.first(), Some(&4), "{acted:?}");
+        let lvl = nodes[0].buckets.level(t, 0, "7.7.7.7".parse().unwrap());
+        assert!((9.5..=10.5).contains(&lvl), "{lvl}");
+        // Alone, one node would have needed five of its own.
+        let rules = set();
+        let b = ClusterBuckets::new(&rules, 1024, t0, 9);
+        let mut alone = Responder::new(rules, b);
+        let outs: Vec<_> = (0..5)
+            .map(|k| alone.observe(t0 + Duration::from_secs(k), "h", "sshd", line))
+            .collect();
+        assert!(
+            outs[..4]
+                .iter()
+                .all(|o| matches!(o, Outcome::Counted { .. })),
+            "{outs:?}"
         );
-        assert_eq!(b.len(), 1);
+        assert!(matches!(outs[4], Outcome::Act { .. }));
+        // A table id that is not ours is refused.
+        let k = KeyRateRecord {
+            table: 1,
+            key: 1,
+            rate: 1.0,
+            ttl_ms: 100,
+        };
+        assert!(!alone.buckets.absorb(t0, 2, &k));
     }
 
     #[test]

@@ -221,11 +221,13 @@ pub fn test_log(
     out: &mut impl std::io::Write,
     verbose: bool,
 ) -> std::io::Result<TestSummary> {
-    use shoal_core::rules::{LocalBuckets, Miss, Outcome, Responder};
+    use shoal_core::rules::{ClusterBuckets, Miss, Outcome, Responder};
     let mut per_rule: Vec<u64> = vec![0; rules.len()];
-    let mut r = Responder::new(rules, LocalBuckets::new(10_000_000, 0));
-    let mut sum = TestSummary::default();
     let base = std::time::Instant::now();
+    // The node's buckets, alone: no peers.
+    let buckets = ClusterBuckets::new(&rules, 65_536, base, 0);
+    let mut r = Responder::new(rules, buckets);
+    let mut sum = TestSummary::default();
     let mut first: Option<u64> = None;
     let mut with_pri = Vec::new();
     for (i, line) in log.split(b'\n').enumerate() {

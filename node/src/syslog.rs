@@ -31,9 +31,10 @@ use std::time::{Duration, Instant};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use shoal_core::rules::{
-    addr_key, ActionSpec, LocalBuckets, Net, NetList, Outcome, Responder, RuleSet,
+    addr_key, ActionSpec, ClusterBuckets, Miss, Net, NetList, Outcome, Responder, RuleSet,
 };
 use shoal_core::syslog::{self, Frame, Framer};
+use shoal_core::Node;
 use shoal_wire::{Code, Op, Record};
 use tracing::{debug, info, warn};
 
@@ -67,7 +68,9 @@ pub struct SyslogSection {
     pub idle_timeout_ms: u64,
     #[serde(default = "default_frame_timeout_ms")]
     pub frame_timeout_ms: u64,
-    /// Buckets tracked at once (a key is a rule and an address).
+    /// Buckets tracked at once over all rules (a key is a rule and an
+    /// address), shared equally; each takes about 100 bytes, allocated at
+    /// start.
     #[serde(default = "default_buckets")]
     pub buckets: usize,
 }
@@ -91,7 +94,7 @@ fn default_frame_timeout_ms() -> u64 {
     10_000
 }
 fn default_buckets() -> usize {
-    1_000_000
+    262_144
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
@@ -167,7 +170,15 @@ pub(crate) struct SyslogStats {
     counted: AtomicU64,
     bucket_full: AtomicU64,
     actions: AtomicU64,
+    already: AtomicU64,
     action_errors: AtomicU64,
+    rates_sent: AtomicU64,
+    rates_absorbed: AtomicU64,
+    rates_refused: AtomicU64,
+    /// Copies of monotonic counters kept elsewhere (the node's inbox, the
+    /// keyrate tables), refreshed each announce round.
+    inbox_dropped: AtomicU64,
+    evictions: AtomicU64,
     tcp_open: AtomicUsize,
 }
 
@@ -227,6 +238,7 @@ impl SyslogStats {
             ("counted", l(&self.counted)),
             ("bucket_table_full", l(&self.bucket_full)),
             ("acted", l(&self.actions)),
+            ("already_acted", l(&self.already)),
         ]
         .map(|(result, v)| (Result_ { result }, v));
         let (bp, refused, timeouts, broken, errors) = (
@@ -237,6 +249,14 @@ impl SyslogStats {
             l(&self.action_errors),
         );
         let open = self.tcp_open.load(Ordering::Relaxed) as u64;
+        let rates = [
+            ("sent", l(&self.rates_sent)),
+            ("absorbed", l(&self.rates_absorbed)),
+            ("refused", l(&self.rates_refused)),
+            ("inbox_full", l(&self.inbox_dropped)),
+        ]
+        .map(|(result, v)| (Result_ { result }, v));
+        let evictions = l(&self.evictions);
         reg.register_collector(collector(move |o| {
             o.counters(
                 "syslog_messages",
@@ -278,6 +298,16 @@ impl SyslogStats {
                 "responder_lines",
                 "Parsed lines by what the rules made of them.",
                 lines.clone(),
+            )?;
+            o.counters(
+                "responder_counts",
+                "Cluster bucket counts (KEY_RATE, domain 2): sent, taken from peers, refused (not our rules or peer table full), dropped before the responder read them.",
+                rates.clone(),
+            )?;
+            o.counter(
+                "responder_bucket_evictions",
+                "Addresses whose count gave way to a heavier one in a full bucket table.",
+                evictions,
             )?;
             o.counter(
                 "responder_action_errors",
@@ -348,7 +378,10 @@ pub(crate) fn start(
         })?);
     }
     drop(tx);
-    let responder = Responder::new(rules, LocalBuckets::new(cfg.buckets, seed));
+    let per_rule = (cfg.buckets / rules.len().max(1)).max(1024);
+    let buckets = ClusterBuckets::new(&rules, per_rule, Instant::now(), seed);
+    let responder = Responder::new(rules, buckets);
+    shared.with_node(Node::enable_responder_rates);
     let s = Arc::clone(shared);
     threads.push(spawn("shoal-syslog", move || worker(&s, rx, responder))?);
     Ok(SyslogEdge { threads })
@@ -562,11 +595,81 @@ pub(crate) fn action_record(action: ActionSpec, addr: IpAddr) -> Option<Record> 
     Some(r)
 }
 
+/// True when the action is in force already with at least half its TTL
+/// left (set by this node or another): acting again would only repeat it.
+fn in_force(node: &Node, now: Instant, action: ActionSpec, addr: IpAddr) -> bool {
+    match action {
+        ActionSpec::Mark { suspicious, ttl } => {
+            let want = if suspicious {
+                Record::MARK_SUSPICIOUS
+            } else {
+                Record::MARK_LEGITIMATE
+            };
+            let m = node.mark(now, addr_key(addr));
+            m.mark == want && m.remaining >= ttl / 2
+        }
+        ActionSpec::Mode {
+            resource,
+            level,
+            ttl,
+        } => {
+            let m = node.mode(now, resource);
+            m.level >= level && m.remaining >= ttl / 2
+        }
+        ActionSpec::Block { .. } => false,
+    }
+}
+
+/// Takes the peers' counts, announces ours: one round.
+fn exchange(
+    s: &Shared,
+    r: &mut Responder,
+    inbox: &mut Vec<(u32, shoal_core::keyrate::KeyRateRecord)>,
+) {
+    let st = &s.io.syslog;
+    inbox.clear();
+    let dropped = s.with_node(|n| {
+        n.take_responder_rates(inbox);
+        n.responder_inbox_dropped()
+    });
+    st.inbox_dropped.store(dropped, Ordering::Relaxed);
+    let now = Instant::now();
+    for (origin, k) in inbox.iter() {
+        if r.buckets.absorb(now, *origin, k) {
+            inc(&st.rates_absorbed);
+        } else {
+            inc(&st.rates_refused);
+        }
+    }
+    let mut out = Vec::new();
+    r.buckets.announce(now, |k| out.push(k));
+    st.evictions.store(r.buckets.evictions(), Ordering::Relaxed);
+    if !out.is_empty() {
+        st.rates_sent.fetch_add(out.len() as u64, Ordering::Relaxed);
+        s.with_node(|n| {
+            for k in &out {
+                n.send_key_rate(now, k);
+            }
+            n.flush();
+        });
+    }
+}
+
 fn worker(s: &Shared, rx: Receiver<Msg>, mut responder: Responder) {
     let st = &s.io.syslog;
     let mut from_text = String::new();
+    let mut inbox = Vec::new();
     while !s.stopping() {
-        let m = match rx.recv_timeout(Duration::from_millis(100)) {
+        let due = responder.buckets.next_announce();
+        if Instant::now() >= due {
+            exchange(s, &mut responder, &mut inbox);
+        }
+        let wait = responder
+            .buckets
+            .next_announce()
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(1), Duration::from_millis(100));
+        let m = match rx.recv_timeout(wait) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
@@ -592,9 +695,9 @@ fn worker(s: &Shared, rx: Receiver<Msg>, mut responder: Responder) {
         };
         let now = Instant::now();
         match responder.observe(now, host, line.app, line.msg) {
-            Outcome::Miss(shoal_core::rules::Miss::NoRule) => inc(&st.unmatched),
-            Outcome::Miss(shoal_core::rules::Miss::Ignored) => inc(&st.ignored),
-            Outcome::Miss(shoal_core::rules::Miss::BadAddress) => inc(&st.bad_address),
+            Outcome::Miss(Miss::NoRule) => inc(&st.unmatched),
+            Outcome::Miss(Miss::Ignored) => inc(&st.ignored),
+            Outcome::Miss(Miss::BadAddress) => inc(&st.bad_address),
             Outcome::Counted { .. } => inc(&st.counted),
             Outcome::Dropped { .. } => inc(&st.bucket_full),
             Outcome::Act { hit, action } => {
@@ -604,16 +707,20 @@ fn worker(s: &Shared, rx: Receiver<Msg>, mut responder: Responder) {
                     continue;
                 };
                 let done = s.with_node(|node| {
+                    if in_force(node, now, action, hit.addr) {
+                        return None;
+                    }
                     let r = node.inject(now, rec);
                     node.flush();
-                    r
+                    Some(r)
                 });
                 match done {
-                    Ok(()) => {
+                    None => inc(&st.already),
+                    Some(Ok(())) => {
                         inc(&st.actions);
                         info!(rule, addr = %hit.addr, host, "responder acted");
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         inc(&st.action_errors);
                         warn!(rule, addr = %hit.addr, error = ?e, "responder action refused by the node");
                     }
