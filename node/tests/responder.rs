@@ -1,0 +1,336 @@
+//! The log responder end to end: util-linux `logger` sends RFC 5424 over
+//! UDP and TCP into three real `shoal` nodes on loopback multicast; the
+//! rules count one brute force spread over the nodes in one cluster
+//! bucket and mark the address on every node once; an address a user
+//! wrote into the log is never taken; bad messages are counted and the
+//! nodes keep serving.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use shoal_node::testkit::{unique_group, wait_until, NodeProcess, NodeSpec};
+use shoal_wire::{Code, Record};
+
+mod common;
+
+const BIN: &str = env!("CARGO_BIN_EXE_shoal");
+const WAIT: Duration = Duration::from_secs(5);
+
+const RULES: &str = r#"
+ignore = ["10.200.0.0/16"]
+
+[[rules]]
+name = "sshd-failed"
+program = "sshd"
+pattern = 'Failed password for (?:invalid user )?\S+ from <ADDR> port [0-9]+(?: ssh2)?'
+maxretry = 5
+findtime_s = 600
+action = "mark"
+ttl_s = 600
+"#;
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("shoal-it-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn free_port() -> u16 {
+    // A port free for both UDP and TCP at the time of the call.
+    loop {
+        let t = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let p = t.local_addr().expect("addr").port();
+        if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+struct Syslog {
+    node: NodeProcess,
+    port: u16,
+}
+
+fn cluster(name: &str, n: u32) -> (Vec<Syslog>, PathBuf) {
+    let dir = tempdir(name);
+    let rules = dir.join("rules.toml");
+    std::fs::write(&rules, RULES).expect("rules");
+    let (group, port) = unique_group();
+    let nodes = (1..=n)
+        .map(|id| {
+            let sp = free_port();
+            let mut spec = NodeSpec::loopback(id, group, port, &dir);
+            spec.extra = format!(
+                "[syslog]\nudp = \"127.0.0.1:{sp}\"\ntcp = \"127.0.0.1:{sp}\"\nallow = [\"127.0.0.0/8\"]\nrules = \"{}\"\nmax_message = 1024\nframe_timeout_ms = 500\n",
+                rules.display()
+            );
+            let node = NodeProcess::spawn(Path::new(BIN), &spec).expect("node starts");
+            Syslog { node, port: sp }
+        })
+        .collect();
+    (nodes, dir)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    Udp,
+    TcpLf,
+    TcpOctets,
+}
+
+/// One line through util-linux `logger`, as a router's syslog would send it.
+fn logger(port: u16, via: Via, msg: &str) {
+    let mut c = Command::new("logger");
+    c.args(["--rfc5424", "-n", "127.0.0.1", "-P", &port.to_string()])
+        .args(["-t", "sshd", "--id=4242", "-p", "auth.info"]);
+    match via {
+        Via::Udp => c.arg("-d"),
+        Via::TcpLf => c.arg("-T"),
+        Via::TcpOctets => c.args(["-T", "--octet-count"]),
+    };
+    let st = c.arg(msg).status().expect("logger runs");
+    assert!(st.success(), "logger {via:?} failed: {st}");
+}
+
+fn have_logger() -> bool {
+    Command::new("logger")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn metric(n: &NodeProcess, sample: &str) -> f64 {
+    n.metric(sample)
+        .unwrap_or_else(|| panic!("node {}: no sample {sample}", n.id))
+}
+
+fn lines(n: &NodeProcess, result: &str) -> f64 {
+    metric(
+        n,
+        &format!("shoal_responder_lines_total{{result=\"{result}\"}}"),
+    )
+}
+
+fn total(nodes: &[Syslog], f: impl Fn(&NodeProcess) -> f64) -> f64 {
+    nodes.iter().map(|s| f(&s.node)).sum()
+}
+
+/// (mark, remaining ms) of the session keyed by an IPv4 address.
+fn mark_of(n: &NodeProcess, addr: Ipv4Addr) -> (u64, u64) {
+    let mut c = n.client().expect("client");
+    let r = c
+        .query(
+            Code::QUERY_SESSION,
+            u64::from(addr.to_bits()),
+            Duration::from_secs(1),
+        )
+        .expect("query");
+    (r.fields[1], r.fields[2])
+}
+
+#[test]
+fn brute_force_over_three_nodes_trips_one_bucket_and_injection_bans_nobody() {
+    if !have_logger() {
+        common::skip(
+            "responder::brute_force",
+            "util-linux logger not installed (apt-get install bsdutils)",
+        );
+        return;
+    }
+    let (nodes, _dir) = cluster("responder", 3);
+    let attacker = Ipv4Addr::new(10, 66, 0, 1);
+    let vias = [Via::Udp, Via::TcpLf, Via::TcpOctets];
+
+    // Four failures, over the three nodes and the three framings: no
+    // bucket is full yet (maxretry 5), on any node.
+    for i in 0..4 {
+        let s = &nodes[i % 3];
+        logger(
+            s.port,
+            vias[i % 3],
+            &format!(
+                "Failed password for invalid user admin{i} from {attacker} port {} ssh2",
+                40000 + i
+            ),
+        );
+        // Each node must have counted its line before the next (the
+        // counts are announced every 100 ms).
+        assert!(wait_until(WAIT, || lines(&s.node, "counted") >= (i / 3 + 1) as f64));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(total(&nodes, |n| lines(n, "acted")), 0.0);
+    for s in &nodes {
+        assert_eq!(
+            mark_of(&s.node, attacker).0,
+            0,
+            "no mark yet on node {}",
+            s.node.id
+        );
+    }
+    // The fifth, on node 2, which has seen only one of its own.
+    logger(
+        nodes[1].port,
+        Via::Udp,
+        &format!("Failed password for root from {attacker} port 40004 ssh2"),
+    );
+    for s in &nodes {
+        assert!(
+            wait_until(WAIT, || mark_of(&s.node, attacker).0
+                == Record::MARK_SUSPICIOUS),
+            "node {} has the mark",
+            s.node.id
+        );
+        assert!(
+            mark_of(&s.node, attacker).1 > 500_000,
+            "with the rule's TTL"
+        );
+    }
+    assert_eq!(total(&nodes, |n| lines(n, "acted")), 1.0);
+    assert_eq!(lines(&nodes[1].node, "acted"), 1.0);
+    // More attempts, anywhere: the mark is in force, nobody acts again.
+    for (i, s) in nodes.iter().enumerate() {
+        logger(
+            s.port,
+            Via::Udp,
+            &format!(
+                "Failed password for root from {attacker} port {} ssh2",
+                41000 + i
+            ),
+        );
+    }
+    assert!(wait_until(WAIT, || total(&nodes, |n| lines(
+        n,
+        "already_acted"
+    )) >= 3.0));
+    assert_eq!(total(&nodes, |n| lines(n, "acted")), 1.0);
+    assert!(
+        total(&nodes, |n| metric(
+            n,
+            "shoal_responder_counts_total{result=\"absorbed\"}"
+        )) > 0.0
+    );
+
+    // An address written into the user name (the fail2ban CVE-2013-7176
+    // class), ten times from ten real sources, and the same with a whole
+    // "from ADDR port N" in the user name: nobody is marked.
+    let planted = Ipv4Addr::new(10, 99, 0, 1);
+    let before = total(&nodes, |n| lines(n, "counted") + lines(n, "unmatched"));
+    for i in 0..10u8 {
+        let s = &nodes[usize::from(i) % 3];
+        logger(
+            s.port,
+            Via::Udp,
+            &format!("Failed password for invalid user {planted} from 10.77.0.{i} port 22 ssh2"),
+        );
+        logger(
+            s.port,
+            Via::TcpLf,
+            &format!(
+                "Failed password for invalid user x from {planted} port 22 from 10.78.0.{i} port 22 ssh2"
+            ),
+        );
+    }
+    assert!(wait_until(WAIT, || total(&nodes, |n| lines(n, "counted")
+        + lines(n, "unmatched"))
+        >= before + 20.0));
+    std::thread::sleep(Duration::from_millis(300));
+    for s in &nodes {
+        assert_eq!(
+            mark_of(&s.node, planted).0,
+            0,
+            "planted address marked on node {}",
+            s.node.id
+        );
+        for i in 0..10u8 {
+            assert_eq!(mark_of(&s.node, Ipv4Addr::new(10, 77, 0, i)).0, 0);
+        }
+    }
+    assert_eq!(total(&nodes, |n| lines(n, "acted")), 1.0);
+    // The ignore list: our own network is never acted on.
+    for _ in 0..6 {
+        logger(
+            nodes[0].port,
+            Via::Udp,
+            "Failed password for root from 10.200.1.1 port 22 ssh2",
+        );
+    }
+    assert!(wait_until(WAIT, || lines(&nodes[0].node, "ignored") >= 6.0));
+    assert_eq!(mark_of(&nodes[0].node, Ipv4Addr::new(10, 200, 1, 1)).0, 0);
+}
+
+#[test]
+fn bad_messages_are_counted_and_skipped_and_the_node_keeps_serving() {
+    if !have_logger() {
+        common::skip(
+            "responder::bad_messages",
+            "util-linux logger not installed (apt-get install bsdutils)",
+        );
+        return;
+    }
+    let (nodes, _dir) = cluster("responder-bad", 1);
+    let s = &nodes[0];
+    let n = &s.node;
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let to = ("127.0.0.1", s.port);
+    // Malformed: no PRI, a bad version, bad structured data, not UTF-8.
+    udp.send_to(b"hello there", to).expect("send");
+    udp.send_to(b"<13>7 - - - - - - x", to).expect("send");
+    udp.send_to(b"<13>1 - h sshd - - [oops x", to)
+        .expect("send");
+    udp.send_to(b"<13>1 - h sshd - - - \xff\xfe\xfd", to)
+        .expect("send");
+    // Oversized over UDP (max_message 1024), and through logger over TCP
+    // with octet counting (logger's --size lets it send it).
+    let big = format!("<13>1 - h sshd - - - {}", "A".repeat(2000));
+    udp.send_to(big.as_bytes(), to).expect("send");
+    let long = "B".repeat(1500);
+    let st = Command::new("logger")
+        .args(["--rfc5424", "-n", "127.0.0.1", "-P", &s.port.to_string()])
+        .args(["-T", "--octet-count", "--size", "4000", "-t", "sshd", &long])
+        .status()
+        .expect("logger");
+    assert!(st.success());
+    let malformed = |r: &str| {
+        metric(
+            n,
+            &format!("shoal_syslog_malformed_total{{reason=\"{r}\"}}"),
+        )
+    };
+    assert!(wait_until(WAIT, || malformed("no_pri") == 1.0
+        && malformed("bad_version") == 1.0
+        && malformed("bad_structured_data") == 1.0
+        && malformed("not_utf8") == 1.0));
+    assert!(wait_until(WAIT, || metric(
+        n,
+        "shoal_syslog_dropped_total{reason=\"oversized\"}"
+    ) == 2.0));
+    // A TCP sender with a broken octet count is cut off; one that sits on
+    // half a message longer than frame_timeout_ms (500) is cut off too.
+    let mut t = TcpStream::connect(to).expect("tcp");
+    t.write_all(b"12x4 <13>1 - - - - - -").expect("write");
+    let mut buf = [0u8; 8];
+    t.set_read_timeout(Some(WAIT)).expect("timeout");
+    assert_eq!(t.read(&mut buf).expect("closed by the node"), 0);
+    let mut slow = TcpStream::connect(to).expect("tcp");
+    slow.write_all(b"40 <13>1 - h sshd - - - half")
+        .expect("write");
+    slow.set_read_timeout(Some(WAIT)).expect("timeout");
+    let started = std::time::Instant::now();
+    assert_eq!(slow.read(&mut buf).expect("closed by the node"), 0);
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(metric(n, "shoal_syslog_tcp_broken_total"), 1.0);
+    assert_eq!(metric(n, "shoal_syslog_tcp_timeouts_total"), 1.0);
+    // Still serving: a good line is read and counted, the filter's socket
+    // answers.
+    logger(
+        s.port,
+        Via::TcpOctets,
+        "Failed password for root from 10.66.9.9 port 22 ssh2",
+    );
+    assert!(wait_until(WAIT, || lines(n, "counted") == 1.0));
+    assert_eq!(mark_of(n, Ipv4Addr::new(10, 66, 9, 9)).0, 0);
+}
