@@ -52,10 +52,16 @@ fn free_port() -> u16 {
 
 struct Syslog {
     node: NodeProcess,
+    spec: NodeSpec,
     port: u16,
 }
 
 fn cluster(name: &str, n: u32) -> (Vec<Syslog>, PathBuf) {
+    cluster_with(name, n, "allow = [\"127.0.0.0/8\"]\n", "")
+}
+
+/// `syslog` is added to `[syslog]`, `extra` after it.
+fn cluster_with(name: &str, n: u32, syslog: &str, extra: &str) -> (Vec<Syslog>, PathBuf) {
     let dir = tempdir(name);
     let rules = dir.join("rules.toml");
     std::fs::write(&rules, RULES).expect("rules");
@@ -65,11 +71,15 @@ fn cluster(name: &str, n: u32) -> (Vec<Syslog>, PathBuf) {
             let sp = free_port();
             let mut spec = NodeSpec::loopback(id, group, port, &dir);
             spec.extra = format!(
-                "[syslog]\nudp = \"127.0.0.1:{sp}\"\ntcp = \"127.0.0.1:{sp}\"\nallow = [\"127.0.0.0/8\"]\nrules = \"{}\"\nmax_message = 1024\nframe_timeout_ms = 500\n",
+                "[syslog]\nudp = \"127.0.0.1:{sp}\"\ntcp = \"127.0.0.1:{sp}\"\nrules = \"{}\"\nmax_message = 1024\nframe_timeout_ms = 500\n{syslog}\n{extra}",
                 rules.display()
             );
             let node = NodeProcess::spawn(Path::new(BIN), &spec).expect("node starts");
-            Syslog { node, port: sp }
+            Syslog {
+                node,
+                spec,
+                port: sp,
+            }
         })
         .collect();
     (nodes, dir)
@@ -333,4 +343,112 @@ fn bad_messages_are_counted_and_skipped_and_the_node_keeps_serving() {
     );
     assert!(wait_until(WAIT, || lines(n, "counted") == 1.0));
     assert_eq!(mark_of(n, Ipv4Addr::new(10, 66, 9, 9)).0, 0);
+}
+
+#[test]
+fn senders_outside_the_allowed_networks_are_refused() {
+    let (nodes, _dir) = cluster_with(
+        "responder-allow",
+        1,
+        "allow = [\"10.0.0.0/8\"]\n",
+        "",
+    );
+    let s = &nodes[0];
+    let n = &s.node;
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let line = b"<38>1 - h sshd 1 - - Failed password for root from 10.66.1.1 port 22 ssh2";
+    udp.send_to(line, ("127.0.0.1", s.port)).expect("send");
+    assert!(wait_until(WAIT, || metric(
+        n,
+        "shoal_syslog_dropped_total{reason=\"source\"}"
+    ) == 1.0));
+    let mut t = TcpStream::connect(("127.0.0.1", s.port)).expect("tcp");
+    t.set_read_timeout(Some(WAIT)).expect("timeout");
+    let _ = t.write_all(line);
+    let mut buf = [0u8; 8];
+    // Closed at once (or reset): nothing is read from it.
+    assert!(matches!(t.read(&mut buf), Ok(0) | Err(_)));
+    assert!(wait_until(WAIT, || metric(
+        n,
+        "shoal_syslog_tcp_refused_total"
+    ) == 1.0));
+    assert_eq!(lines(n, "counted") + lines(n, "unmatched"), 0.0);
+}
+
+#[test]
+fn one_connection_per_source_when_configured() {
+    let (nodes, _dir) = cluster_with(
+        "responder-conns",
+        1,
+        "allow = [\"127.0.0.0/8\"]\nmax_per_source = 1\n",
+        "",
+    );
+    let s = &nodes[0];
+    let n = &s.node;
+    let mut first = TcpStream::connect(("127.0.0.1", s.port)).expect("tcp");
+    assert!(wait_until(WAIT, || metric(
+        n,
+        "shoal_syslog_tcp_connections"
+    ) == 1.0));
+    let mut second = TcpStream::connect(("127.0.0.1", s.port)).expect("tcp");
+    second.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut buf = [0u8; 8];
+    assert!(matches!(second.read(&mut buf), Ok(0) | Err(_)));
+    assert!(wait_until(WAIT, || metric(
+        n,
+        "shoal_syslog_tcp_refused_total"
+    ) == 1.0));
+    // The first still works.
+    first
+        .write_all(b"<38>1 - h sshd 1 - - Failed password for root from 10.66.1.2 port 22 ssh2\n")
+        .expect("write");
+    assert!(wait_until(WAIT, || lines(n, "counted") == 1.0));
+}
+
+#[test]
+fn a_mark_survives_kill_9_and_restart_through_the_store() {
+    if !have_logger() {
+        common::skip(
+            "responder::restart",
+            "util-linux logger not installed (apt-get install bsdutils)",
+        );
+        return;
+    }
+    let dir = tempdir("responder-store");
+    let pair = shoal_tarantool::testkit::Pair::start(&dir.join("tt")).expect("tarantool pair");
+    let store = format!(
+        "[store]\nmasters = [\"{}\", \"{}\"]\npassword = \"{}\"\nrequest_timeout_ms = 2000\nreplay_timeout_ms = 3000\n",
+        pair.a, pair.b, pair.password
+    );
+    let (mut nodes, _d) = cluster_with(
+        "responder-store-nodes",
+        1,
+        "allow = [\"127.0.0.0/8\"]\n",
+        &store,
+    );
+    let attacker = Ipv4Addr::new(10, 66, 2, 1);
+    for i in 0..5 {
+        logger(
+            nodes[0].port,
+            Via::Udp,
+            &format!(
+                "Failed password for root from {attacker} port {} ssh2",
+                1000 + i
+            ),
+        );
+    }
+    let n = &nodes[0].node;
+    assert!(wait_until(WAIT, || mark_of(n, attacker).0 == Record::MARK_SUSPICIOUS));
+    assert!(wait_until(WAIT, || metric(n, "shoal_store_saved_total") >= 1.0));
+    nodes[0].node.kill();
+    // The same node again: the mark can only come back from the store.
+    let back = NodeProcess::spawn(Path::new(BIN), &nodes[0].spec).expect("node restarts");
+    assert_eq!(metric(&back, "shoal_replay_ok"), 1.0);
+    let (mark, left) = mark_of(&back, attacker);
+    assert_eq!(
+        mark,
+        Record::MARK_SUSPICIOUS,
+        "the mark is back after the restart"
+    );
+    assert!(left > 500_000, "with its TTL left: {left} ms");
 }
