@@ -347,12 +347,7 @@ fn bad_messages_are_counted_and_skipped_and_the_node_keeps_serving() {
 
 #[test]
 fn senders_outside_the_allowed_networks_are_refused() {
-    let (nodes, _dir) = cluster_with(
-        "responder-allow",
-        1,
-        "allow = [\"10.0.0.0/8\"]\n",
-        "",
-    );
+    let (nodes, _dir) = cluster_with("responder-allow", 1, "allow = [\"10.0.0.0/8\"]\n", "");
     let s = &nodes[0];
     let n = &s.node;
     let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
