@@ -729,3 +729,111 @@ fn worker(s: &Shared, rx: Receiver<Msg>, mut responder: Responder) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const BASE: &str = "[node]\nid = 1\ncluster = 7\n[multicast]\ngroup = \"239.77.0.1\"\nport = 7700\ninterface = \"127.0.0.1\"\n[local]\nsocket = \"/tmp/shoal.sock\"\n";
+
+    fn with(syslog: &str) -> Result<Config, String> {
+        Config::parse(&format!("{BASE}[syslog]\n{syslog}")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_readme_section_parses_with_its_defaults() {
+        let c = with(
+            "udp = \"0.0.0.0:514\"\ntcp = \"0.0.0.0:514\"\nallow = [\"10.0.0.0/8\"]\nrules = \"/etc/shoal/rules.toml\"\n",
+        )
+        .expect("valid");
+        let s = c.syslog.expect("section");
+        assert_eq!(
+            (s.max_message, s.queue, s.max_connections),
+            (8192, 16_384, 256)
+        );
+        assert_eq!(
+            (s.max_per_source, s.idle_timeout_ms, s.frame_timeout_ms),
+            (16, 300_000, 10_000)
+        );
+        assert_eq!(s.buckets, 262_144);
+    }
+
+    #[test]
+    fn bad_sections_name_the_key() {
+        let ok = "allow = [\"10.0.0.0/8\"]\nrules = \"r.toml\"\n";
+        for (text, key) in [
+            (format!("{ok}"), "syslog.udp"),
+            (format!("udp = \"nope\"\n{ok}"), "syslog.udp"),
+            (format!("tcp = \"1.2.3.4\"\n{ok}"), "syslog.tcp"),
+            (
+                "udp = \"127.0.0.1:514\"\nallow = []\nrules = \"r\"\n".into(),
+                "syslog.allow",
+            ),
+            (
+                "udp = \"127.0.0.1:514\"\nallow = [\"10/8\"]\nrules = \"r\"\n".into(),
+                "syslog.allow",
+            ),
+            (
+                format!("udp = \"127.0.0.1:514\"\nmax_message = 10\n{ok}"),
+                "syslog.max_message",
+            ),
+            (
+                format!("udp = \"127.0.0.1:514\"\nqueue = 0\n{ok}"),
+                "syslog.queue",
+            ),
+            (
+                format!("udp = \"127.0.0.1:514\"\nframe_timeout_ms = 1\n{ok}"),
+                "syslog.frame_timeout_ms",
+            ),
+        ] {
+            let e = with(&text).expect_err(&text);
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        assert!(
+            with("udp = \"127.0.0.1:514\"\nrules = \"r\"\n").is_err(),
+            "allow is required"
+        );
+        assert!(with(&format!("udp = \"127.0.0.1:514\"\nnope = 1\n{ok}")).is_err());
+    }
+
+    #[test]
+    fn actions_make_send_save_records() {
+        use shoal_core::rules::ActionSpec;
+        use shoal_wire::{Code, Op, Record};
+        use std::time::Duration;
+        let a = "10.1.2.3".parse().expect("addr");
+        let r = super::action_record(
+            ActionSpec::Mark {
+                suspicious: true,
+                ttl: Duration::from_secs(60),
+            },
+            a,
+        )
+        .expect("record");
+        assert_eq!(
+            (r.code, r.op, r.ttl_ms),
+            (Code::SESSION_MARK, Op::SEND_SAVE, 60_000)
+        );
+        assert_eq!(r.fields, [0x0a01_0203, Record::MARK_SUSPICIOUS, 0, 0]);
+        let r = super::action_record(
+            ActionSpec::Mode {
+                resource: 9,
+                level: 2,
+                ttl: Duration::from_secs(5),
+            },
+            a,
+        )
+        .expect("record");
+        assert_eq!(
+            (r.code, r.fields, r.ttl_ms),
+            (Code::MODE, [9, 2, 0, 0], 5_000)
+        );
+        assert!(super::action_record(
+            ActionSpec::Block {
+                ttl: Duration::from_secs(1)
+            },
+            a
+        )
+        .is_none());
+    }
+}
