@@ -762,7 +762,7 @@ mod tests {
     fn bad_sections_name_the_key() {
         let ok = "allow = [\"10.0.0.0/8\"]\nrules = \"r.toml\"\n";
         for (text, key) in [
-            (format!("{ok}"), "syslog.udp"),
+            (ok.to_string(), "syslog.udp"),
             (format!("udp = \"nope\"\n{ok}"), "syslog.udp"),
             (format!("tcp = \"1.2.3.4\"\n{ok}"), "syslog.tcp"),
             (
