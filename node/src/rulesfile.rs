@@ -225,7 +225,8 @@ pub fn test_log(
     let mut per_rule: Vec<u64> = vec![0; rules.len()];
     let base = std::time::Instant::now();
     // The node's buckets, alone: no peers.
-    let buckets = ClusterBuckets::new(&rules, 65_536, base, 0);
+    let share = ((1 << 20) / rules.len().max(1)).clamp(1024, 65_536);
+    let buckets = ClusterBuckets::new(&rules, share, base, 0);
     let mut r = Responder::new(rules, buckets);
     let mut sum = TestSummary::default();
     let mut first: Option<u64> = None;

@@ -466,25 +466,44 @@ fn accept_loop(
             *n += 1;
         }
         st.tcp_open.fetch_add(1, Ordering::Relaxed);
-        let (s2, tx, per, c) = (
-            Arc::clone(s),
-            tx.clone(),
-            Arc::clone(&per_source),
-            cfg.clone(),
-        );
+        // Released when the connection's thread ends, or at once if it
+        // cannot be started (the closure is dropped unrun).
+        let slot = Slot {
+            shared: Arc::clone(s),
+            per: Arc::clone(&per_source),
+            ip,
+        };
+        let (tx, c) = (tx.clone(), cfg.clone());
         let spawned = spawn("shoal-syslog-conn", move || {
-            conn_loop(&s2, conn, ip, &tx, &c);
-            s2.io.syslog.tcp_open.fetch_sub(1, Ordering::Relaxed);
-            let mut m = per.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = m.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&ip);
-                }
-            }
+            conn_loop(&slot.shared, conn, ip, &tx, &c);
+            drop(slot);
         });
         if let Err(e) = spawned {
             warn!(error = %e, "cannot start a syslog connection thread");
+        }
+    }
+}
+
+/// One TCP connection's place in the limits.
+struct Slot {
+    shared: Arc<Shared>,
+    per: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared
+            .io
+            .syslog
+            .tcp_open
+            .fetch_sub(1, Ordering::Relaxed);
+        let mut m = self.per.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
         }
     }
 }

@@ -235,7 +235,7 @@ struct Pass {
 
 fn run_ours(log: &str, rules: RuleSet, with_parse: bool) -> anyhow::Result<Pass> {
     let base = Instant::now();
-    let buckets = ClusterBuckets::new(&rules, 65_536, base, 7);
+    let buckets = ClusterBuckets::new(&rules, 8192, base, 7);
     let mut r = Responder::new(rules, buckets);
     let mut framed = Vec::with_capacity(256);
     // Pre-parsed lines for the rules-only figure.
