@@ -447,3 +447,63 @@ fn a_mark_survives_kill_9_and_restart_through_the_store() {
     );
     assert!(left > 500_000, "with its TTL left: {left} ms");
 }
+
+#[test]
+fn tcp_waits_for_a_full_queue_and_loses_nothing() {
+    let (nodes, _dir) = cluster_with(
+        "responder-backpressure",
+        1,
+        "allow = [\"127.0.0.0/8\"]\nqueue = 1\n",
+        "",
+    );
+    let s = &nodes[0];
+    let n = &s.node;
+    const LINES: usize = 50_000;
+    let mut t = TcpStream::connect(("127.0.0.1", s.port)).expect("tcp");
+    let mut batch = Vec::with_capacity(1 << 20);
+    for i in 0..LINES {
+        let m = format!("<13>1 - h app - - - line {i}");
+        if i % 2 == 0 {
+            batch.extend_from_slice(format!("{} {m}", m.len()).as_bytes());
+        } else {
+            batch.extend_from_slice(m.as_bytes());
+            batch.push(b'\n');
+        }
+    }
+    t.write_all(&batch).expect("write");
+    // Every line is read and judged (unmatched: no rule for `app`),
+    // none dropped, and the queue of one made the reader wait.
+    assert!(
+        wait_until(Duration::from_secs(30), || lines(n, "unmatched")
+            == LINES as f64),
+        "read {} of {LINES}",
+        lines(n, "unmatched")
+    );
+    assert_eq!(
+        metric(n, "shoal_syslog_messages_total{transport=\"tcp\"}"),
+        LINES as f64
+    );
+    assert_eq!(
+        metric(n, "shoal_syslog_dropped_total{reason=\"queue_full\"}"),
+        0.0
+    );
+    assert!(metric(n, "shoal_syslog_backpressure_total") > 0.0);
+
+    // UDP cannot wait: what does not fit is dropped and counted, and
+    // every datagram received is either judged or counted as dropped.
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    for i in 0..20_000 {
+        let m = format!("<13>1 - h app - - - udp {i}");
+        let _ = udp.send_to(m.as_bytes(), ("127.0.0.1", s.port));
+    }
+    let accounted = || {
+        let got = metric(n, "shoal_syslog_messages_total{transport=\"udp\"}");
+        let full = metric(n, "shoal_syslog_dropped_total{reason=\"queue_full\"}");
+        got > 0.0 && lines(n, "unmatched") - LINES as f64 + full == got
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        wait_until(WAIT, accounted),
+        "every UDP message judged or counted"
+    );
+}
