@@ -1,7 +1,8 @@
 //! The log responder's `KEY_RATE` records (domain 2) on a receiving
 //! `Node`: held for the responder once it runs, judged by their own
-//! timing like any record with a lifetime, bounded, and unknown (counted)
-//! on a node without a responder; other domains are left alone.
+//! timing like any record with a lifetime, bounded, and an unknown table
+//! (counted) on a node without a responder; other domains are left to
+//! the rate limits.
 // A test needs a base instant; the code under test never reads the clock.
 #![allow(clippy::disallowed_methods)]
 
@@ -67,13 +68,16 @@ fn responder_counts_are_held_judged_and_bounded() {
     let ours = table_id(domain::RESPONDER, name_id("sshd"));
     let limits = table_id(domain::LIMIT, name_id("login"));
 
-    // No responder: unknown, counted, nothing held.
+    // No responder: an unknown table, counted, nothing held.
     let mut plain = node(1, now);
     assert_eq!(
         plain.receive(now, &datagram(1, &[rate(ours, 7, WALL, 1)])),
-        Ok(0)
+        Ok(1)
     );
-    assert_eq!(plain.counters().records_unknown_code, 1);
+    assert_eq!(plain.key_rate_unknown_table(), 1);
+    let mut none = Vec::new();
+    plain.take_responder_rates(&mut none);
+    assert!(none.is_empty());
 
     let mut n = node(1, now);
     n.enable_responder_rates();
@@ -87,7 +91,8 @@ fn responder_counts_are_held_judged_and_bounded() {
             rate(limits, 11, WALL, 5),        // another domain: not ours
         ],
     );
-    assert_eq!(n.receive(now, &d), Ok(2));
+    // The two live ones of ours and the limit's (refused by age: 2).
+    assert_eq!(n.receive(now, &d), Ok(3));
     let mut got = Vec::new();
     n.take_responder_rates(&mut got);
     assert_eq!(got.len(), 2);
@@ -101,7 +106,11 @@ fn responder_counts_are_held_judged_and_bounded() {
         (8, 800),
         "held for what is left"
     );
-    assert_eq!(n.counters().records_unknown_code, 1, "the limit's record");
+    assert_eq!(
+        n.key_rate_unknown_table(),
+        1,
+        "the limit's record: no such limit here"
+    );
     n.take_responder_rates(&mut got);
     assert_eq!(got.len(), 2, "drained once");
 

@@ -540,6 +540,7 @@ fn conn_loop(
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(_) => return,
         }
+        let mut waited = false;
         loop {
             let m = match framer.next_frame() {
                 None => break,
@@ -561,6 +562,7 @@ fn conn_loop(
                     // Back-pressure: stop reading until the worker has
                     // room; the kernel's window closes on the sender.
                     inc(&st.backpressure);
+                    waited = true;
                     if tx.send(m).is_err() {
                         return;
                     }
@@ -569,6 +571,11 @@ fn conn_loop(
             }
         }
         let now = Instant::now();
+        if waited {
+            // Time spent waiting for the queue is ours, not the sender's.
+            last_data = now;
+            partial_since = None;
+        }
         partial_since = match (framer.pending() > 0, partial_since) {
             (true, None) => Some(now),
             (true, p) => p,
