@@ -16,6 +16,8 @@ command -v nft >/dev/null || need+=(nftables)
 # The two-cluster namespace test delays its link with a python3 relay when
 # the kernel has no sch_netem.
 command -v python3 >/dev/null || need+=(python3)
+# The enforcement namespace test damages the kernel's sets by hand with nft.
+command -v nft >/dev/null || need+=(nftables)
 if ((${#need[@]})); then
   if ((EUID == 0)) && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -28,10 +28,15 @@
 //!   stream framer, strict and bounded.
 //! - `rules`: the log responder's rules (anchored patterns, one
 //!   `RegexSet`), its cluster buckets on `keyrate`, and the actions.
+//! - `blocks`: the bounded table of blocked prefixes (BLOCK records).
+//! - `enforce`: what the kernel drop sets should hold vs what they hold,
+//!   as batches (the netlink edge is in the node).
 //! - `hash`: the keyed hasher of every map here (seeded by the caller).
 
+pub mod blocks;
 mod controller;
 pub mod election;
+pub mod enforce;
 pub mod fakes;
 mod hash;
 pub mod keyrate;
@@ -50,7 +55,8 @@ pub use controller::{Decision, Level, ModeController, ModeRules, Rule};
 pub use hash::{Map, SeededState};
 pub use node::{
     BacklogSnapshot, Counters, LocalError, Node, NodeParams, NodeSnapshot, PeerSnapshot, PeerStats,
-    RecordRefusal, Refused, DEFAULT_RELAY_CAPACITY, MAX_LOCAL_RECORDS, RESPONDER_INBOX,
+    RecordRefusal, Refused, DEFAULT_RELAY_CAPACITY, MAX_LOCAL_RECORDS, REMOTE_UNBLOCK,
+    RESPONDER_INBOX,
 };
 pub use relay::{Relay, RelayCounters, RelayMsg};
 pub use savelog::{

@@ -15,13 +15,20 @@ use shoal_wire::{
     ReplayWindow, RECORD_LEN,
 };
 
+use shoal_wire::Prefix;
+
+use crate::blocks::{BlockOutcome, BlockRules, BlockTable};
 use crate::controller::{Decision, ModeController, ModeRules};
+use crate::enforce::EnforceRules;
 use crate::hash::{Map, SeededState};
 use crate::keyrate::{self, KeyRateRecord};
 use crate::ratelimit::{LimitRule, LimitSnapshot, Limits, LimitsError, TopKey, ANNOUNCE_EVERY};
 use crate::relay::{Relay, RelayCounters, RelayMsg};
 use crate::state::{Applied, ClusterState, LoadView, MarkView, ModeView, StateLimits};
 use crate::store::{self, Backlog, BacklogCounters, BacklogLimits, BatchId, Offer, Row};
+
+/// `f2` bit of a `REMOTE_BLOCK` that makes it an unblock.
+pub const REMOTE_UNBLOCK: u64 = 1 << 16;
 
 /// Most records a filter may put in one local datagram.
 pub const MAX_LOCAL_RECORDS: usize = 64;
@@ -65,10 +72,12 @@ pub enum LocalError {
     /// The save backlog is full of records Tarantool has not taken yet:
     /// the record was applied and sent, but not saved. Always replied.
     StoreFull = 5,
-    /// Taken by the `enforce` branch (BLOCK records), not on main yet.
-    Reserved6 = 6,
-    /// Taken by the `enforce` branch (BLOCK records), not on main yet.
-    Reserved7 = 7,
+    /// A block record in a cluster without `[auth]` whose node does not
+    /// accept unsigned blocks (`enforce.allow_unsigned`).
+    BlocksUnsigned = 6,
+    /// A BLOCK this node's enforcer would never apply: the prefix overlaps
+    /// its allowlist or is shorter than its minimum (`[enforce]`).
+    BlockRefused = 7,
     /// A `QUERY_LIMIT` for a limit this sidecar does not have.
     UnknownLimit = 8,
 }
@@ -80,8 +89,8 @@ impl LocalError {
         "unknown_code",
         "too_many_records",
         "store_full",
-        "reserved_6",
-        "reserved_7",
+        "blocks_unsigned",
+        "block_refused",
         "unknown_limit",
     ];
 
@@ -139,6 +148,19 @@ enum Action {
     },
     /// A peer's rate of a key (never from the local filter).
     KeyRate(KeyRateRecord),
+    Block {
+        prefix: Prefix,
+        reason: u64,
+    },
+    Unblock {
+        prefix: Prefix,
+    },
+    RemoteBlock {
+        prefix: Prefix,
+        cluster: u32,
+        seq: u64,
+        unblock: bool,
+    },
     Extension,
     Query,
 }
@@ -153,6 +175,16 @@ impl Action {
                 | Action::Mark { .. }
                 | Action::RemoteMode { .. }
                 | Action::KeyRate(_)
+                | Action::Block { .. }
+                | Action::Unblock { .. }
+                | Action::RemoteBlock { .. }
+        )
+    }
+
+    fn is_block(&self) -> bool {
+        matches!(
+            self,
+            Action::Block { .. } | Action::Unblock { .. } | Action::RemoteBlock { .. }
         )
     }
 }
@@ -188,6 +220,38 @@ fn classify(r: &Record) -> Result<Action, LocalError> {
             }),
             _ => Err(LocalError::BadRecord),
         },
+        CodeKind::Block | CodeKind::Unblock => {
+            let (prefix, cluster) =
+                Prefix::from_fields(f0, f1, r.fields[2]).map_err(|_| LocalError::BadRecord)?;
+            // A block must end; the reason must be text.
+            if cluster != 0 || shoal_wire::reason_from_field(r.fields[3]).is_err() {
+                return Err(LocalError::BadRecord);
+            }
+            match r.code.kind() {
+                CodeKind::Block if r.ttl_ms > 0 => Ok(Action::Block {
+                    prefix,
+                    reason: r.fields[3],
+                }),
+                CodeKind::Block => Err(LocalError::BadRecord),
+                _ => Ok(Action::Unblock { prefix }),
+            }
+        }
+        CodeKind::RemoteBlock => {
+            // Bit 16 of f2 says unblock (a REMOTE_BLOCK's own flag).
+            let unblock = r.fields[2] & REMOTE_UNBLOCK != 0;
+            match Prefix::from_fields(f0, f1, r.fields[2] & !REMOTE_UNBLOCK) {
+                // As for REMOTE_MODE: the origin cluster is never 0.
+                Ok((prefix, cluster @ 1..)) if r.fields[3] > 0 && r.ttl_ms > 0 => {
+                    Ok(Action::RemoteBlock {
+                        prefix,
+                        cluster,
+                        seq: r.fields[3],
+                        unblock,
+                    })
+                }
+                _ => Err(LocalError::BadRecord),
+            }
+        }
         CodeKind::Extension => Ok(Action::Extension),
         CodeKind::QueryLoad | CodeKind::QueryMode | CodeKind::QuerySession => Ok(Action::Query),
         CodeKind::KeyRate => KeyRateRecord::from_record(r)
@@ -390,6 +454,11 @@ pub struct Node {
     /// without one).
     responder_inbox: Option<VecDeque<(u32, KeyRateRecord)>>,
     responder_inbox_dropped: u64,
+    blocks: BlockTable,
+    block_rules: BlockRules,
+    /// This node's enforcement rules, when it enforces: a local BLOCK they
+    /// refuse is refused with a reason rather than held and ignored.
+    enforce_rules: Option<EnforceRules>,
 }
 
 /// Responder counts held for the responder between its drains.
@@ -443,6 +512,9 @@ impl Node {
             live_nodes: 1,
             responder_inbox: None,
             responder_inbox_dropped: 0,
+            blocks: BlockTable::new(BlockRules::default().capacity, hasher),
+            block_rules: BlockRules::default(),
+            enforce_rules: None,
         }
     }
 
@@ -560,6 +632,39 @@ impl Node {
         self.enqueue(now, &r);
     }
 
+    /// Sets how block records are taken (before [`Node::replay`]).
+    pub fn set_block_rules(&mut self, rules: BlockRules) {
+        self.blocks.set_capacity(rules.capacity);
+        self.block_rules = rules;
+    }
+
+    /// Checks local blocks against this node's enforcement rules.
+    pub fn set_enforce_rules(&mut self, rules: EnforceRules) {
+        self.enforce_rules = Some(rules);
+    }
+
+    /// Takes a block the kernel still holds from this node's previous run
+    /// when no store gave the blocks back: held here (counted as added),
+    /// neither sent nor saved. Refused like any block when the cluster is
+    /// unsigned and unsigned blocks are not allowed.
+    pub fn adopt_block(&mut self, now: Instant, prefix: Prefix, ttl: Duration) -> bool {
+        let ttl_ms = u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX);
+        let reason = shoal_wire::reason_to_field("kernel").unwrap_or(0);
+        self.apply_block(now, prefix, ttl_ms, self.id.into(), reason)
+            .held()
+    }
+
+    /// The blocks this node holds (what the enforcer reads).
+    pub fn blocks(&self) -> &BlockTable {
+        &self.blocks
+    }
+
+    /// Whether block records are taken at all: only in a signed cluster,
+    /// unless unsigned blocks were explicitly allowed.
+    pub fn blocks_accepted(&self) -> bool {
+        self.keys.is_some() || self.block_rules.accept_unsigned
+    }
+
     pub fn id(&self) -> u32 {
         self.id
     }
@@ -630,7 +735,9 @@ impl Node {
             let outcome = parsed.and_then(|r| match classify(&r) {
                 // Relayed modes come from the forwarder only: one from a
                 // filter could move the apply-once mark of a whole cluster.
-                Ok(Action::RemoteMode { .. }) => Err(LocalError::UnknownCode),
+                Ok(Action::RemoteMode { .. } | Action::RemoteBlock { .. }) => {
+                    Err(LocalError::UnknownCode)
+                }
                 // Only sidecars announce rates.
                 Ok(Action::KeyRate(_)) => Err(LocalError::UnknownCode),
                 other => other.map(|a| (r, a)),
@@ -742,6 +849,26 @@ impl Node {
     /// receiver accepts (`BadRecord`: nothing done) or when the save
     /// backlog is full (`StoreFull`: applied and sent, not saved).
     fn submit(&mut self, now: Instant, mut r: Record, action: Action) -> Result<(), LocalError> {
+        if action.is_block() && !self.blocks_accepted() {
+            self.blocks.counters.refused_unsigned += 1;
+            return Err(LocalError::BlocksUnsigned);
+        }
+        match &action {
+            Action::Block { prefix, .. } => {
+                if let Some(Err(_)) = self.enforce_rules.as_ref().map(|e| e.check(prefix)) {
+                    return Err(LocalError::BlockRefused);
+                }
+            }
+            // 0: remembered as long as what is left of the block it lifts.
+            Action::Unblock { prefix } if r.ttl_ms == 0 => {
+                let left = self
+                    .blocks
+                    .get(now, prefix)
+                    .map_or(self.default_ttl, |b| b.expires - now);
+                r.ttl_ms = u32::try_from(left.as_millis().max(1_000)).unwrap_or(u32::MAX);
+            }
+            _ => {}
+        }
         if r.timing_us == 0 {
             r.timing_us = self.wall_us(now);
         }
@@ -760,12 +887,18 @@ impl Node {
         if r.op.saves() {
             refused = self.save(now, &r, ttl);
         }
-        if r.op.sends() && matches!(action, Action::Mode { .. }) {
+        if r.op.sends() && self.crosses(&action) {
             self.observe_mode(now, &Record { ttl_ms: ttl, ..r });
         }
+        // Blocks are rare and urgent, like mode claims: sealed at once
+        // rather than at the batch deadline.
+        let urgent = action.is_block();
         self.apply(now, self.id, action, ttl);
         if r.op.sends() {
             self.enqueue(now, &r);
+            if urgent {
+                self.seal();
+            }
         }
         refused
     }
@@ -783,6 +916,9 @@ impl Node {
             Action::RemoteMode { claimant, .. } if claimant >> 32 == u64::from(self.cluster) => {
                 return Err(LocalError::BadRecord)
             }
+            Action::RemoteBlock { cluster, .. } if cluster == self.cluster => {
+                return Err(LocalError::BadRecord)
+            }
             _ => {}
         }
         self.counters.local_records += 1;
@@ -794,6 +930,16 @@ impl Node {
     /// modes are rare and urgent, like mode claims).
     pub fn flush(&mut self) {
         self.seal();
+    }
+
+    /// Whether a record of this cluster goes to the other clusters: modes,
+    /// and blocks when this node takes blocks at all.
+    fn crosses(&self, action: &Action) -> bool {
+        match action {
+            Action::Mode { .. } => true,
+            Action::Block { .. } | Action::Unblock { .. } => self.blocks_accepted(),
+            _ => false,
+        }
     }
 
     fn observe_mode(&mut self, now: Instant, r: &Record) {
@@ -896,6 +1042,42 @@ impl Node {
                 }
                 Applied::Ok
             }
+            Action::Block { prefix, reason } => {
+                self.apply_block(now, prefix, ttl_ms, origin.into(), reason);
+                Applied::Ok
+            }
+            Action::Unblock { prefix } => {
+                if self.blocks_accepted() {
+                    self.blocks.unblock(&prefix);
+                } else {
+                    self.blocks.counters.refused_unsigned += 1;
+                }
+                Applied::Ok
+            }
+            Action::RemoteBlock {
+                prefix,
+                cluster,
+                seq,
+                unblock,
+            } => {
+                if !self.relay.is_new(cluster, seq) {
+                    return;
+                }
+                let applied = if unblock {
+                    self.blocks_accepted() && {
+                        self.blocks.unblock(&prefix);
+                        true
+                    }
+                } else {
+                    let origin = u64::from(cluster) << 32;
+                    self.apply_block(now, prefix, ttl_ms, origin, 0).held()
+                };
+                // As for remote modes: not taken, not counted as applied.
+                if applied {
+                    self.relay.applied_now(cluster, seq);
+                }
+                Applied::Ok
+            }
             Action::Extension => {
                 self.counters.records_extension += 1;
                 Applied::Ok
@@ -905,6 +1087,26 @@ impl Node {
         if applied == Applied::ResourceTableFull {
             self.counters.resource_table_full += 1;
         }
+    }
+
+    fn apply_block(
+        &mut self,
+        now: Instant,
+        prefix: Prefix,
+        ttl_ms: u32,
+        origin: u64,
+        reason: u64,
+    ) -> BlockOutcome {
+        if !self.blocks_accepted() {
+            self.blocks.counters.refused_unsigned += 1;
+            return BlockOutcome::Refused;
+        }
+        let ttl = Duration::from_millis(ttl_ms.into()).min(self.block_rules.max_ttl);
+        if ttl.is_zero() {
+            self.blocks.counters.refused_bad += 1;
+            return BlockOutcome::Refused;
+        }
+        self.blocks.block(now, prefix, ttl, origin, reason)
     }
 
     /// Re-runs the mode controller for a resource whose load changed and
@@ -1063,7 +1265,8 @@ impl Node {
         live.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let mut applied = 0;
         for (_, _, r, ttl) in live {
-            match classify(&r) {
+            // A stored row keeps no `ttl_ms`: what is left of it is the TTL.
+            match classify(&Record { ttl_ms: ttl, ..r }) {
                 Ok(Action::Query) | Err(_) => self.counters.replay_skipped += 1,
                 Ok(action) => {
                     self.apply(now, r.origin, action, ttl);
@@ -1119,6 +1322,7 @@ impl Node {
         if now >= self.next_purge {
             self.next_purge = now + PURGE_EVERY;
             self.state.purge(now);
+            self.blocks.purge(now);
         }
         if now >= self.next_announce {
             self.next_announce = now + ANNOUNCE_EVERY;
@@ -1242,6 +1446,9 @@ impl Node {
                 {
                     self.refuse(RecordRefusal::RelayForm);
                 }
+                Ok(Action::RemoteBlock { cluster, .. }) if cluster == self.cluster => {
+                    self.refuse(RecordRefusal::RelayForm);
+                }
                 Ok(action) => {
                     let ttl = match self.life_left(now, &r, &action) {
                         Ok(ttl) => ttl,
@@ -1250,7 +1457,7 @@ impl Node {
                             continue;
                         }
                     };
-                    if matches!(action, Action::Mode { .. }) {
+                    if self.crosses(&action) {
                         self.observe_mode(now, &Record { ttl_ms: ttl, ..r });
                     }
                     self.apply(now, r.origin, action, ttl);

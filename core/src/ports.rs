@@ -129,8 +129,14 @@ impl QueuedMsg {
         ) else {
             return None;
         };
+        if cluster == 0 {
+            return None;
+        }
+        if Code(code) == Code::BLOCK || Code(code) == Code::UNBLOCK {
+            return self.block_record(cluster, Code(code) == Code::UNBLOCK, ttl_ms, now_us);
+        }
         let [f0, f1, ..] = self.fields;
-        if Code(code) != Code::MODE || cluster == 0 {
+        if Code(code) != Code::MODE {
             return None;
         }
         // What is left of the claim's lifetime, never more than its TTL
@@ -146,6 +152,41 @@ impl QueuedMsg {
             [f0, f1, u64::from(cluster) << 32 | u64::from(node), self.seq],
         );
         r.ttl_ms = u32::try_from(left_ms).unwrap_or(u32::MAX).max(1);
+        r.op = Op::SEND;
+        Some(r)
+    }
+}
+
+impl QueuedMsg {
+    /// A block or unblock from another cluster as the `REMOTE_BLOCK` that
+    /// carries it (`docs/wire.md` 2.3): what is left of a block's
+    /// lifetime (never more than its TTL, None once over); an unblock is
+    /// applied whatever its age, remembered for its own TTL.
+    fn block_record(
+        &self,
+        cluster: u32,
+        unblock: bool,
+        ttl_ms: u32,
+        now_us: u64,
+    ) -> Option<Record> {
+        let [f0, f1, f2, _] = self.fields;
+        // Only a prefix exactly as the origin's node took it crosses.
+        let (prefix, 0) = shoal_wire::Prefix::from_fields(f0, f1, f2).ok()? else {
+            return None;
+        };
+        let ends_us = self.at_us.saturating_add(u64::from(ttl_ms) * 1000);
+        let left_ms = (ends_us.saturating_sub(now_us) / 1000).min(u64::from(ttl_ms));
+        let ttl = match (unblock, left_ms) {
+            (false, 0) => return None,
+            (true, _) => ttl_ms.max(1),
+            (false, left) => u32::try_from(left).unwrap_or(u32::MAX),
+        };
+        let [f0, f1, mut f2] = prefix.to_fields(cluster);
+        if unblock {
+            f2 |= crate::node::REMOTE_UNBLOCK;
+        }
+        let mut r = Record::new(Code::REMOTE_BLOCK, [f0, f1, f2, self.seq]);
+        r.ttl_ms = ttl;
         r.op = Op::SEND;
         Some(r)
     }

@@ -42,6 +42,9 @@ extern "C" {
 #define SHOAL_CODE_MODE 0x0002u          /* f0 resource, f1 level (0 withdraws); ttl_ms */
 #define SHOAL_CODE_SESSION_MARK 0x0003u  /* f0 session key, f1 SHOAL_MARK_*; ttl_ms */
 #define SHOAL_CODE_REMOTE_MODE 0x0004u   /* f0 resource, f1 level, f2 cluster<<32|node, f3 queue seq */
+#define SHOAL_CODE_BLOCK 0x0005u         /* f0/f1 address, f2 len | family<<8, f3 reason; ttl_ms > 0 */
+#define SHOAL_CODE_UNBLOCK 0x0006u       /* fields as BLOCK; ttl_ms: how long it is remembered */
+#define SHOAL_CODE_REMOTE_BLOCK 0x0007u  /* datagrams only: from another cluster's forwarder */
 /* Codes: queries (f0 = key), answers in f1..f3 of the reply. */
 #define SHOAL_CODE_QUERY_LOAD 0x0101u    /* f1 cluster total, f2 own, f3 nodes */
 #define SHOAL_CODE_QUERY_MODE 0x0102u    /* f1 level, f2 remaining ms, f3 claimant (node, or cluster<<32|node if remote) */
@@ -66,6 +69,7 @@ extern "C" {
 #define SHOAL_ERR_UNKNOWN_CODE 3u /* code not known to the sidecar */
 #define SHOAL_ERR_TOO_MANY 4u     /* more than 64 records */
 #define SHOAL_ERR_STORE_FULL 5u   /* applied and sent, not saved: store backlog full */
+#define SHOAL_ERR_BLOCKS_UNSIGNED 6u /* BLOCK/UNBLOCK refused: cluster without [auth] */
 
 /* One record, fields in host order. */
 struct shoal_record {
@@ -352,6 +356,58 @@ static inline int shoal_mark(int fd, uint64_t key, uint64_t mark, uint32_t ttl_m
     r.fields[0] = key;
     r.fields[1] = mark;
     return shoal_send(fd, &r, 1);
+}
+
+/* BLOCK/UNBLOCK fields (docs/wire.md 2.3). addr16 is the IPv6 address in
+ * network order, or NULL with v4 (host order) for IPv4; host bits below
+ * len must be zero; reason is up to 8 printable ASCII bytes (or NULL). */
+static inline int shoal__block(int fd, uint16_t code, const unsigned char *addr16, uint32_t v4,
+                               unsigned len, uint32_t ttl_ms, const char *reason)
+{
+    struct shoal_record r;
+    size_t i;
+    shoal_record_init(&r, code, SHOAL_OP_SEND_SAVE);
+    r.ttl_ms = ttl_ms;
+    if (addr16) {
+        for (i = 0; i < 8; i++) {
+            r.fields[0] = (r.fields[0] << 8) | addr16[i];
+            r.fields[1] = (r.fields[1] << 8) | addr16[8 + i];
+        }
+        r.fields[2] = (uint64_t)(len & 0xffu) | (6u << 8);
+    } else {
+        r.fields[1] = 0x0000ffff00000000ull | v4;
+        r.fields[2] = (uint64_t)(len & 0xffu) | (4u << 8);
+    }
+    for (i = 0; reason && reason[i] && i < 8; i++)
+        r.fields[3] |= (uint64_t)(unsigned char)reason[i] << (8 * i);
+    return shoal_send(fd, &r, 1);
+}
+
+/* BLOCK an IPv4 prefix (addr in host order, e.g. 0xc6336400 for
+ * 198.51.100.0) for ttl_ms (> 0); op SEND_SAVE. */
+static inline int shoal_block_v4(int fd, uint32_t addr, unsigned len, uint32_t ttl_ms,
+                                 const char *reason)
+{
+    return shoal__block(fd, SHOAL_CODE_BLOCK, NULL, addr, len, ttl_ms, reason);
+}
+
+/* BLOCK an IPv6 prefix (16 bytes, network order) for ttl_ms; op SEND_SAVE. */
+static inline int shoal_block_v6(int fd, const unsigned char addr[16], unsigned len,
+                                 uint32_t ttl_ms, const char *reason)
+{
+    return shoal__block(fd, SHOAL_CODE_BLOCK, addr, 0, len, ttl_ms, reason);
+}
+
+/* UNBLOCK exactly that prefix; remembered ttl_ms (use the block's). */
+static inline int shoal_unblock_v4(int fd, uint32_t addr, unsigned len, uint32_t ttl_ms)
+{
+    return shoal__block(fd, SHOAL_CODE_UNBLOCK, NULL, addr, len, ttl_ms, NULL);
+}
+
+static inline int shoal_unblock_v6(int fd, const unsigned char addr[16], unsigned len,
+                                   uint32_t ttl_ms)
+{
+    return shoal__block(fd, SHOAL_CODE_UNBLOCK, addr, 0, len, ttl_ms, NULL);
 }
 
 #ifdef __cplusplus

@@ -166,6 +166,44 @@ impl LocalClient {
         }
     }
 
+    /// Sends one ingest record and waits for the sidecar's verdict on it:
+    /// a query rides along in the same datagram so that the sidecar
+    /// answers (with an error in the record's place if it refused it).
+    pub fn submit(&mut self, mut r: Record, timeout: Duration) -> Result<(), ClientError> {
+        let id = self.next_id;
+        self.next_id += 2;
+        r.seq = id;
+        let mut q = Record::new(Code::QUERY_LOAD, [0, 0, 0, 0]);
+        q.seq = id + 1;
+        let mut bytes = r.to_bytes().to_vec();
+        bytes.extend_from_slice(&q.to_bytes());
+        self.sock.send(&bytes)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout(timeout));
+            }
+            let reply = self.recv_raw(left)?;
+            let mut answered = false;
+            for chunk in reply.chunks_exact(RECORD_LEN) {
+                let Ok(x) = Record::decode_slice(chunk) else {
+                    continue;
+                };
+                if x.seq == id && x.code == Code::REPLY_ERROR {
+                    return Err(ClientError::Refused {
+                        reason: x.fields[0],
+                        index: x.fields[1],
+                    });
+                }
+                answered |= x.seq == id + 1;
+            }
+            if answered {
+                return Ok(());
+            }
+        }
+    }
+
     /// Waits for any reply datagram (tests of error replies).
     pub fn recv_raw(&self, timeout: Duration) -> Result<Vec<u8>, ClientError> {
         self.sock.set_read_timeout(Some(timeout))?;

@@ -132,6 +132,10 @@ pub struct Config {
     /// means no syslog is read.
     #[serde(default)]
     pub syslog: Option<crate::syslog::SyslogSection>,
+    /// Kernel enforcement of the cluster's blocks (`docs/enforce.md`);
+    /// absent means blocks are held and relayed but not enforced here.
+    #[serde(default)]
+    pub enforce: Option<crate::enforce::EnforceSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1012,6 +1016,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(e) = &self.enforce {
+            e.validate(self.auth.is_some())?;
+        }
         if self.node.id == 0 {
             return Err(invalid("node.id", "must be non-zero"));
         }

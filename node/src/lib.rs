@@ -31,16 +31,20 @@
 //!   bounded queue, and the worker applying `shoal_core::rules` actions.
 //! - `rulesfile`: the responder's rules file (TOML) read into the core's
 //!   rule specs, for `run` and `shoal rules test`.
+//! - `nft`: the enforcer's nftables edge (netlink batches, read-back).
+//! - `enforce`: the enforcer's thread: blocks -> desired set -> batches.
 //! - `server`: threads, sockets, HTTP and signals around the node.
 //! - `client`: the local API client used by the CLI, tests and harness.
 //! - `testkit`: starting real `shoal` processes for tests and benches.
 
 mod client;
 mod config;
+pub mod enforce;
 mod forwarder;
 mod http;
 mod incarnation;
 mod metrics;
+pub mod nft;
 mod preflight;
 mod rulesfile;
 mod server;

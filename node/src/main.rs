@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use shoal_node::{http_get, probe, Config, LocalClient, Preflight, Probe, SocketPath};
-use shoal_wire::{Code, Op, Record};
+use shoal_node::{http_get, probe, ClientError, Config, LocalClient, Preflight, Probe, SocketPath};
+use shoal_wire::{reason_to_field, Code, Op, Prefix, Record};
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +65,29 @@ enum Cmd {
         #[arg(value_enum)]
         what: QueryWhat,
         key: u64,
+    },
+    /// Blocks ADDR[/LEN] on every node of the cluster (kernel drop).
+    Block {
+        #[arg(short, long)]
+        config: PathBuf,
+        prefix: String,
+        /// How long: 500ms, 30s, 10m, 2h, 1d.
+        #[arg(long, default_value = "10m")]
+        ttl: String,
+        /// Up to 8 printable ASCII characters.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Lifts the block on exactly ADDR[/LEN].
+    Unblock {
+        #[arg(short, long)]
+        config: PathBuf,
+        prefix: String,
+    },
+    /// Lists the live blocks this node holds.
+    Blocks {
+        #[arg(short, long)]
+        config: PathBuf,
     },
 }
 
@@ -246,6 +269,32 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 QueryWhat::Session => println!("session={k} mark={a} remaining_ms={b} origin={c}"),
             }
         }
+        Cmd::Block {
+            config,
+            prefix,
+            ttl,
+            reason,
+        } => {
+            let cfg = Config::load(&config)?;
+            let ttl_ms = parse_ttl(&ttl)?;
+            send_block(&cfg, Code::BLOCK, &prefix, ttl_ms, &reason)?;
+            println!("blocked {prefix} for {ttl_ms} ms");
+        }
+        Cmd::Unblock { config, prefix } => {
+            let cfg = Config::load(&config)?;
+            // 0: the node keeps the unblock as long as the block had left.
+            send_block(&cfg, Code::UNBLOCK, &prefix, 0, "")?;
+            println!("unblocked {prefix}");
+        }
+        Cmd::Blocks { config } => {
+            let cfg = Config::load(&config)?;
+            if cfg.http.admin.is_empty() {
+                bail!("http.admin is empty in the config: the node serves no block list");
+            }
+            let body = http_get(&cfg.http.admin, "/blocks")
+                .with_context(|| format!("asking the node at {}", cfg.http.admin))?;
+            print!("{body}");
+        }
     }
     Ok(())
 }
@@ -253,6 +302,69 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 /// What `shoal check` prints once the config passed the same checks as
 /// `run`: the resolved config and preflight (secrets redacted by their
 /// `Debug`), what will happen to the socket path, and warnings on stderr.
+/// `500ms`, `30s`, `10m`, `2h`, `1d` (a plain number is seconds).
+fn parse_ttl(s: &str) -> anyhow::Result<u32> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .with_context(|| format!("--ttl {s:?}: expected a number and ms, s, m, h or d"))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n.saturating_mul(1_000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        "d" => n.saturating_mul(86_400_000),
+        _ => bail!("--ttl {s:?}: unit must be ms, s, m, h or d"),
+    };
+    match u32::try_from(ms) {
+        Ok(0) => bail!("--ttl must be more than 0: a block must end"),
+        Ok(ms) => Ok(ms),
+        Err(_) => bail!("--ttl {s:?} is more than 49 days"),
+    }
+}
+
+/// Sends a BLOCK or UNBLOCK through the local API and says why the
+/// sidecar refused it, if it did.
+fn send_block(
+    cfg: &Config,
+    code: Code,
+    prefix: &str,
+    ttl_ms: u32,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let p: Prefix = prefix
+        .parse()
+        .with_context(|| format!("{prefix:?} is not ADDR or ADDR/LEN"))?;
+    let reason = reason_to_field(reason).context("--reason")?;
+    if code == Code::BLOCK {
+        if let Some(e) = &cfg.enforce {
+            // The same rules the node applies, said here with the reason.
+            if let Err(r) = e.rules(&[cfg.multicast.interface.into()]).check(&p) {
+                bail!("refused: {r}");
+            }
+        }
+    }
+    let [f0, f1, f2] = p.to_fields(0);
+    let mut r = Record::new(code, [f0, f1, f2, reason]);
+    r.ttl_ms = ttl_ms;
+    r.op = Op::SEND_SAVE;
+    match LocalClient::connect(&cfg.local.socket)?.submit(r, Duration::from_secs(2)) {
+        Ok(()) => Ok(()),
+        Err(ClientError::Refused { reason, .. }) => bail!(
+            "refused by the sidecar: {}",
+            match reason {
+                2 => "malformed block (see docs/wire.md 2.3)",
+                5 => "applied and sent, but NOT saved: the store backlog is full",
+                6 => "the cluster has no [auth] and [enforce] allow_unsigned is off",
+                7 => "the prefix is allowlisted or shorter than the minimum on that node",
+                _ => "see docs/local-api.md for the reason code",
+            }
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn check_report(cfg: &Config, pre: &Preflight) -> anyhow::Result<()> {
     let path = &cfg.local.socket;
     let socket = match &pre.socket {

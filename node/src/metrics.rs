@@ -70,6 +70,8 @@ pub(crate) struct IoStats {
     pub(crate) forwarder: crate::forwarder::ForwarderStats,
     /// The syslog edge and the responder, with `[syslog]`.
     pub(crate) syslog: crate::syslog::SyslogStats,
+    /// The block table and the enforcer (`enforce`).
+    pub(crate) enforce: std::sync::Mutex<crate::enforce::EnforceStats>,
 }
 
 impl IoStats {
@@ -148,6 +150,7 @@ impl IoStats {
         self.api.register(reg);
         self.forwarder.register(reg);
         self.syslog.register(reg);
+        crate::enforce::register(&self.enforce, reg);
     }
 }
 
@@ -527,7 +530,11 @@ fn encode(reg: &Registry) -> String {
 
 /// Renders `/metrics`. The node's lock is held only to copy its numbers.
 pub(crate) fn render(s: &Shared) -> String {
-    let node = s.lock().snapshot();
+    let node = {
+        let n = s.lock();
+        crate::enforce::copy_blocks(&n, &s.io.enforce);
+        n.snapshot()
+    };
     encode(&registry(node, Instant::now(), &s.io))
 }
 
@@ -614,7 +621,13 @@ fn busiest<G: Deref<Target = Node>>(
 /// short holds of the node's lock, then sorted and formatted without it.
 pub(crate) fn status(s: &Shared) -> String {
     let now = Instant::now();
-    format_status(StatusView::take(|| s.lock(), now, STATUS_TOP))
+    let mut page = format_status(StatusView::take(|| s.lock(), now, STATUS_TOP));
+    crate::enforce::copy_blocks(&s.lock(), &s.io.enforce);
+    page.push_str(&crate::enforce::status_text(
+        &s.io.enforce,
+        s.enforce.get().is_some(),
+    ));
+    page
 }
 
 fn format_status(mut v: StatusView) -> String {

@@ -58,6 +58,8 @@ pub enum ServerError {
     Incarnation(#[from] crate::incarnation::IncarnationError),
     #[error("syslog listener")]
     Syslog(#[source] std::io::Error),
+    #[error("enforcer")]
+    Enforce(#[source] crate::nft::NftError),
 }
 
 /// Microseconds since the Unix epoch.
@@ -75,6 +77,14 @@ pub(crate) struct Shared {
     shutdown: AtomicBool,
     multicast: UdpSocket,
     dest: SocketAddr,
+    /// The enforcer's rules and stats, once it runs (`[enforce]`).
+    pub(crate) enforce: std::sync::OnceLock<EnforceView>,
+}
+
+/// What the API and the metrics read of the enforcer.
+#[derive(Clone)]
+pub(crate) struct EnforceView {
+    pub(crate) rules: Arc<shoal_core::enforce::EnforceRules>,
 }
 
 impl Shared {
@@ -191,7 +201,11 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
     );
     let params = cfg.node_params();
     let seed = params.hash_seed;
-    let node = Node::new(params, Instant::now(), wall_us(), incarnation);
+    let mut node = Node::new(params, Instant::now(), wall_us(), incarnation);
+    if let Some(e) = &cfg.enforce {
+        node.set_block_rules(e.block_rules());
+        node.set_enforce_rules(e.rules(&[cfg.multicast.interface.into()]));
+    }
     let shared = Arc::new(Shared {
         node: Mutex::new(node),
         io,
@@ -199,6 +213,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         shutdown: AtomicBool::new(false),
         multicast: mc.socket,
         dest: mc.dest,
+        enforce: std::sync::OnceLock::new(),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -214,6 +229,21 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
             (Some(Arc::new(a)), f)
         }
         None => (None, None),
+    };
+    // After the replay: the first reconcile starts from the blocks the
+    // store gave back, so nothing correct in the kernel is removed.
+    let enforcer = match &cfg.enforce {
+        Some(e) => {
+            let own = [cfg.multicast.interface.into()];
+            let replayed = shared.io.store.replay_ok.load(Ordering::Relaxed) == 1;
+            let h = crate::enforce::start(e, &own, Arc::clone(&shared), span.clone(), !replayed)
+                .map_err(ServerError::Enforce)?;
+            let _ = shared.enforce.set(EnforceView {
+                rules: Arc::clone(&h.rules),
+            });
+            Some(h)
+        }
+        None => None,
     };
     // Bound before the node says it serves, so /metrics answers as soon as
     // the log line is out.
@@ -305,6 +335,9 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         let _ = rt.block_on(saver);
     }
     let _ = rx.join();
+    if let Some(e) = enforcer {
+        e.stop();
+    }
     remove_if_same(&cfg.local.socket, local_id);
     info!("shoal node stopped");
     result
@@ -648,11 +681,11 @@ async fn serve_until_signal(s: Arc<Shared>, l: Listeners) -> Result<(), ServerEr
 /// The admin listener: the node's own pages, nothing of the API.
 fn admin_route(s: &Shared, req: Request) -> Response {
     let path = req.path.split('?').next().unwrap_or("");
-    let known = matches!(path, "/metrics" | "/status" | "/healthz");
+    let known = matches!(path, "/metrics" | "/status" | "/healthz" | "/blocks");
     if !known {
         return Response::text(
             404,
-            "try /metrics, /status or /healthz (the API has its own listener)\n",
+            "try /metrics, /status, /healthz or /blocks (the API has its own listener)\n",
         );
     }
     if req.method != "GET" {
@@ -665,10 +698,8 @@ fn admin_route(s: &Shared, req: Request) -> Response {
             r
         }
         "/status" => Response::text(200, metrics::status(s)),
-        _ => Response::text(
-            200, "ok
-",
-        ),
+        "/blocks" => Response::text(200, crate::enforce::list(s)),
+        _ => Response::text(200, "ok\n"),
     }
 }
 

@@ -229,6 +229,9 @@ impl Api {
                 self.read(&p["/v1/verdicts/".len()..]).await
             }
             ("POST", "/v1/tokens/verify") => self.verify(&req.body),
+            (m, p) if p == "/v1/blocks" || p.starts_with("/v1/blocks/") => {
+                crate::enforce::api(&self.shared, m, p, &req.body)
+            }
             (_, "/v1/verdicts" | "/v1/tokens/verify") => Response::error(405, "use POST"),
             _ => Response::error(404, "no such endpoint"),
         }

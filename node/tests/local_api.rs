@@ -17,7 +17,27 @@ fn vectors() -> std::collections::BTreeMap<String, Vec<u8>> {
     hex_vectors(&text).unwrap_or_else(|e| panic!("local-api.md: {e}"))
 }
 
-fn documented() -> [(&'static str, Record); 3] {
+fn documented() -> [(&'static str, Record); 5] {
+    let prefix: shoal_wire::Prefix = "198.51.100.0/24".parse().expect("prefix");
+    let [f0, f1, f2] = prefix.to_fields(0);
+    let block = Record {
+        op: Op::SEND_SAVE,
+        ttl_ms: 600_000,
+        ..Record::new(
+            Code::BLOCK,
+            [
+                f0,
+                f1,
+                f2,
+                shoal_wire::reason_to_field("scan").expect("reason"),
+            ],
+        )
+    };
+    let unblock = Record {
+        code: Code::UNBLOCK,
+        fields: [f0, f1, f2, 0],
+        ..block
+    };
     let load = Record {
         op: Op::SEND,
         ..Record::new(Code::LOAD, [7, 1500, 0, 0])
@@ -39,6 +59,8 @@ fn documented() -> [(&'static str, Record); 3] {
         ("local_load", load),
         ("local_query_load", query),
         ("local_reply_load", reply),
+        ("local_block", block),
+        ("local_unblock", unblock),
     ]
 }
 

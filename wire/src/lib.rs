@@ -11,17 +11,20 @@
 //!   checking reader ([`Datagram::parse`]); CRC32 and the optional MAC.
 //! - `replay`: the per-sender sequence window that rejects replays and
 //!   counts loss, duplicates and reordering ([`ReplayWindow`]).
+//! - `block`: the prefix and reason fields of the block records.
 //! - `error`: the typed reasons a datagram or record is rejected.
 //! - `vectors`: reads the hex test vectors out of the Markdown docs.
 //!
 //! The format is specified, with test vectors, in `docs/wire.md`.
 
+mod block;
 mod datagram;
 mod error;
 mod record;
 mod replay;
 mod vectors;
 
+pub use block::{reason_from_field, reason_to_field, Prefix, PrefixError};
 pub use datagram::{
     Datagram, DatagramWriter, Header, MacKey, MacKeys, CRC_LEN, HEADER_LEN, MAC_LEN, MAGIC,
     MAX_DATAGRAM, VERSION,

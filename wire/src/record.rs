@@ -32,6 +32,17 @@ impl Code {
     /// hit per second, `f3` zero. `ttl_ms` (never 0) is how long receivers
     /// hold the rate; the sender repeats it sooner while the key is heavy.
     pub const KEY_RATE: Code = Code(0x0008);
+    /// Block (drop in the kernel) an IPv4 or IPv6 prefix for `ttl_ms`
+    /// (> 0): `f0`..`f2` the prefix, `f3` a short reason (see
+    /// [`crate::Prefix`] and `docs/wire.md` 2.3).
+    pub const BLOCK: Code = Code(0x0005);
+    /// Lift a block: fields as [`Code::BLOCK`]; `ttl_ms` bounds how long
+    /// the unblock is remembered (saved), so that it outlives the block.
+    pub const UNBLOCK: Code = Code(0x0006);
+    /// A block or unblock relayed from another cluster by this cluster's
+    /// forwarder: `f0`..`f2` the prefix with the origin cluster in `f2`'s
+    /// high half, `f3` the queue sequence; `ttl_ms` 0 means unblock.
+    pub const REMOTE_BLOCK: Code = Code(0x0007);
     /// Local API only: cluster load of resource `f0`.
     pub const QUERY_LOAD: Code = Code(0x0101);
     /// Local API only: effective mode of resource `f0`.
@@ -56,6 +67,9 @@ impl Code {
             0x0003 => CodeKind::SessionMark,
             0x0004 => CodeKind::RemoteMode,
             0x0008 => CodeKind::KeyRate,
+            0x0005 => CodeKind::Block,
+            0x0006 => CodeKind::Unblock,
+            0x0007 => CodeKind::RemoteBlock,
             0x0101 => CodeKind::QueryLoad,
             0x0102 => CodeKind::QueryMode,
             0x0103 => CodeKind::QuerySession,
@@ -75,6 +89,9 @@ pub enum CodeKind {
     SessionMark,
     RemoteMode,
     KeyRate,
+    Block,
+    Unblock,
+    RemoteBlock,
     QueryLoad,
     QueryMode,
     QuerySession,
@@ -252,7 +269,7 @@ mod tests {
     #[test]
     fn code_ranges() {
         assert_eq!(Code(0x0001).kind(), CodeKind::Load);
-        assert_eq!(Code(0x0005).kind(), CodeKind::Unknown);
+        assert_eq!(Code(0x0005).kind(), CodeKind::Block);
         assert_eq!(Code(0x0008).kind(), CodeKind::KeyRate);
         assert_eq!(Code(0x0009).kind(), CodeKind::Unknown);
         assert_eq!(Code(0x0104).kind(), CodeKind::QueryLimit);

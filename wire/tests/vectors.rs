@@ -160,6 +160,8 @@ fn documented_vectors_match_the_implementation() {
         "c-signed-nonce",
         "c-signed-aegismac-not-the-tag",
         KEY_RATE_VECTOR,
+        "block-record",
+        "block-remote",
     ]
     .into_iter()
     .chain(TRUST_VECTORS);

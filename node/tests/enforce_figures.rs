@@ -1,0 +1,326 @@
+//! Figures for `docs/benchmarks.md` (enforcement), printed, never
+//! asserted: run as root in release,
+//! `cargo test --release -p shoal-node --test enforce_figures -- --ignored --nocapture --test-threads 1`.
+//!
+//! - `kernel_load`: 1 M IPv4 /32 elements through the netlink edge in
+//!   batches (one transaction each), the read-back of 1 M, the kernel
+//!   memory they take (`SUnreclaim` before and after), the same elements
+//!   loaded with `nft -f` and with `ipset restore` in the same run, and the
+//!   sans-IO plan for 1 M blocks.
+//! - `block_to_drop`: three nodes in namespaces; the time from a BLOCK on
+//!   node 1's local socket to the element in every node's kernel.
+// Timing needs the clock.
+#![allow(clippy::disallowed_methods)]
+
+use std::fs::File;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use shoal_core::enforce::{Batch, EnforceRules, Enforcer};
+use shoal_node::nft::{HookPoint, Nft, TableSpec};
+use shoal_node::testkit::{wait_until, NodeProcess, NodeSpec};
+use shoal_wire::{Code, Op, Prefix, Record};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shoal");
+/// Elements loaded (`SHOAL_FIG_N`, default 1 M).
+fn n() -> u32 {
+    std::env::var("SHOAL_FIG_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+const BATCH: usize = 50_000;
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The i-th test address: every other address from 11.0.0.0, so no two
+/// elements are adjacent.
+fn addr(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0x0b00_0000 + 2 * i)
+}
+
+fn sunreclaim_kb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("SUnreclaim:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn timed(what: &str, cmd: &mut Command) -> Option<Duration> {
+    let t = Instant::now();
+    match cmd.output() {
+        Ok(o) if o.status.success() => Some(t.elapsed()),
+        Ok(o) => {
+            println!("{what}: failed: {}", String::from_utf8_lossy(&o.stderr));
+            None
+        }
+        Err(e) => {
+            println!("SKIPPED {what}: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+#[ignore = "prints figures; run as root in release"]
+fn kernel_load() {
+    if !root() {
+        println!("SKIPPED kernel_load: needs root");
+        return;
+    }
+    // The sans-IO plan for N live blocks.
+    #[allow(non_snake_case)]
+    let N = n();
+    let now = Instant::now();
+    let blocks: Vec<(Prefix, Instant)> = (0..N)
+        .map(|i| (Prefix::from(addr(i)), now + Duration::from_secs(600)))
+        .collect();
+    let mut enf = Enforcer::new(
+        EnforceRules {
+            max_elements: N as usize,
+            ..EnforceRules::default()
+        },
+        false,
+    );
+    let t = Instant::now();
+    let desired = enf.desired(now, blocks.iter().copied());
+    let plan = enf.plan(now, &desired, None).expect("a batch");
+    println!(
+        "core: desired + plan for {} blocks: {:?}",
+        plan.adds.len(),
+        t.elapsed()
+    );
+
+    let ns = format!("shoalfig{}", std::process::id());
+    assert!(Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .expect("ip")
+        .success());
+    let ns2 = ns.clone();
+    let (load, read, mem_kb) = std::thread::spawn(move || {
+        let f = File::open(format!("/run/netns/{ns2}")).expect("netns");
+        // SAFETY: joins this thread to the namespace of a valid fd.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let mut nft = Nft::open(TableSpec {
+            table: "shoal".into(),
+            hook: HookPoint::Prerouting,
+            priority: -300,
+        })
+        .expect("open");
+        nft.setup().expect("setup");
+        let before = sunreclaim_kb();
+        let t = Instant::now();
+        for (i, chunk) in plan.adds.chunks(BATCH).enumerate() {
+            let b = Batch {
+                adds: chunk.to_vec(),
+                ..Batch::default()
+            };
+            let c = Instant::now();
+            nft.apply(&b, &[]).expect("apply");
+            if i % 4 == 0 {
+                println!("  batch {i}: {} elements in {:?}", chunk.len(), c.elapsed());
+            }
+        }
+        let load = t.elapsed();
+        let mem = sunreclaim_kb().saturating_sub(before);
+        let t = Instant::now();
+        let rb = nft.read().expect("read");
+        let read = t.elapsed();
+        assert_eq!(rb.elements.len(), N as usize);
+        nft.remove_table().expect("remove");
+        (load, read, mem)
+    })
+    .join()
+    .expect("thread");
+    println!(
+        "netlink edge: {N} elements in batches of {BATCH}: {load:?} ({:.0} elements/s); read-back of {N}: {read:?}; kernel memory (SUnreclaim delta) {} MiB = {:.0} bytes/element",
+        N as f64 / load.as_secs_f64(),
+        mem_kb / 1024,
+        mem_kb as f64 * 1024.0 / N as f64
+    );
+
+    // The same elements with nft -f (one file, statements of BATCH).
+    let dir = std::env::temp_dir().join(format!("shoal-fig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let nft_file = dir.join("load.nft");
+    {
+        let mut f = std::io::BufWriter::new(File::create(&nft_file).expect("file"));
+        writeln!(f, "add table inet t").ok();
+        writeln!(
+            f,
+            "add set inet t v4 {{ type ipv4_addr; flags interval, timeout; }}"
+        )
+        .ok();
+        for c in (0..N).collect::<Vec<_>>().chunks(BATCH) {
+            write!(f, "add element inet t v4 {{ ").ok();
+            for (k, i) in c.iter().enumerate() {
+                let sep = if k == 0 { "" } else { ", " };
+                write!(f, "{sep}{} timeout 600s", addr(*i)).ok();
+            }
+            writeln!(f, " }}").ok();
+        }
+    }
+    let nft_took = timed(
+        "nft -f",
+        Command::new("ip")
+            .args(["netns", "exec", &ns, "nft", "-f"])
+            .arg(&nft_file),
+    );
+    // And with ipset restore (hash:net with timeouts).
+    let ipset_file = dir.join("load.ipset");
+    {
+        let mut f = std::io::BufWriter::new(File::create(&ipset_file).expect("file"));
+        writeln!(
+            f,
+            "create s hash:net family inet maxelem 2000000 timeout 600"
+        )
+        .ok();
+        for i in 0..N {
+            writeln!(f, "add s {}", addr(i)).ok();
+        }
+    }
+    let ipset_took = timed(
+        "ipset restore",
+        Command::new("sh").arg("-c").arg(format!(
+            "ip netns exec {ns} ipset restore < {}",
+            ipset_file.display()
+        )),
+    );
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &ns, "ipset", "destroy", "s"])
+        .output();
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    let _ = std::fs::remove_dir_all(&dir);
+    for (what, took) in [("nft -f", nft_took), ("ipset restore", ipset_took)] {
+        if let Some(d) = took {
+            println!(
+                "{what}: {N} elements: {d:?} ({:.0} elements/s), {:.2}x the netlink edge's time",
+                N as f64 / d.as_secs_f64(),
+                d.as_secs_f64() / load.as_secs_f64()
+            );
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[test]
+#[ignore = "prints figures; run as root in release"]
+fn block_to_drop() {
+    if !root() {
+        println!("SKIPPED block_to_drop: needs root");
+        return;
+    }
+    let lock = File::create("/tmp/shoal-netns.lock").expect("lock");
+    // SAFETY: flock on a valid fd, released with it.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    let prefix = format!("shf{}", std::process::id() % 10_000);
+    let subnet = (std::process::id() % 200) as u8 + 22;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/netns.sh");
+    let up = Command::new("bash")
+        .arg(&script)
+        .args(["up", &prefix, "3"])
+        .env("SHOAL_NETNS_SUBNET", subnet.to_string())
+        .status()
+        .expect("netns.sh");
+    assert!(up.success());
+    let dir = std::env::temp_dir().join(format!("shoal-fig-b-{}", std::process::id()));
+    let nodes: Vec<NodeProcess> = (1..=3u32)
+        .map(|k| {
+            let mut spec = NodeSpec::loopback(k, Ipv4Addr::new(239, 77, 12, 1), 7712, &dir);
+            spec.interface = Ipv4Addr::new(10, 213, subnet, k as u8);
+            spec.netns = Some(format!("{prefix}{k}"));
+            spec.extra = "[enforce]\nreconcile_ms = 60000\n".into();
+            NodeProcess::spawn(Path::new(BIN), &spec).expect("node")
+        })
+        .collect();
+    // A netlink socket in each node's namespace, to watch its kernel.
+    let mut watchers: Vec<Nft> = (1..=3)
+        .map(|k| {
+            let ns = format!("/run/netns/{prefix}{k}");
+            std::thread::spawn(move || {
+                let f = File::open(ns).expect("netns");
+                // SAFETY: joins this thread to the namespace of a valid fd.
+                assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+                Nft::open(TableSpec {
+                    table: "shoal".into(),
+                    hook: HookPoint::Prerouting,
+                    priority: -300,
+                })
+                .expect("open")
+            })
+            .join()
+            .expect("thread")
+        })
+        .collect();
+    let mut client = nodes[0].client().expect("client");
+    let mut all = Vec::new();
+    for i in 0..200u32 {
+        let p = Prefix::from(Ipv4Addr::new(
+            198,
+            51,
+            100 + (i / 250) as u8,
+            (i % 250) as u8 + 1,
+        ));
+        let [f0, f1, f2] = p.to_fields(0);
+        let mut r = Record::new(Code::BLOCK, [f0, f1, f2, 0]);
+        r.ttl_ms = 600_000;
+        r.op = Op::SEND_SAVE;
+        let t = Instant::now();
+        client.send(&[r]).expect("send");
+        let mut seen = [false; 3];
+        assert!(wait_until(Duration::from_secs(5), || {
+            for (k, w) in watchers.iter_mut().enumerate() {
+                if !seen[k] {
+                    seen[k] = w
+                        .read()
+                        .is_ok_and(|rb| rb.elements.iter().any(|o| o.prefix == p));
+                }
+            }
+            seen.iter().all(|s| *s)
+        }));
+        all.push(t.elapsed());
+    }
+    all.sort();
+    println!(
+        "block on node 1 -> element in all 3 nodes' kernels ({} blocks, polled by netlink read-back): p50 {:?} p99 {:?} max {:?}",
+        all.len(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+        all[all.len() - 1]
+    );
+    drop(nodes);
+    for k in 1..=3 {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &format!("{prefix}{k}"),
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "shoal",
+            ])
+            .output();
+    }
+    let _ = Command::new("bash")
+        .arg(&script)
+        .args(["down", &prefix, "3"])
+        .status();
+    let _ = std::fs::remove_dir_all(&dir);
+}
