@@ -60,7 +60,7 @@ fn each_kind_of_received_record_is_applied_skipped_or_counted_as_documented() {
         from2(Code::REMOTE_MODE, [13, 2, 2 << 32 | 7, 0]), // queue seq 0
         from2(Code::QUERY_LOAD, [10, 0, 0, 0]),   // local API only
         from2(Code::REPLY_ERROR, [1, 0, 0, 0]),   // local API only
-        from2(Code(0x0008), [0; 4]),              // reserved
+        from2(Code(0x0009), [0; 4]),              // reserved
         from2(Code(0x8001), [14, 1, 2, 3]),       // extension
         from2(Code::MODE, [11, 255, 0, 0]),
         from2(Code::SESSION_MARK, [12, Record::MARK_LEGITIMATE, 0, 0]),
