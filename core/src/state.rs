@@ -1,8 +1,15 @@
 //! What a node knows about its cluster: per-resource load gauges per
 //! origin, protection-mode claims, and session marks. Plain data fed
 //! `now`; no I/O, no clock, no locking.
+//!
+//! Purging is incremental: each resource has one entry in a min-heap of
+//! "look again" times (lazy deletion: an entry counts only while its time
+//! is the one the resource holds), so a purge touches only what is due and
+//! can be cut into slices of bounded work, never a scan of every resource
+//! while the filter waits for an answer.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::hash::{Map, SeededState};
@@ -74,6 +81,15 @@ struct Mark {
     stamp: u64,
 }
 
+/// A resource's entries of one table and its live heap time.
+#[derive(Debug)]
+struct Slot<T> {
+    items: Vec<T>,
+    queued: Instant,
+}
+
+type Timers = BinaryHeap<Reverse<(Instant, u64)>>;
+
 /// Outcome of applying a record to the state, for the caller's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -87,8 +103,10 @@ pub enum Applied {
 pub struct ClusterState {
     limits: StateLimits,
     self_id: u32,
-    loads: Map<u64, Vec<Gauge>>,
-    modes: Map<u64, Vec<Claim>>,
+    loads: Map<u64, Slot<Gauge>>,
+    modes: Map<u64, Slot<Claim>>,
+    load_timers: Timers,
+    mode_timers: Timers,
     marks: Map<u64, Mark>,
     /// Insertion order of marks, for oldest-first eviction. Entries whose
     /// stamp no longer matches the table are skipped lazily.
@@ -98,13 +116,22 @@ pub struct ClusterState {
     pub evictions: u64,
 }
 
+/// A gauge is stale strictly after `load_stale`; this much later it is.
+const STALE_STEP: Duration = Duration::from_micros(1);
+
 impl ClusterState {
     pub fn new(self_id: u32, limits: StateLimits, hasher: SeededState) -> ClusterState {
+        let cap = limits.max_resources;
         ClusterState {
             limits,
             self_id,
-            loads: Map::with_hasher(hasher),
-            modes: Map::with_hasher(hasher),
+            // Sized for the bound up front: growing a table of a million
+            // resources rehashes it all at once, a stall of tens of ms
+            // under exactly the flood that fills it.
+            loads: Map::with_capacity_and_hasher(cap, hasher),
+            modes: Map::with_capacity_and_hasher(cap, hasher),
+            load_timers: BinaryHeap::new(),
+            mode_timers: BinaryHeap::new(),
             marks: Map::with_hasher(hasher),
             mark_order: VecDeque::new(),
             next_stamp: 0,
@@ -125,7 +152,15 @@ impl ClusterState {
         if !self.loads.contains_key(&resource) && self.loads.len() >= self.limits.max_resources {
             return Applied::ResourceTableFull;
         }
-        let gauges = self.loads.entry(resource).or_default();
+        let stale_at = now + self.limits.load_stale + STALE_STEP;
+        let slot = self.loads.entry(resource).or_insert_with(|| {
+            self.load_timers.push(Reverse((stale_at, resource)));
+            Slot {
+                items: Vec::new(),
+                queued: stale_at,
+            }
+        });
+        let gauges = &mut slot.items;
         match gauges.iter_mut().find(|g| g.origin == origin) {
             Some(g) => {
                 g.value = value;
@@ -151,9 +186,9 @@ impl ClusterState {
         ttl_ms: u32,
     ) -> Applied {
         if level == 0 {
-            if let Some(claims) = self.modes.get_mut(&resource) {
-                claims.retain(|c| c.origin != origin);
-                if claims.is_empty() {
+            if let Some(slot) = self.modes.get_mut(&resource) {
+                slot.items.retain(|c| c.origin != origin);
+                if slot.items.is_empty() {
                     self.modes.remove(&resource);
                 }
             }
@@ -163,7 +198,14 @@ impl ClusterState {
             return Applied::ResourceTableFull;
         }
         let expires = now + self.ttl_or_default(ttl_ms);
-        let claims = self.modes.entry(resource).or_default();
+        let slot = self.modes.entry(resource).or_insert_with(|| {
+            self.mode_timers.push(Reverse((expires, resource)));
+            Slot {
+                items: Vec::new(),
+                queued: expires,
+            }
+        });
+        let claims = &mut slot.items;
         match claims.iter_mut().find(|c| c.origin == origin) {
             Some(c) => {
                 c.level = level;
@@ -236,24 +278,32 @@ impl ClusterState {
     }
 
     pub fn load(&self, now: Instant, resource: u64) -> LoadView {
+        self.load_until(now, resource).0
+    }
+
+    /// The load view and when it next changes by itself (the first of its
+    /// fresh gauges turns stale), `None` when it cannot.
+    pub fn load_until(&self, now: Instant, resource: u64) -> (LoadView, Option<Instant>) {
         let mut view = LoadView::default();
-        if let Some(gauges) = self.loads.get(&resource) {
-            for g in gauges {
+        let mut oldest: Option<Instant> = None;
+        if let Some(slot) = self.loads.get(&resource) {
+            for g in &slot.items {
                 if now.saturating_duration_since(g.at) <= self.limits.load_stale {
                     view.total = view.total.saturating_add(g.value);
                     view.nodes += 1;
                     if g.origin == self.self_id {
                         view.local = g.value;
                     }
+                    oldest = Some(oldest.map_or(g.at, |o| o.min(g.at)));
                 }
             }
         }
-        view
+        (view, oldest.map(|o| o + self.limits.load_stale + STALE_STEP))
     }
 
     pub fn mode(&self, now: Instant, resource: u64) -> ModeView {
         let mut best = ModeView::default();
-        for c in self.modes.get(&resource).into_iter().flatten() {
+        for c in self.modes.get(&resource).into_iter().flat_map(|s| &s.items) {
             if c.expires <= now {
                 continue;
             }
@@ -285,24 +335,78 @@ impl ClusterState {
     /// Drops stale gauges, expired claims and expired marks at the front
     /// of the mark queue. Returns how many entries were removed.
     pub fn purge(&mut self, now: Instant) -> usize {
+        self.purge_some(now, usize::MAX).0
+    }
+
+    /// Like [`purge`](Self::purge), but looks at no more than `budget`
+    /// due resources and marks; also returns whether more are due.
+    pub fn purge_some(&mut self, now: Instant, budget: usize) -> (usize, bool) {
         let stale = self.limits.load_stale;
         let mut removed = 0;
-        self.loads.retain(|_, gauges| {
-            let before = gauges.len();
-            gauges.retain(|g| now.saturating_duration_since(g.at) <= stale);
-            removed += before - gauges.len();
-            !gauges.is_empty()
-        });
-        self.modes.retain(|_, claims| {
-            let before = claims.len();
-            claims.retain(|c| c.expires > now);
-            removed += before - claims.len();
-            !claims.is_empty()
-        });
-        while self.pop_oldest_mark(|m| m.expires <= now) {
-            removed += 1;
+        let mut left = budget;
+        while left > 0 {
+            let Some(&Reverse((t, resource))) = self.load_timers.peek() else {
+                break;
+            };
+            if t > now {
+                break;
+            }
+            self.load_timers.pop();
+            left -= 1;
+            let Some(slot) = self.loads.get_mut(&resource) else {
+                continue;
+            };
+            if slot.queued != t {
+                continue;
+            }
+            let before = slot.items.len();
+            slot.items
+                .retain(|g| now.saturating_duration_since(g.at) <= stale);
+            removed += before - slot.items.len();
+            match slot.items.iter().map(|g| g.at).min() {
+                Some(oldest) => {
+                    slot.queued = oldest + stale + STALE_STEP;
+                    self.load_timers.push(Reverse((slot.queued, resource)));
+                }
+                None => {
+                    self.loads.remove(&resource);
+                }
+            }
         }
-        removed
+        while left > 0 {
+            let Some(&Reverse((t, resource))) = self.mode_timers.peek() else {
+                break;
+            };
+            if t > now {
+                break;
+            }
+            self.mode_timers.pop();
+            left -= 1;
+            let Some(slot) = self.modes.get_mut(&resource) else {
+                continue;
+            };
+            if slot.queued != t {
+                continue;
+            }
+            let before = slot.items.len();
+            slot.items.retain(|c| c.expires > now);
+            removed += before - slot.items.len();
+            match slot.items.iter().map(|c| c.expires).min() {
+                Some(first) => {
+                    slot.queued = first;
+                    self.mode_timers.push(Reverse((first, resource)));
+                }
+                None => {
+                    self.modes.remove(&resource);
+                }
+            }
+        }
+        while left > 0 && self.pop_oldest_mark(|m| m.expires <= now) {
+            removed += 1;
+            left -= 1;
+        }
+        let more = left == 0;
+        (removed, more)
     }
 
     /// Resources with a fresh gauge or a live claim, sorted.

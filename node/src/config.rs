@@ -548,7 +548,7 @@ impl Default for StateSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModesSection {
     /// Rule for every resource without a rule of its own.
@@ -556,7 +556,29 @@ pub struct ModesSection {
     pub default: Option<RuleSection>,
     #[serde(default)]
     pub resource: Vec<ResourceRuleSection>,
+    /// Most changes of this node's claims per second (raise, lower,
+    /// release; keep-alives are not changes). The excess is counted
+    /// (`shoal_mode_changes_deferred_total`) and tried again later.
+    #[serde(default = "default_max_changes_per_s")]
+    pub max_changes_per_s: u32,
 }
+
+impl Default for ModesSection {
+    fn default() -> Self {
+        ModesSection {
+            default: None,
+            resource: Vec::new(),
+            max_changes_per_s: default_max_changes_per_s(),
+        }
+    }
+}
+
+fn default_max_changes_per_s() -> u32 {
+    10_000
+}
+
+/// Largest `modes.max_changes_per_s`.
+const MAX_CHANGES_PER_S: u32 = 10_000_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1135,6 +1157,12 @@ impl Config {
         {
             return Err(invalid("node.incarnation_file", "must be a file path"));
         }
+        if !(1..=MAX_CHANGES_PER_S).contains(&self.modes.max_changes_per_s) {
+            return Err(invalid(
+                "modes.max_changes_per_s",
+                format!("must be in 1..={MAX_CHANGES_PER_S}"),
+            ));
+        }
         if let Some(r) = &self.modes.default {
             validate_rule("modes.default", r)?;
         }
@@ -1237,6 +1265,7 @@ impl ModesSection {
                 .iter()
                 .map(|r| (r.id, r.rule.rule()))
                 .collect(),
+            max_changes_per_s: self.max_changes_per_s,
         }
     }
 }
@@ -1342,6 +1371,10 @@ socket = "/tmp/shoal.sock"
         assert_eq!(c.multicast.flush_us, 200);
         assert!(c.multicast.loopback);
         assert!(c.mac_keys().is_none());
+        assert_eq!(c.node_params().modes.max_changes_per_s, 10_000);
+        let bounded = format!("{MINIMAL}[modes]\nmax_changes_per_s = 5\n");
+        let c = Config::parse(&bounded).expect("valid");
+        assert_eq!(c.node_params().modes.max_changes_per_s, 5);
     }
 
     #[test]
@@ -1395,6 +1428,8 @@ socket = "/tmp/shoal.sock"
             "{MINIMAL}[modes.default]\nlevels = [{{ level = 2, total_up = 10, total_down = 5 }}, {{ level = 1, total_up = 20, total_down = 5 }}]\n"
         );
         assert!(err(&unordered).contains("modes.default.levels[1]"));
+        let no_changes = format!("{MINIMAL}[modes]\nmax_changes_per_s = 0\n");
+        assert!(err(&no_changes).contains("modes.max_changes_per_s"));
         assert!(err("not toml at all [").contains("<config>"));
     }
 

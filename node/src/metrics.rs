@@ -376,6 +376,11 @@ impl Collector for CoreMetrics {
             "Protection-mode claims broadcast by this node's controller.",
             c.mode_claims_sent,
         )?;
+        o.counter(
+            "mode_changes_deferred",
+            "Claim changes over modes.max_changes_per_s, deferred (tried again later).",
+            c.mode_changes_deferred,
+        )?;
         o.gauge("resources", "Resources with a load gauge.", n.resources)?;
         o.gauge("modes_active", "Resources with a live mode claim.", n.modes)?;
         o.gauge("sessions", "Session marks held.", n.sessions)?;
@@ -815,6 +820,7 @@ mod tests {
             records_extension: 115,
             resource_table_full: 116,
             mode_claims_sent: 117,
+            mode_changes_deferred: 118,
             ..Counters::default()
         };
         for (i, v) in c.local_rejected.iter_mut().enumerate() {
@@ -1001,6 +1007,7 @@ mod tests {
             ("shoal_records_extension_total", c.records_extension),
             ("shoal_resource_table_full_total", c.resource_table_full),
             ("shoal_mode_claims_sent_total", c.mode_claims_sent),
+            ("shoal_mode_changes_deferred_total", c.mode_changes_deferred),
             ("shoal_resources", 406),
             ("shoal_modes_active", 407),
             ("shoal_sessions", 408),
