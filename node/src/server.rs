@@ -1,15 +1,18 @@
 //! The I/O driver around [`Node`]: the multicast socket, the filter's
-//! Unix datagram socket, the HTTP endpoint and the clock. Hot paths run on
-//! two plain threads with blocking sockets, because a batch deadline of a
-//! few hundred microseconds is below tokio's timer resolution:
+//! Unix datagram socket, the HTTP endpoint and the clock. The hot path is
+//! one plain thread, `shoal-io`, that owns both sockets: it waits on both
+//! with `ppoll` (microsecond deadlines, below tokio's timer resolution),
+//! takes up to [`RX_BATCH`] cluster datagrams per `recvmmsg`, serves the
+//! filter, runs the node's timers, and sends what the node sealed with one
+//! `sendmmsg`. When neither socket has anything queued it seals the open
+//! batch at once (an idle node sends a lone record without waiting), so
+//! `flush_us` only bounds the wait under sustained load.
 //!
-//! - `shoal-rx` receives cluster datagrams and applies them;
-//! - `shoal-local` serves the filter, flushes batches on time and drives
-//!   the node's timers.
-//!
-//! tokio runs the HTTP listeners (admin: `/metrics`, `/status`,
-//! `/healthz`; API: `/v1/...`), the Tarantool edges and the signal
-//! handling.
+//! The node stays behind a `Mutex` for the rare users outside the hot
+//! thread (the API, the forwarder, the saver, `/metrics`); the hot thread
+//! is its only frequent user, so the lock is uncontended. tokio runs the
+//! HTTP listeners (admin: `/metrics`, `/status`, `/healthz`; API:
+//! `/v1/...`), the Tarantool edges and the signal handling.
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
@@ -31,7 +34,7 @@ use crate::preflight::{bind_local, file_id, remove_if_same, BindError};
 use crate::storage::Storage;
 use crate::transport::{self, TransportError};
 use crate::verdicts::Api;
-use shoal_core::Node;
+use shoal_core::{Node, Outbox};
 use shoal_tarantool::verdict::VerdictClient;
 
 /// The verdict store as the API and the forwarder use it.
@@ -90,43 +93,28 @@ impl Shared {
         self.node.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Moves the node's ready datagrams into `outbox` (buffers are swapped,
-    /// not allocated) and returns how many there are.
-    fn drain(node: &mut Node, outbox: &mut Vec<Vec<u8>>) -> usize {
-        let mut n = 0;
-        loop {
-            if outbox.len() <= n {
-                outbox.push(Vec::new());
-            }
-            if !node.poll_transmit(&mut outbox[n]) {
-                return n;
-            }
-            n += 1;
-        }
-    }
-
-    /// Runs `f` on the node from outside the hot threads (the API, the
+    /// Runs `f` on the node from outside the hot thread (the API, the
     /// forwarder) and multicasts whatever it made ready.
     pub(crate) fn with_node<R>(&self, f: impl FnOnce(&mut Node) -> R) -> R {
-        let mut outbox = Vec::new();
-        let (r, ready) = {
+        let mut outbox = Outbox::new();
+        let r = {
             let mut node = self.lock();
             let r = f(&mut node);
             if node.backlog().is_some_and(|b| b.queued() > 0) {
                 self.store_wake.notify_one();
             }
-            (r, Shared::drain(&mut node, &mut outbox))
+            node.take_transmit(&mut outbox);
+            r
         };
-        self.send_all(&outbox[..ready]);
+        let mut tx = transport::Tx::new(self.dest);
+        self.send_all(&mut tx, &outbox);
         r
     }
 
-    fn send_all(&self, outbox: &[Vec<u8>]) {
-        for d in outbox {
-            if let Err(e) = self.multicast.send_to(d, self.dest) {
-                IoStats::inc(&self.io.send_errors);
-                debug!(error = %e, "multicast send failed");
-            }
+    fn send_all(&self, tx: &mut transport::Tx, outbox: &Outbox) {
+        let failed = tx.send(&self.multicast, outbox);
+        if failed > 0 {
+            self.io.send_errors.fetch_add(failed, Ordering::Relaxed);
         }
     }
 }
@@ -224,20 +212,12 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         Some(a) => bind_http(&rt, a)?,
         None => None,
     };
-    let rx = {
+    let hot = {
         let s = Arc::clone(&shared);
         let span = span.clone();
-        spawn("shoal-rx", move || {
+        spawn("shoal-io", move || {
             let _e = span.enter();
-            rx_loop(&s)
-        })?
-    };
-    let ingress = {
-        let s = Arc::clone(&shared);
-        let span = span.clone();
-        spawn("shoal-local", move || {
-            let _e = span.enter();
-            local_loop(&s, &local)
+            io_loop(&s, &local)
         })?
     };
     let syslog = match (&cfg.syslog, rules) {
@@ -295,7 +275,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         let _ = fwd_stop_tx.send(());
         let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), f).await });
     }
-    let _ = ingress.join();
+    let _ = hot.join();
     if let Some(s) = syslog {
         s.join();
     }
@@ -304,7 +284,6 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         let _ = stop_tx.send(());
         let _ = rt.block_on(saver);
     }
-    let _ = rx.join();
     remove_if_same(&cfg.local.socket, local_id);
     info!("shoal node stopped");
     result
@@ -418,102 +397,104 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         .map_err(ServerError::Runtime)
 }
 
-fn rx_loop(s: &Shared) {
-    let mut buf = vec![0u8; 65_536];
-    let mut outbox = Vec::new();
-    if let Err(e) = s
-        .multicast
-        .set_read_timeout(Some(Duration::from_millis(100)))
-    {
-        warn!(error = %e, "cannot set receive timeout; shutdown may hang");
-    }
-    while !s.shutdown.load(Ordering::Relaxed) {
-        let n = match s.multicast.recv(&mut buf) {
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
-            Err(e) => {
-                IoStats::inc(&s.io.recv_errors);
-                debug!(error = %e, "multicast receive failed");
-                continue;
-            }
-        };
-        let ready = {
-            let mut node = s.lock();
-            if let Err(refused) = node.receive(Instant::now(), &buf[..n]) {
-                debug!(reason = %refused, len = n, "datagram refused");
-            }
-            Shared::drain(&mut node, &mut outbox)
-        };
-        s.send_all(&outbox[..ready]);
-    }
-}
-
-/// Waits until `fd` is readable or `wait` passes (microsecond resolution,
-/// unlike tokio's timers).
-fn wait_readable(fd: std::os::fd::RawFd, wait: Duration) {
+/// Waits until one of `fds` is readable or `wait` passes (microsecond
+/// resolution, unlike tokio's timers).
+fn wait_readable(fds: [std::os::fd::RawFd; 2], wait: Duration) {
     let ts = libc::timespec {
         tv_sec: wait.as_secs() as libc::time_t,
         tv_nsec: wait.subsec_nanos() as libc::c_long,
     };
-    let mut pfd = libc::pollfd {
+    let mut pfds = fds.map(|fd| libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
-    };
-    // SAFETY: one valid pollfd, a valid timespec, no signal mask.
+    });
+    // SAFETY: two valid pollfds, a valid timespec, no signal mask.
     unsafe {
-        libc::ppoll(&mut pfd, 1, &ts, std::ptr::null());
+        libc::ppoll(pfds.as_mut_ptr(), 2, &ts, std::ptr::null());
     }
 }
 
-fn local_loop(s: &Shared, sock: &UnixDatagram) {
+/// Cluster datagrams taken per `recvmmsg`.
+const RX_BATCH: usize = 32;
+
+/// The hot thread: both sockets, the node's timers and the sends.
+fn io_loop(s: &Shared, sock: &UnixDatagram) {
     // Non-blocking: a filter that never reads its replies must not stall
     // the sidecar; its replies are dropped and counted instead.
     if let Err(e) = sock.set_nonblocking(true) {
         warn!(error = %e, "cannot make the local socket non-blocking");
     }
-    let fd = sock.as_raw_fd();
+    let fds = [sock.as_raw_fd(), s.multicast.as_raw_fd()];
+    let mut rx = transport::Rx::new(RX_BATCH);
+    let mut tx = transport::Tx::new(s.dest);
     let mut buf = vec![0u8; 65_536];
     let mut reply = Vec::with_capacity(4096);
-    let mut outbox = Vec::new();
+    let mut outbox = Outbox::new();
+    let mut deadline = s.lock().poll_timeout();
     while !s.shutdown.load(Ordering::Relaxed) {
-        let deadline = s.lock().poll_timeout();
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(100));
         if !wait.is_zero() {
-            wait_readable(fd, wait);
+            wait_readable(fds, wait);
         }
-        // Serve everything queued, then run the timers once.
+        // Serve everything queued on both sockets, then seal what is left.
         loop {
-            let got = sock.recv_from(&mut buf);
-            let now = Instant::now();
-            let (ready, peer) = {
-                let mut node = s.lock();
-                let peer = match got {
-                    Ok((n, peer)) => {
-                        node.handle_local(now, &buf[..n], &mut reply);
-                        if node.backlog().is_some_and(|b| b.queued() > 0) {
-                            s.store_wake.notify_one();
-                        }
-                        Some(peer)
+            let cluster = match rx.recv(&s.multicast) {
+                Ok(n) => n,
+                Err(e) => {
+                    if e.kind() != ErrorKind::WouldBlock {
+                        IoStats::inc(&s.io.recv_errors);
+                        debug!(error = %e, "multicast receive failed");
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => None,
-                    Err(e) => {
+                    0
+                }
+            };
+            let got = match sock.recv_from(&mut buf) {
+                Ok((n, peer)) => Some((n, peer)),
+                Err(e) => {
+                    if e.kind() != ErrorKind::WouldBlock {
                         debug!(error = %e, "local receive failed");
-                        None
                     }
-                };
+                    None
+                }
+            };
+            let drained = cluster == 0 && got.is_none();
+            let now = Instant::now();
+            {
+                let mut node = s.lock();
+                for d in rx.datagrams(cluster) {
+                    if let Err(refused) = node.receive(now, d) {
+                        debug!(reason = %refused, len = d.len(), "datagram refused");
+                    }
+                }
+                if let Some((n, _)) = &got {
+                    node.handle_local(now, &buf[..*n], &mut reply);
+                    if node.backlog().is_some_and(|b| b.queued() > 0) {
+                        s.store_wake.notify_one();
+                    }
+                }
                 if now >= node.poll_timeout() {
                     node.handle_timeout(now);
                 }
-                (Shared::drain(&mut node, &mut outbox), peer)
-            };
-            s.send_all(&outbox[..ready]);
-            let Some(peer) = peer else { break };
-            let named = peer.as_pathname().is_some() || peer.as_abstract_name().is_some();
-            if !reply.is_empty() && named && sock.send_to_addr(&reply, &peer).is_err() {
-                IoStats::inc(&s.io.local_reply_errors);
+                if drained && node.has_batch() {
+                    // Nothing more is queued: the batch holds what already
+                    // arrived, and waiting would only add latency.
+                    node.flush();
+                }
+                node.take_transmit(&mut outbox);
+                deadline = node.poll_timeout();
+            }
+            s.send_all(&mut tx, &outbox);
+            if let Some((_, peer)) = got {
+                let named = peer.as_pathname().is_some() || peer.as_abstract_name().is_some();
+                if !reply.is_empty() && named && sock.send_to_addr(&reply, &peer).is_err() {
+                    IoStats::inc(&s.io.local_reply_errors);
+                }
+            }
+            if drained || s.shutdown.load(Ordering::Relaxed) {
+                break;
             }
         }
     }

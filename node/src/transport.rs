@@ -2,10 +2,16 @@
 //! group on an explicit interface, receives everyone's datagrams and sends
 //! this node's. The interface is always pinned, so test traffic never
 //! follows the host's default route.
+//!
+//! Also the batched system calls on that socket: [`Rx`] takes every queued
+//! datagram (up to its slots) with one `recvmmsg`, [`Tx`] sends a node's
+//! [`Outbox`] with one `sendmmsg`; both reuse buffers allocated once.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 
+use shoal_core::Outbox;
+use shoal_wire::MAX_DATAGRAM;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::MulticastSection;
@@ -112,4 +118,143 @@ fn size_rcvbuf(s: &Socket, want: usize) -> std::io::Result<RcvBuf> {
         effective,
         forced: rc == 0 && effective >= want,
     })
+}
+
+/// Receive slots, each big enough for any datagram.
+pub(crate) struct Rx {
+    bufs: Vec<u8>,
+    lens: Vec<usize>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl Rx {
+    pub(crate) fn new(slots: usize) -> Rx {
+        let mut rx = Rx {
+            bufs: vec![0; slots * MAX_DATAGRAM],
+            lens: vec![0; slots],
+            iovs: Vec::with_capacity(slots),
+            hdrs: Vec::with_capacity(slots),
+        };
+        for i in 0..slots {
+            rx.iovs.push(libc::iovec {
+                // SAFETY: in bounds: slot i of `slots` slots.
+                iov_base: unsafe { rx.bufs.as_mut_ptr().add(i * MAX_DATAGRAM) }.cast(),
+                iov_len: MAX_DATAGRAM,
+            });
+        }
+        for i in 0..slots {
+            // SAFETY: an all-zero msghdr is a valid empty header.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = &mut rx.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            rx.hdrs.push(h);
+        }
+        rx
+    }
+
+    /// Takes what is queued, without waiting: the number of datagrams
+    /// (0 when none), or the error.
+    pub(crate) fn recv(&mut self, sock: &UdpSocket) -> std::io::Result<usize> {
+        // SAFETY: every header points at its own iovec, and every
+        // iovec at its own slot of `bufs`; all live as long as `self`,
+        // which the call borrows mutably; the count is their length.
+        let n = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                self.hdrs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for i in 0..n {
+            self.lens[i] = self.hdrs[i].msg_len as usize;
+        }
+        Ok(n)
+    }
+
+    /// The first `n` datagrams of the last [`recv`](Self::recv).
+    pub(crate) fn datagrams(&self, n: usize) -> impl Iterator<Item = &[u8]> + '_ {
+        (0..n).map(move |i| &self.bufs[i * MAX_DATAGRAM..i * MAX_DATAGRAM + self.lens[i]])
+    }
+}
+
+/// Send scratch: iovecs and headers rebuilt per call, capacity kept.
+pub(crate) struct Tx {
+    dest: libc::sockaddr_in,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl Tx {
+    pub(crate) fn new(dest: SocketAddr) -> Tx {
+        // SAFETY: an all-zero sockaddr_in is valid; fields set below.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        if let SocketAddr::V4(v4) = dest {
+            sa.sin_port = v4.port().to_be();
+            sa.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+        }
+        Tx {
+            dest: sa,
+            iovs: Vec::new(),
+            hdrs: Vec::new(),
+        }
+    }
+
+    /// Sends every datagram of `out` to the destination; returns how
+    /// many could not be sent (each failure skips one datagram, as
+    /// separate sends would).
+    pub(crate) fn send(&mut self, sock: &UdpSocket, out: &Outbox) -> u64 {
+        if out.is_empty() {
+            return 0;
+        }
+        self.iovs.clear();
+        self.iovs.extend(out.iter().map(|d| libc::iovec {
+            iov_base: d.as_ptr() as *mut libc::c_void,
+            iov_len: d.len(),
+        }));
+        self.hdrs.clear();
+        for iov in self.iovs.iter_mut() {
+            // SAFETY: an all-zero msghdr is a valid empty header.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = (&mut self.dest as *mut libc::sockaddr_in).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            self.hdrs.push(h);
+        }
+        let mut at = 0;
+        let mut failed = 0;
+        while at < self.hdrs.len() {
+            let left = &mut self.hdrs[at..];
+            // SAFETY: each header points at `dest` and at its iovec,
+            // which points into `out`; all outlive the call.
+            let n = unsafe {
+                libc::sendmmsg(
+                    sock.as_raw_fd(),
+                    left.as_mut_ptr(),
+                    left.len() as libc::c_uint,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::debug!(error = %e, "multicast send failed");
+                failed += 1;
+                at += 1;
+            } else {
+                at += n as usize;
+            }
+        }
+        failed
+    }
 }
