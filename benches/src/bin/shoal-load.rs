@@ -553,13 +553,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// The `[modes]` config of the claims and flood phases: every resource is
-/// watched; a load of 1 M/s or more on one node raises level 1.
+/// watched; a load of 1 M/s or more on the node's own filter raises level
+/// 1 (the cluster total never does, so only node 1 claims: N active
+/// claims are node 1's, and nodes 2 and 3 hold them as peers' claims).
 fn modes_config(a: &Args) -> String {
     let bound = a
         .max_changes
         .map_or(String::new(), |m| format!("[modes]\nmax_changes_per_s = {m}\n"));
     format!(
-        "max_resources = 1000000\n{bound}[modes.default]\nlevels = [{{ level = 1, total_up = 1000000, total_down = 500000, local_up = 1000000, local_down = 500000 }}]\n"
+        "max_resources = 1000000\n{bound}[modes.default]\nlevels = [{{ level = 1, total_up = 1000000000000, total_down = 500000000000, local_up = 1000000, local_down = 500000 }}]\n"
     )
 }
 
