@@ -14,9 +14,9 @@
 //! again later, so a flood of distinct resources cannot turn protection
 //! into a flood of claims.
 
+use crate::hash::{Map, SeededState};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use crate::hash::{Map, SeededState};
 use std::time::{Duration, Instant};
 
 /// One level of a rule: where it switches on and where it may switch off.
@@ -394,9 +394,12 @@ mod tests {
         let mut c = controller();
         let t0 = Instant::now();
         assert_eq!(c.evaluate(t0, 7, 100, 900, None), None);
-        let d = c.evaluate(t0, 7, 450, 900, None).expect("local spike raises");
+        let d = c
+            .evaluate(t0, 7, 450, 900, None)
+            .expect("local spike raises");
         assert_eq!((d.level, d.ttl), (1, ms(3_000)));
-        let d = c.evaluate(t0, 7, 450, 6_000, None)
+        let d = c
+            .evaluate(t0, 7, 450, 6_000, None)
             .expect("total spike raises further");
         assert_eq!(d.level, 2);
         assert_eq!(
@@ -417,12 +420,16 @@ mod tests {
         // Below total_down, but the hold has not elapsed.
         assert_eq!(c.evaluate(t0 + ms(500), 7, 0, 100, None), None);
         assert_eq!(c.level(7), 1);
-        let d = c.evaluate(t0 + ms(1_000), 7, 0, 100, None).expect("release");
+        let d = c
+            .evaluate(t0 + ms(1_000), 7, 0, 100, None)
+            .expect("release");
         assert_eq!(d.level, 0);
         assert_eq!(c.level(7), 0);
         // From level 2 down to 1 when the total sits between the bands.
         c.evaluate(t0, 7, 0, 6_000, None).expect("raise to 2");
-        let d = c.evaluate(t0 + ms(1_500), 7, 0, 3_000, None).expect("step down");
+        let d = c
+            .evaluate(t0 + ms(1_500), 7, 0, 3_000, None)
+            .expect("step down");
         assert_eq!(d.level, 1);
     }
 
@@ -479,7 +486,8 @@ mod tests {
     fn a_stale_gauge_releases_the_claim_at_its_deadline() {
         let mut c = controller();
         let t0 = Instant::now();
-        c.evaluate(t0, 7, 0, 2_000, Some(t0 + ms(300))).expect("raise");
+        c.evaluate(t0, 7, 0, 2_000, Some(t0 + ms(300)))
+            .expect("raise");
         // The gauge goes stale at 300 ms, but the hold runs to 1 s.
         assert_eq!(c.next_deadline(), Some(t0 + ms(1_000)));
         let out = fire_due(&mut c, t0 + ms(1_000), (0, 0));
@@ -495,10 +503,14 @@ mod tests {
     fn a_later_stale_time_defers_the_recheck() {
         let mut c = controller();
         let t0 = Instant::now();
-        c.evaluate(t0, 7, 0, 2_000, Some(t0 + ms(1_200))).expect("raise");
+        c.evaluate(t0, 7, 0, 2_000, Some(t0 + ms(1_200)))
+            .expect("raise");
         assert_eq!(c.next_deadline(), Some(t0 + ms(1_000)), "keep-alive first");
         // A fresh load at 1.1 s moves the staleness to 1.6 s: no new entry.
-        assert_eq!(c.evaluate(t0 + ms(1_100), 7, 0, 2_000, Some(t0 + ms(1_600))), None);
+        assert_eq!(
+            c.evaluate(t0 + ms(1_100), 7, 0, 2_000, Some(t0 + ms(1_600))),
+            None
+        );
         assert_eq!(c.timers(), 1);
     }
 
@@ -549,7 +561,8 @@ mod tests {
         );
         let t0 = Instant::now();
         for r in 0..1_000 {
-            c.evaluate(t0, r, 0, 2_000, Some(t0 + ms(500))).expect("raise");
+            c.evaluate(t0, r, 0, 2_000, Some(t0 + ms(500)))
+                .expect("raise");
         }
         // Every resource gets a fresh load every millisecond for a second.
         for step in 1..1_000u64 {

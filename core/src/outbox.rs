@@ -73,7 +73,10 @@ mod tests {
         o.push(b"one");
         o.push(b"");
         o.push(b"three");
-        assert_eq!(o.iter().collect::<Vec<_>>(), vec![&b"one"[..], b"", b"three"]);
+        assert_eq!(
+            o.iter().collect::<Vec<_>>(),
+            vec![&b"one"[..], b"", b"three"]
+        );
         let mut out = Vec::new();
         assert!(o.pop_into(&mut out));
         assert_eq!(out, b"one");

@@ -298,7 +298,10 @@ impl ClusterState {
                 }
             }
         }
-        (view, oldest.map(|o| o + self.limits.load_stale + STALE_STEP))
+        (
+            view,
+            oldest.map(|o| o + self.limits.load_stale + STALE_STEP),
+        )
     }
 
     pub fn mode(&self, now: Instant, resource: u64) -> ModeView {

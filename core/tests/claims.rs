@@ -49,6 +49,7 @@ fn node(max_changes_per_s: u32, t0: Instant) -> Node {
         },
         store: None,
         relay_capacity: 16,
+        hash_seed: 0x5eed,
     };
     Node::new(p, t0, WALL)
 }

@@ -68,10 +68,19 @@ struct Args {
     /// Filter threads blasting node 1 in the throughput phase.
     #[arg(long, default_value_t = 1)]
     senders: usize,
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "throughput,latency,bare")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "throughput,latency,bare"
+    )]
     phases: Vec<Phase>,
     /// Background rates of the `rates` phase.
-    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000,1000000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,10000,100000,1000000"
+    )]
     rates: Vec<u64>,
     /// Active claims of the `claims` phase.
     #[arg(long, value_delimiter = ',', default_value = "0,10000,100000")]
@@ -469,7 +478,10 @@ fn bare_throughput(a: &Args) -> anyhow::Result<Throughput> {
     let elapsed = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::Relaxed);
-    let got: Vec<(u64, f64)> = rx.into_iter().map(|h| h.join().unwrap_or_default()).collect();
+    let got: Vec<(u64, f64)> = rx
+        .into_iter()
+        .map(|h| h.join().unwrap_or_default())
+        .collect();
     let delivered: u64 = got.iter().map(|g| g.0).sum();
     let cpu = tx_cpu + got.iter().map(|g| g.1).sum::<f64>();
     let mut t = Throughput {
@@ -529,7 +541,9 @@ fn bare_latency(a: &Args, rate: u64) -> anyhow::Result<Latency> {
         let t0 = Instant::now();
         send.send_to(&probe, b.dest)?;
         let deadline = t0 + Duration::from_secs(1);
-        while let Ok((got, at)) = prx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        while let Ok((got, at)) =
+            prx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
             if got == id {
                 samples.push(at.duration_since(t0).as_secs_f64() * 1e6);
                 break;
@@ -557,9 +571,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// 1 (the cluster total never does, so only node 1 claims: N active
 /// claims are node 1's, and nodes 2 and 3 hold them as peers' claims).
 fn modes_config(a: &Args) -> String {
-    let bound = a
-        .max_changes
-        .map_or(String::new(), |m| format!("[modes]\nmax_changes_per_s = {m}\n"));
+    let bound = a.max_changes.map_or(String::new(), |m| {
+        format!("[modes]\nmax_changes_per_s = {m}\n")
+    });
     format!(
         "max_resources = 1000000\n{bound}[modes.default]\nlevels = [{{ level = 1, total_up = 1000000000000, total_down = 500000000000, local_up = 1000000, local_down = 500000 }}]\n"
     )

@@ -404,7 +404,8 @@ fn main() {
         let mut conv = std::mem::take(&mut sim.converged);
         conv.sort_by(|a, b| a.total_cmp(b));
         let unconverged = sim.probes.len();
-        let records_in = (n as f64 - 1.0) * (args.resources as f64) * 1000.0 / args.report_ms as f64;
+        let records_in =
+            (n as f64 - 1.0) * (args.resources as f64) * 1000.0 / args.report_ms as f64;
         println!(
             "{:>6} | {:>13.0} | {:>18.2} | {:>17.2} | {:>8.0} / {:>6.0} us | {:>10.0} us | {:>6} ({} open) | {:.2}",
             n,
