@@ -398,8 +398,8 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
 }
 
 /// Waits until one of `fds` is readable or `wait` passes (microsecond
-/// resolution, unlike tokio's timers).
-fn wait_readable(fds: [std::os::fd::RawFd; 2], wait: Duration) {
+/// resolution, unlike tokio's timers); returns which are readable.
+fn wait_readable(fds: [std::os::fd::RawFd; 2], wait: Duration) -> [bool; 2] {
     let ts = libc::timespec {
         tv_sec: wait.as_secs() as libc::time_t,
         tv_nsec: wait.subsec_nanos() as libc::c_long,
@@ -410,9 +410,12 @@ fn wait_readable(fds: [std::os::fd::RawFd; 2], wait: Duration) {
         revents: 0,
     });
     // SAFETY: two valid pollfds, a valid timespec, no signal mask.
-    unsafe {
-        libc::ppoll(pfds.as_mut_ptr(), 2, &ts, std::ptr::null());
+    let rc = unsafe { libc::ppoll(pfds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
+    if rc < 0 {
+        // EINTR and the like: look at both, as if woken.
+        return [true; 2];
     }
+    pfds.map(|p| p.revents != 0)
 }
 
 /// Cluster datagrams taken per `recvmmsg`.
@@ -436,31 +439,52 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(100));
-        if !wait.is_zero() {
-            wait_readable(fds, wait);
-        }
+        // Which sockets may have input: only those are read, so a node
+        // that only receives pays one `recvmmsg` per wake-up, not a failed
+        // `recv` on its filter's socket too.
+        let [mut local_ready, mut cluster_ready] = if wait.is_zero() {
+            [true; 2]
+        } else {
+            wait_readable(fds, wait)
+        };
         // Serve everything queued on both sockets, then seal what is left.
+        let mut round = 0u32;
         loop {
-            let cluster = match rx.recv(&s.multicast) {
-                Ok(n) => n,
-                Err(e) => {
-                    if e.kind() != ErrorKind::WouldBlock {
-                        IoStats::inc(&s.io.recv_errors);
-                        debug!(error = %e, "multicast receive failed");
+            round += 1;
+            if round % 16 == 0 {
+                // A filter that never lets its socket drain must not keep
+                // the cluster's datagrams waiting: look again now and then.
+                cluster_ready = true;
+            }
+            let mut cluster = 0;
+            if cluster_ready {
+                cluster = match rx.recv(&s.multicast) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        if e.kind() != ErrorKind::WouldBlock {
+                            IoStats::inc(&s.io.recv_errors);
+                            debug!(error = %e, "multicast receive failed");
+                        }
+                        0
                     }
-                    0
-                }
-            };
-            let got = match sock.recv_from(&mut buf) {
-                Ok((n, peer)) => Some((n, peer)),
-                Err(e) => {
-                    if e.kind() != ErrorKind::WouldBlock {
-                        debug!(error = %e, "local receive failed");
+                };
+                // A short batch means the queue ran dry.
+                cluster_ready = cluster == RX_BATCH;
+            }
+            let mut got = None;
+            if local_ready {
+                got = match sock.recv_from(&mut buf) {
+                    Ok((n, peer)) => Some((n, peer)),
+                    Err(e) => {
+                        if e.kind() != ErrorKind::WouldBlock {
+                            debug!(error = %e, "local receive failed");
+                        }
+                        None
                     }
-                    None
-                }
-            };
-            let drained = cluster == 0 && got.is_none();
+                };
+                local_ready = got.is_some();
+            }
+            let drained = !cluster_ready && !local_ready;
             let now = Instant::now();
             {
                 let mut node = s.lock();
