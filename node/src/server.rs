@@ -177,6 +177,10 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         file = %cfg.incarnation_file().display(),
         "incarnation"
     );
+    if let Err(e) = transport::drop_own(&mc.socket, cfg.node.id, incarnation) {
+        // Only a cost: the node drops its own datagrams itself.
+        warn!(error = %e, "cannot attach the socket filter for own looped datagrams");
+    }
     let params = cfg.node_params();
     let seed = params.hash_seed;
     let node = Node::new(params, Instant::now(), wall_us(), incarnation);

@@ -71,6 +71,9 @@ impl Rng {
     }
 }
 
+/// The wall clock at the start of the simulation, and every incarnation.
+const WALL_US: u64 = 1_700_000_000_000_000;
+
 fn params(id: u32) -> NodeParams {
     NodeParams {
         id,
@@ -86,6 +89,7 @@ fn params(id: u32) -> NodeParams {
             max_resources: 100_000,
             session_capacity: 1_000,
             default_ttl: Duration::from_secs(10),
+            clock_skew: Duration::from_millis(500),
         },
         max_peers: 256,
         modes: ModeRules {
@@ -371,7 +375,7 @@ fn main() {
             t0,
             now: Duration::ZERO,
             nodes: (1..=n as u32)
-                .map(|id| Node::new(params(id), t0, 1_700_000_000_000_000))
+                .map(|id| Node::new(params(id), t0, WALL_US, WALL_US))
                 .collect(),
             events: BinaryHeap::new(),
             pending: Vec::new(),
