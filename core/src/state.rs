@@ -149,18 +149,22 @@ impl ClusterState {
 
     /// Records `origin`'s current gauge for `resource`.
     pub fn apply_load(&mut self, now: Instant, origin: u32, resource: u64, value: u64) -> Applied {
-        if !self.loads.contains_key(&resource) && self.loads.len() >= self.limits.max_resources {
-            return Applied::ResourceTableFull;
-        }
-        let stale_at = now + self.limits.load_stale + STALE_STEP;
-        let slot = self.loads.entry(resource).or_insert_with(|| {
-            self.load_timers.push(Reverse((stale_at, resource)));
-            Slot {
-                items: Vec::new(),
-                queued: stale_at,
+        // One hash for a known resource (the common case: gauges are
+        // reported again and again); a second only to insert a new one.
+        let full = self.loads.len() >= self.limits.max_resources;
+        let gauges = match self.loads.get_mut(&resource) {
+            Some(slot) => &mut slot.items,
+            None if full => return Applied::ResourceTableFull,
+            None => {
+                let stale_at = now + self.limits.load_stale + STALE_STEP;
+                self.load_timers.push(Reverse((stale_at, resource)));
+                let slot = self.loads.entry(resource).or_insert(Slot {
+                    items: Vec::with_capacity(1),
+                    queued: stale_at,
+                });
+                &mut slot.items
             }
-        });
-        let gauges = &mut slot.items;
+        };
         match gauges.iter_mut().find(|g| g.origin == origin) {
             Some(g) => {
                 g.value = value;
