@@ -198,18 +198,21 @@ impl ClusterState {
             }
             return Applied::Ok;
         }
-        if !self.modes.contains_key(&resource) && self.modes.len() >= self.limits.max_resources {
-            return Applied::ResourceTableFull;
-        }
         let expires = now + self.ttl_or_default(ttl_ms);
-        let slot = self.modes.entry(resource).or_insert_with(|| {
-            self.mode_timers.push(Reverse((expires, resource)));
-            Slot {
-                items: Vec::new(),
-                queued: expires,
+        let full = self.modes.len() >= self.limits.max_resources;
+        // One hash for a known resource, as in `apply_load`.
+        let claims = match self.modes.get_mut(&resource) {
+            Some(slot) => &mut slot.items,
+            None if full => return Applied::ResourceTableFull,
+            None => {
+                self.mode_timers.push(Reverse((expires, resource)));
+                let slot = self.modes.entry(resource).or_insert(Slot {
+                    items: Vec::with_capacity(1),
+                    queued: expires,
+                });
+                &mut slot.items
             }
-        });
-        let claims = &mut slot.items;
+        };
         match claims.iter_mut().find(|c| c.origin == origin) {
             Some(c) => {
                 c.level = level;
@@ -544,6 +547,33 @@ mod tests {
         assert_eq!(s.mark(later, 4).mark, 0);
         assert_eq!(s.purge(later), 3);
         assert_eq!(s.counts().2, 0);
+    }
+
+    #[test]
+    fn purge_works_in_bounded_slices_and_only_on_what_is_due() {
+        let limits = StateLimits {
+            load_stale: Duration::from_millis(500),
+            max_resources: 1_000,
+            session_capacity: 10,
+            default_ttl: Duration::from_secs(10),
+        };
+        let t0 = Instant::now();
+        let mut s = ClusterState::new(1, limits, SeededState::new(1));
+        for r in 0..100 {
+            s.apply_load(t0, 2, r, 1);
+        }
+        // Resource 99 is refreshed: not due when the others go stale.
+        s.apply_load(t0 + Duration::from_millis(400), 2, 99, 1);
+        let at = t0 + Duration::from_millis(600);
+        assert_eq!(s.purge_some(at, 30), (30, true));
+        assert_eq!(s.counts().0, 70);
+        let (removed, more) = s.purge_some(at, 1_000);
+        assert_eq!((removed, more), (69, false), "the refreshed one stays");
+        assert_eq!(s.load(at, 99).total, 1);
+        // Nothing due: a purge touches nothing.
+        assert_eq!(s.purge_some(at, 1_000), (0, false));
+        assert_eq!(s.purge(t0 + Duration::from_secs(1)), 1);
+        assert_eq!(s.counts().0, 0);
     }
 
     const LEGIT: u64 = shoal_wire::Record::MARK_LEGITIMATE;
