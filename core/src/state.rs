@@ -556,6 +556,7 @@ mod tests {
             max_resources: 1_000,
             session_capacity: 10,
             default_ttl: Duration::from_secs(10),
+            clock_skew: Duration::from_millis(500),
         };
         let t0 = Instant::now();
         let mut s = ClusterState::new(1, limits, SeededState::new(1));

@@ -40,6 +40,7 @@ fn node(max_changes_per_s: u32, t0: Instant) -> Node {
             max_resources: 200_000,
             session_capacity: 1000,
             default_ttl: Duration::from_secs(10),
+            clock_skew: ms(500),
         },
         max_peers: 16,
         modes: ModeRules {
@@ -51,7 +52,7 @@ fn node(max_changes_per_s: u32, t0: Instant) -> Node {
         relay_capacity: 16,
         hash_seed: 0x5eed,
     };
-    Node::new(p, t0, WALL)
+    Node::new(p, t0, WALL, WALL)
 }
 
 /// Feeds a load above the threshold for `n` distinct resources, 64 per
