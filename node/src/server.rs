@@ -177,9 +177,14 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         file = %cfg.incarnation_file().display(),
         "incarnation"
     );
-    if let Err(e) = transport::drop_own(&mc.socket, cfg.node.id, incarnation) {
-        // Only a cost: the node drops its own datagrams itself.
-        warn!(error = %e, "cannot attach the socket filter for own looped datagrams");
+    // Only with loop on do this node's datagrams come back to it. Without
+    // it no filter is attached, so a forgery carrying this node's id and
+    // incarnation is refused and counted in user space like any other.
+    if cfg.multicast.loopback {
+        if let Err(e) = transport::drop_own(&mc.socket, cfg.node.id, incarnation) {
+            // Only a cost: the node drops its own datagrams itself.
+            warn!(error = %e, "cannot attach the socket filter for own looped datagrams");
+        }
     }
     let params = cfg.node_params();
     let seed = params.hash_seed;
