@@ -315,6 +315,10 @@ pub struct NodeSnapshot {
     /// In no particular order.
     pub peers: Vec<PeerSnapshot>,
     pub backlog: Option<BacklogSnapshot>,
+    /// The rate limits (`ratelimit`), in config order.
+    pub limits: Vec<LimitSnapshot>,
+    /// `KEY_RATE` records for a limit this node does not have.
+    pub key_rate_unknown_table: u64,
 }
 
 /// One peer's counters (see [`PeerStats`]), without its replay window.
@@ -1000,6 +1004,8 @@ impl Node {
     pub fn snapshot(&self) -> NodeSnapshot {
         let (resources, modes, sessions) = self.state.counts();
         NodeSnapshot {
+            limits: self.limit_snapshots(),
+            key_rate_unknown_table: self.limits.unknown_table,
             id: self.id,
             cluster: self.cluster,
             counters: self.counters.clone(),

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use shoal_core::keyrate::name_id;
+use shoal_core::ratelimit::{KeyKind, LimitRule, Scope};
 use shoal_core::{
     BacklogLimits, Level, ModeRules, NodeParams, Rule, StateLimits, DEFAULT_RELAY_CAPACITY,
 };
@@ -132,6 +134,153 @@ pub struct Config {
     /// means no syslog is read.
     #[serde(default)]
     pub syslog: Option<crate::syslog::SyslogSection>,
+    /// Cluster-wide rate limits (`docs/ratelimit.md`).
+    #[serde(default)]
+    pub limits: Vec<LimitSection>,
+}
+
+/// Most `[[limits]]` a config may have.
+pub(crate) const MAX_LIMITS: usize = 64;
+/// Most keys one limit may count (fixed memory: about 100 bytes a key).
+pub(crate) const MAX_LIMIT_KEYS: usize = 16 << 20;
+
+/// One `[[limits]]` table: `hashlimit`'s rate, burst, table size and
+/// expiry, for one kind of key, shared by the cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSection {
+    /// Unique; filters name the limit by the FNV-1a 32-bit hash of it
+    /// (`shoal_limit_id()` in `shoal.h`).
+    pub name: String,
+    /// `addr`, `session`, `resource` or `opaque`.
+    pub key: String,
+    /// Hits per second per key (cluster-wide unless `scope = "node"`).
+    pub rate: f64,
+    /// Hits admitted at once after a key was quiet; default: one second
+    /// of `rate` (at least 1).
+    #[serde(default)]
+    pub burst: Option<f64>,
+    /// Keys counted per node (`--hashlimit-htable-max`).
+    #[serde(default = "default_limit_keys")]
+    pub max_keys: usize,
+    /// A key not hit for this long is forgotten (`--hashlimit-htable-expire`).
+    #[serde(default = "default_limit_idle_ms")]
+    pub idle_ms: u64,
+    /// `cluster` (default): the limit holds for the whole cluster; `node`:
+    /// every node applies it alone (up to N times the rate in total).
+    #[serde(default = "default_limit_scope")]
+    pub scope: String,
+    /// For `key = "addr"`: count IPv4 sources per this prefix (0..=32).
+    #[serde(default = "default_v4_prefix")]
+    pub prefix_v4: u8,
+    /// For `key = "addr"`: count IPv6 sources per this prefix (0..=64).
+    #[serde(default = "default_v6_prefix")]
+    pub prefix_v6: u8,
+}
+
+fn default_limit_keys() -> usize {
+    65_536
+}
+fn default_limit_idle_ms() -> u64 {
+    60_000
+}
+fn default_limit_scope() -> String {
+    "cluster".into()
+}
+fn default_v4_prefix() -> u8 {
+    32
+}
+fn default_v6_prefix() -> u8 {
+    64
+}
+
+impl LimitSection {
+    fn validate(&self, k: &str) -> Result<(), ConfigError> {
+        if self.name.is_empty() || self.name.len() > 64 {
+            return Err(invalid(&format!("{k}.name"), "1 to 64 bytes"));
+        }
+        if !self
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
+            return Err(invalid(
+                &format!("{k}.name"),
+                "letters, digits, '_', '-' and '.' only (it is a metric label)",
+            ));
+        }
+        self.kind(k)?;
+        if !(self.rate.is_finite() && self.rate > 0.0 && self.rate <= 1e9) {
+            return Err(invalid(
+                &format!("{k}.rate"),
+                "must be > 0 and <= 1e9 hits/s",
+            ));
+        }
+        if let Some(b) = self.burst {
+            if !(b.is_finite() && (1.0..=1e12).contains(&b)) {
+                return Err(invalid(&format!("{k}.burst"), "must be >= 1 and <= 1e12"));
+            }
+        }
+        if self.max_keys == 0 || self.max_keys > MAX_LIMIT_KEYS {
+            return Err(invalid(
+                &format!("{k}.max_keys"),
+                format!("must be 1..={MAX_LIMIT_KEYS}"),
+            ));
+        }
+        if self.idle_ms == 0 || self.idle_ms > 86_400_000 {
+            return Err(invalid(&format!("{k}.idle_ms"), "must be 1..=86400000"));
+        }
+        self.scope(k)?;
+        Ok(())
+    }
+
+    fn kind(&self, k: &str) -> Result<KeyKind, ConfigError> {
+        match self.key.as_str() {
+            "addr" => {
+                if self.prefix_v4 > 32 {
+                    return Err(invalid(&format!("{k}.prefix_v4"), "must be 0..=32"));
+                }
+                if self.prefix_v6 > 64 {
+                    return Err(invalid(&format!("{k}.prefix_v6"), "must be 0..=64"));
+                }
+                Ok(KeyKind::Addr {
+                    v4_prefix: self.prefix_v4,
+                    v6_prefix: self.prefix_v6,
+                })
+            }
+            "session" => Ok(KeyKind::Session),
+            "resource" => Ok(KeyKind::Resource),
+            "opaque" => Ok(KeyKind::Opaque),
+            other => Err(invalid(
+                &format!("{k}.key"),
+                format!("`{other}`: one of addr, session, resource, opaque"),
+            )),
+        }
+    }
+
+    fn scope(&self, k: &str) -> Result<Scope, ConfigError> {
+        match self.scope.as_str() {
+            "cluster" => Ok(Scope::Cluster),
+            "node" => Ok(Scope::Node),
+            other => Err(invalid(
+                &format!("{k}.scope"),
+                format!("`{other}`: cluster or node"),
+            )),
+        }
+    }
+
+    /// The core's rule (after `validate`).
+    pub fn rule(&self) -> LimitRule {
+        LimitRule {
+            name: self.name.clone(),
+            kind: self.kind("").unwrap_or(KeyKind::Opaque),
+            rate: self.rate,
+            burst: self.burst.unwrap_or(self.rate).max(1.0),
+            max_keys: self.max_keys,
+            idle: Duration::from_millis(self.idle_ms),
+            scope: self.scope("").unwrap_or(Scope::Cluster),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1037,6 +1186,33 @@ impl Config {
         if self.node.id == 0 {
             return Err(invalid("node.id", "must be non-zero"));
         }
+        if self.limits.len() > MAX_LIMITS {
+            return Err(invalid("limits", format!("at most {MAX_LIMITS}")));
+        }
+        for (i, l) in self.limits.iter().enumerate() {
+            l.validate(&format!("limits[{i}]"))?;
+        }
+        for (i, a) in self.limits.iter().enumerate() {
+            for b in &self.limits[..i] {
+                if a.name == b.name {
+                    return Err(invalid(
+                        &format!("limits[{i}].name"),
+                        format!("`{}` is used twice", a.name),
+                    ));
+                }
+                if name_id(&a.name) == name_id(&b.name) {
+                    return Err(invalid(
+                        &format!("limits[{i}].name"),
+                        format!(
+                            "`{}` and `{}` have the same id {:#010x}: rename one",
+                            a.name,
+                            b.name,
+                            name_id(&a.name)
+                        ),
+                    ));
+                }
+            }
+        }
         let m = &self.multicast;
         if !m.group.is_multicast() {
             return Err(invalid(
@@ -1206,6 +1382,11 @@ impl Config {
 
     pub fn flush_interval(&self) -> Duration {
         Duration::from_micros(self.multicast.flush_us)
+    }
+
+    /// The core's rate limits, in config order.
+    pub fn limit_rules(&self) -> Vec<LimitRule> {
+        self.limits.iter().map(LimitSection::rule).collect()
     }
 
     /// The core's parameters for this node.

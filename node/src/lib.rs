@@ -31,6 +31,8 @@
 //!   bounded queue, and the worker applying `shoal_core::rules` actions.
 //! - `rulesfile`: the responder's rules file (TOML) read into the core's
 //!   rule specs, for `run` and `shoal rules test`.
+//! - `limits`: the rate limits' metrics collector and `/status` section
+//!   (the decisions are `shoal_core::ratelimit`).
 //! - `server`: threads, sockets, HTTP and signals around the node.
 //! - `client`: the local API client used by the CLI, tests and harness.
 //! - `testkit`: starting real `shoal` processes for tests and benches.
@@ -40,6 +42,7 @@ mod config;
 mod forwarder;
 mod http;
 mod incarnation;
+mod limits;
 mod metrics;
 mod preflight;
 mod rulesfile;

@@ -516,6 +516,11 @@ impl CoreMetrics {
 fn registry(mut node: NodeSnapshot, now: Instant, io: &IoStats) -> Registry {
     node.peers.sort_unstable_by_key(|p| p.id);
     let mut reg = Registry::with_prefix("shoal");
+    crate::limits::register(
+        &mut reg,
+        std::mem::take(&mut node.limits),
+        node.key_rate_unknown_table,
+    );
     reg.register_collector(Box::new(CoreMetrics { node, now }));
     io.register(&mut reg);
     reg
@@ -552,6 +557,9 @@ struct StatusView {
     resources: usize,
     /// The busiest, busiest first.
     top: Vec<ResourceRow>,
+    /// The busiest keys of each limit, and the live nodes.
+    limit_top: Vec<(String, Vec<shoal_core::ratelimit::TopKey>)>,
+    live_nodes: usize,
     now: Instant,
 }
 
@@ -559,8 +567,11 @@ impl StatusView {
     /// `lock` gives the node; each call is one short hold of its lock.
     fn take<G: Deref<Target = Node>>(lock: impl Fn() -> G, now: Instant, top: usize) -> StatusView {
         let (resources, top) = busiest(&lock, now, top);
+        let node = lock();
         StatusView {
-            node: lock().snapshot(),
+            limit_top: node.limit_top(now, crate::limits::STATUS_TOP_KEYS),
+            live_nodes: node.live_nodes(),
+            node: node.snapshot(),
             resources,
             top,
             now,
@@ -678,6 +689,7 @@ fn format_status(mut v: StatusView) -> String {
             r.mode.remaining.as_millis()
         );
     }
+    crate::limits::format_status(&mut o, &v.node.limits, &v.limit_top, v.live_nodes);
     if let Some(b) = &v.node.backlog {
         let c = &b.counters;
         let _ = writeln!(
@@ -694,6 +706,8 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
     use std::time::Duration;
 
+    use shoal_core::keyrate::KeyRateCounters;
+    use shoal_core::ratelimit::{KeyKind, LimitCounters, LimitSnapshot, Scope};
     use shoal_core::{
         BacklogCounters, BacklogLimits, BacklogSnapshot, Counters, ModeRules, NodeParams,
         PeerSnapshot, RelayCounters, StateLimits,
@@ -861,6 +875,34 @@ mod tests {
             sessions: 408,
             // Out of order, as a HashMap gives them.
             peers: vec![peer(9, 600, 2_500), peer(2, 500, 1_250)],
+            limits: vec![LimitSnapshot {
+                name: "login".into(),
+                id: 0xc97f_2f32,
+                scope: Scope::Cluster,
+                kind: KeyKind::Opaque,
+                rate: 100.0,
+                burst: 20.0,
+                counters: LimitCounters {
+                    queries: 801,
+                    hits: 802,
+                    allowed: 803,
+                    denied: 804,
+                    never: 805,
+                    announced: 806,
+                },
+                rates: KeyRateCounters {
+                    hits: 811,
+                    evictions: 812,
+                    expired: 813,
+                    peer_updates: 814,
+                    peer_dropped: 815,
+                    announce_overflow: 816,
+                },
+                keys: 821,
+                max_keys: 822,
+                peer_keys: 823,
+            }],
+            key_rate_unknown_table: 830,
             backlog: Some(BacklogSnapshot {
                 len: 701,
                 batches_in_flight: 702,
@@ -1144,6 +1186,33 @@ mod tests {
         }
         assert_eq!(p.get("shoal_verdicts_accepted_total"), 0.0);
         assert_eq!(p.get("shoal_records_sent_total"), 102.0);
+    }
+
+    #[test]
+    fn limit_values_match_the_snapshot() {
+        let now = Instant::now();
+        let (_, p) = render_page(snapshot(now), now, &io());
+        for (name, v) in [
+            ("limit_hits_total", 802.0),
+            ("limit_allowed_total", 803.0),
+            ("limit_denied_total", 804.0),
+            ("limit_too_large_total", 805.0),
+            ("limit_announced_total", 806.0),
+            ("limit_evictions_total", 812.0),
+            ("limit_expired_total", 813.0),
+            ("limit_peer_rates_total", 814.0),
+            ("limit_peer_dropped_total", 815.0),
+            ("limit_keys", 821.0),
+            ("limit_max_keys", 822.0),
+            ("limit_peer_keys", 823.0),
+        ] {
+            assert_eq!(
+                p.get(&format!("shoal_{name}{{limit=\"login\"}}")),
+                v,
+                "{name}"
+            );
+        }
+        assert_eq!(p.get("shoal_key_rate_unknown_table_total"), 830.0);
     }
 
     /// Every family rendered is listed in `docs/metrics.md` with its type,

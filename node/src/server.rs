@@ -61,6 +61,8 @@ pub enum ServerError {
     Incarnation(#[from] crate::incarnation::IncarnationError),
     #[error("syslog listener")]
     Syslog(#[source] std::io::Error),
+    #[error(transparent)]
+    Limits(#[from] shoal_core::ratelimit::LimitsError),
 }
 
 /// Microseconds since the Unix epoch.
@@ -188,7 +190,17 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
     }
     let params = cfg.node_params();
     let seed = params.hash_seed;
-    let node = Node::new(params, Instant::now(), wall_us(), incarnation);
+    let mut node = Node::new(params, Instant::now(), wall_us(), incarnation);
+    node.set_limits(Instant::now(), cfg.limit_rules(), seed)?;
+    for l in node.limit_snapshots() {
+        info!(
+            limit = %l.name,
+            id = format_args!("{:#010x}", l.id),
+            rate = l.rate,
+            burst = l.burst,
+            "rate limit"
+        );
+    }
     let shared = Arc::new(Shared {
         node: Mutex::new(node),
         io,
