@@ -53,7 +53,7 @@ pub mod testkit;
 mod transport;
 mod verdicts;
 
-pub use client::{http_get, http_request, ClientError, LocalClient};
+pub use client::{http_get, http_request, ClientError, LimitDecision, LimitHit, LocalClient};
 pub use config::{
     Config, ConfigError, GroupSpec, LevelSection, LocalSection, ModesSection, ResourceRuleSection,
     RuleSection, Secret, StoreSection, MAX_PEERS, MAX_RESOURCES, MAX_SESSION_CAPACITY,
