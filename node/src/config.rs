@@ -1923,4 +1923,68 @@ socket = "/tmp/shoal.sock"
             assert!(err(&text).contains(&format!("store.{key}")), "{key}");
         }
     }
+
+    #[test]
+    fn limits_are_read_with_defaults_and_checked() {
+        let ok = format!(
+            "{MINIMAL}[[limits]]\nname = \"conn\"\nkey = \"addr\"\nrate = 50\nprefix_v4 = 24\n\n[[limits]]\nname = \"login\"\nkey = \"session\"\nrate = 2.5\nburst = 10\nscope = \"node\"\n"
+        );
+        let c = Config::parse(&ok).expect("valid");
+        let r = c.limit_rules();
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[0].kind,
+            KeyKind::Addr {
+                v4_prefix: 24,
+                v6_prefix: 64
+            }
+        );
+        assert_eq!((r[0].rate, r[0].burst, r[0].max_keys), (50.0, 50.0, 65_536));
+        assert_eq!(r[0].idle, Duration::from_secs(60));
+        assert_eq!(r[0].scope, Scope::Cluster);
+        assert_eq!(
+            (r[1].kind, r[1].burst, r[1].scope),
+            (KeyKind::Session, 10.0, Scope::Node)
+        );
+        let limit = |body: &str| format!("{MINIMAL}[[limits]]\nname = \"a\"\n{body}\n");
+        for (body, key) in [
+            ("key = \"ip\"\nrate = 1", "limits[0].key"),
+            ("key = \"opaque\"\nrate = 0", "limits[0].rate"),
+            ("key = \"opaque\"\nrate = nan", "limits[0].rate"),
+            ("key = \"opaque\"\nrate = 1\nburst = 0.5", "limits[0].burst"),
+            (
+                "key = \"opaque\"\nrate = 1\nmax_keys = 0",
+                "limits[0].max_keys",
+            ),
+            (
+                "key = \"opaque\"\nrate = 1\nidle_ms = 0",
+                "limits[0].idle_ms",
+            ),
+            (
+                "key = \"opaque\"\nrate = 1\nscope = \"global\"",
+                "limits[0].scope",
+            ),
+            (
+                "key = \"addr\"\nrate = 1\nprefix_v4 = 33",
+                "limits[0].prefix_v4",
+            ),
+            (
+                "key = \"addr\"\nrate = 1\nprefix_v6 = 65",
+                "limits[0].prefix_v6",
+            ),
+        ] {
+            assert!(
+                err(&limit(body)).contains(key),
+                "{body}: {}",
+                err(&limit(body))
+            );
+        }
+        let bad_name = format!("{MINIMAL}[[limits]]\nname = \"a b\"\nkey = \"opaque\"\nrate = 1\n");
+        assert!(err(&bad_name).contains("limits[0].name"));
+        let twice = format!("{MINIMAL}[[limits]]\nname = \"a\"\nkey = \"opaque\"\nrate = 1\n[[limits]]\nname = \"a\"\nkey = \"opaque\"\nrate = 2\n");
+        assert!(err(&twice).contains("limits[1].name"), "{}", err(&twice));
+        let unknown =
+            format!("{MINIMAL}[[limits]]\nname = \"a\"\nkey = \"opaque\"\nrate = 1\nhtable = 5\n");
+        assert!(err(&unknown).contains("htable"), "{}", err(&unknown));
+    }
 }
