@@ -52,6 +52,10 @@ struct Args {
     /// Questions per datagram (1..=64).
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Keys the decisions phase draws from (the limit counts 65 536: a
+    /// larger space makes most questions evict a key, the worst case).
+    #[arg(long, default_value_t = 1_000_000)]
+    key_space: u64,
     /// Unique keys of the flood.
     #[arg(long, default_value_t = 10_000_000)]
     keys: u64,
@@ -131,6 +135,7 @@ fn decisions(a: &Args) -> anyhow::Result<()> {
         .map(|t| {
             let mut c = node.client().context("client")?;
             let (stop, total, go) = (stop.clone(), total.clone(), go.clone());
+            let key_space = a.key_space.max(1);
             Ok(std::thread::spawn(move || {
                 let mut rng = Rng(0x9e37_79b9 + t as u64);
                 let mut hits = vec![
@@ -149,7 +154,7 @@ fn decisions(a: &Args) -> anyhow::Result<()> {
                         h.key = if i == 0 {
                             HEAVY
                         } else {
-                            rng.next() % 1_000_000
+                            rng.next() % key_space
                         };
                     }
                     let t0 = Instant::now();
@@ -179,9 +184,10 @@ fn decisions(a: &Args) -> anyhow::Result<()> {
         .collect();
     rtt.sort_unstable();
     println!(
-        "decisions: {:.0}/s per node ({} threads, batches of {batch}); batch round trip p50 {} us, p99 {} us, max {} us; node CPU {:.2} s per million decisions",
+        "decisions: {:.0}/s per node ({} threads, batches of {batch}, keys from {}); batch round trip p50 {} us, p99 {} us, max {} us; node CPU {:.2} s per million decisions",
         n as f64 / secs,
         a.threads,
+        a.key_space,
         percentile(&rtt, 0.5),
         percentile(&rtt, 0.99),
         rtt.last().copied().unwrap_or(0),
