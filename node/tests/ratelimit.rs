@@ -182,7 +182,7 @@ fn a_source_spread_over_three_nodes_is_admitted_at_its_limit_cluster_wide() {
             .expect("peer rates metric");
         assert!(peer_rates > 0.0, "node {} heard no rates", n.id);
     }
-    let status = shoal_node::http_get(&nodes[0].http, "/status").expect("status");
+    let status = shoal_node::http_get(&nodes[0].admin, "/status").expect("status");
     assert!(status.contains("limit conn "), "{status}");
     assert!(status.contains("192.0.2.7"), "{status}");
     for n in &mut nodes {
