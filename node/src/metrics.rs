@@ -419,6 +419,11 @@ impl Collector for CoreMetrics {
                 b.len,
             )?;
             o.gauge(
+                "store_backlog_capacity",
+                "Records the backlog holds before it drops load and refuses saves ([store] backlog).",
+                b.capacity,
+            )?;
+            o.gauge(
                 "store_batches_in_flight",
                 "Save batches sent and not yet answered.",
                 b.batches_in_flight,
@@ -863,6 +868,7 @@ mod tests {
             peers: vec![peer(9, 600, 2_500), peer(2, 500, 1_250)],
             backlog: Some(BacklogSnapshot {
                 len: 701,
+                capacity: 709,
                 batches_in_flight: 702,
                 counters: BacklogCounters {
                     taken: 703,
@@ -1024,6 +1030,7 @@ mod tests {
             ("shoal_store_batches_failed_total", 706),
             ("shoal_store_dropped_load_total", 707),
             ("shoal_store_refused_total", 708),
+            ("shoal_store_backlog_capacity", 709),
             ("shoal_rcvbuf_requested_bytes", 801),
             ("shoal_rcvbuf_effective_bytes", 802),
             ("shoal_rcvbuf_capped", 1),
