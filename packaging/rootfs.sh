@@ -33,6 +33,7 @@ base() {
     command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
     local dir
     dir=$(mktemp -d "$CACHE/build.XXXXXX")
+    chmod 0755 "$dir" # the rootfs's / (mktemp made it 0700)
     echo "debootstrap bookworm from $(mirror) (once, ~30 s)" >&2
     debootstrap --variant=minbase bookworm "$dir" "$(mirror)" >"$dir.log" 2>&1 \
       || { tail -20 "$dir.log" >&2; rm -rf "$dir" "$dir.log"; exit 1; }
@@ -51,6 +52,7 @@ tarantool() {
     b=$(base)
     dir=$(mktemp -d "$CACHE/build.XXXXXX")
     tar -C "$dir" -xf "$b"
+    chmod 0755 "$dir"
     cp /etc/resolv.conf "$dir/etc/resolv.conf"
     echo "deb $(mirror) bookworm main" >"$dir/etc/apt/sources.list"
     # No daemon may start inside the chroot (tarantool's postinst tries).

@@ -15,6 +15,6 @@ bash packaging/build-static.sh >&2
 # The module must be a shared object linked against the C library
 # Tarantool uses: no crt-static here.
 cargo build --release --locked --quiet --target "$TRIPLE" -p shoal-expirer >&2
-cargo deb -p shoal-node --no-build --target "$TRIPLE" --quiet \
+cargo deb -p shoal-node --no-build --fast --target "$TRIPLE" --quiet \
   --output target/debian/ >&2
 ls -t target/debian/shoal_*_amd64.deb | head -1

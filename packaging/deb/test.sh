@@ -38,6 +38,7 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$R"
 tar -C "$R" -xf "$tarball"
+chmod 0755 "$R" # / of the rootfs, whatever the tarball says
 cp "$deb" "$R/tmp/shoal.deb"
 chroot "$R" dpkg -i /tmp/shoal.deb >"$R.dpkg.log" 2>&1 || { cat "$R.dpkg.log" >&2; fail "dpkg -i"; }
 rm -f "$R.dpkg.log"
@@ -55,7 +56,12 @@ for f in /usr/bin/shoal /usr/lib/x86_64-linux-gnu/tarantool/shoal_expirer.so \
   [[ -e $R$f ]] || fail "$f not installed"
 done
 chroot "$R" dpkg-query -W -f='${Conffiles}\n' shoal | grep -q /etc/shoal/shoal.toml || fail "shoal.toml is not a conffile"
-chroot "$R" shoal check -c /etc/shoal/shoal.toml >/dev/null || fail "shoal check on the example config"
+# What systemd does for shoal.service (RuntimeDirectory=shoal, User=shoal)
+# before its ExecStartPre runs `shoal check`.
+install -d -m 0750 "$R/run/shoal"
+chroot "$R" chown shoal:shoal /run/shoal
+chroot "$R" setpriv --reuid=shoal --regid=shoal --init-groups shoal check -c /etc/shoal/shoal.toml >/dev/null \
+  || fail "shoal check on the example config"
 
 # Run it: a store instance and the node, in a namespace of their own.
 ip netns add "$NS"
@@ -85,9 +91,6 @@ chmod 0640 "$R/etc/shoal/tarantool.password"
 sed -i 's/^# \[store\]/[store]/; s/^# masters = .*/masters = ["127.0.0.1:3301"]/;
   s|^# password_file = .*|password_file = "/etc/shoal/tarantool.password"|;
   s/^# save_function = .*/save_function = "shoal_expirer.shoal_save"/' "$R/etc/shoal/shoal.toml"
-# What systemd does for shoal.service (RuntimeDirectory=shoal, User=shoal).
-install -d -m 0750 "$R/run/shoal"
-chroot "$R" chown shoal:shoal /run/shoal
 in_ns setpriv --reuid=shoal --regid=shoal --init-groups --inh-caps=-all \
   env SHOAL_LOG=info shoal run -c /etc/shoal/shoal.toml >"$R/tmp/shoal.log" 2>&1 &
 for _ in $(seq 1 500); do grep -q "shoal node serving" "$R/tmp/shoal.log" && break; sleep 0.02; done
