@@ -74,7 +74,7 @@ echo "daemon up and images built in $((SECONDS - start)) s" >&2
 dc up -d >"$D/up.log" 2>&1 || { cat "$D/up.log" >&2; fail "compose up"; }
 
 # Runs `shoal` inside a node container (FROM scratch: exec the binary).
-shoal_in() { local c=$1; shift; $DOCKER exec "${P}_${c}_1" /usr/bin/shoal "$@" -c /etc/shoal/shoal.toml; }
+shoal_in() { local c=$1 cmd=$2; shift 2; $DOCKER exec "${P}_${c}_1" /usr/bin/shoal "$cmd" -c /etc/shoal/shoal.toml "$@"; }
 q() { shoal_in "$1" query "${@:2}" 2>/dev/null || true; }
 metric() { shoal_in "$1" status --metrics 2>/dev/null | awk -v m="$2" '$1 == m { print $2 }'; }
 until_ok() { # SECONDS-deadline what command...
@@ -105,7 +105,7 @@ echo "replay: $(q c1-n1 session 9000001), shoal_replay_records $(metric c1-n1 sh
 
 # 3. A verdict crosses clusters: posted in c1, read and verified in c2.
 subject=$((RANDOM * 32768 + RANDOM))
-api() { in_ns curl -sS -m 5 -H 'Authorization: Bearer demo-api-token' "$@"; }
+api() { in_ns curl -sS -m 5 -H 'Authorization: Bearer demo-api-token-0123456789' "$@"; }
 post=$(api -X POST -H 'Content-Type: application/json' \
   -d "{\"subject\":\"$subject\",\"verdict\":\"bot\",\"score\":90,\"ttl_s\":600,\"source\":\"compose-test\"}" \
   http://172.28.1.11:9477/v1/verdicts) || fail "POST to c1-n1"
