@@ -16,6 +16,16 @@ command -v nft >/dev/null || need+=(nftables)
 # The two-cluster namespace test delays its link with a python3 relay when
 # the kernel has no sch_netem.
 command -v python3 >/dev/null || need+=(python3)
+# Packaging (packaging/, docker/): unit checks, the alert rules against a
+# live node, the .deb in a debootstrapped rootfs, the compose demo on a
+# private dockerd, the status page in headless Chromium.
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v curl >/dev/null || need+=(curl)
+command -v chromium >/dev/null || need+=(chromium)
 if ((${#need[@]})); then
   if ((EUID == 0)) && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -53,5 +63,11 @@ report_skips() {
 }
 trap report_skips EXIT
 cargo test --workspace --locked
+# The packages and images (root; otherwise SKIPPED like the tests above):
+# the .deb installed into a clean Debian rootfs, then the two-cluster
+# compose demo. The Debian rootfs is built once and cached
+# (packaging/rootfs.sh, /var/cache/shoal-rootfs).
+bash packaging/deb/test.sh
+bash docker/test.sh
 # Every benchmark built and run once, so they cannot rot.
 cargo bench --workspace --locked -- --test
