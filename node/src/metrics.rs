@@ -543,21 +543,21 @@ pub(crate) fn render(s: &Shared) -> String {
 
 /// One line of the status page's resource table.
 #[derive(Debug, Clone, Copy)]
-struct ResourceRow {
-    resource: u64,
-    load: LoadView,
-    mode: ModeView,
+pub(crate) struct ResourceRow {
+    pub(crate) resource: u64,
+    pub(crate) load: LoadView,
+    pub(crate) mode: ModeView,
 }
 
 /// What `/status` shows, copied out of the node.
 #[derive(Debug)]
-struct StatusView {
-    node: NodeSnapshot,
+pub(crate) struct StatusView {
+    pub(crate) node: NodeSnapshot,
     /// Resources with a fresh gauge or a live claim.
-    resources: usize,
-    /// The busiest, busiest first.
-    top: Vec<ResourceRow>,
-    now: Instant,
+    pub(crate) resources: usize,
+    /// The busiest (unordered: sorted by whoever formats them).
+    pub(crate) top: Vec<ResourceRow>,
+    pub(crate) now: Instant,
 }
 
 impl StatusView {
@@ -623,8 +623,13 @@ fn busiest<G: Deref<Target = Node>>(
 /// Renders `/status`: the busiest [`STATUS_TOP`] resources are picked in
 /// short holds of the node's lock, then sorted and formatted without it.
 pub(crate) fn status(s: &Shared) -> String {
-    let now = Instant::now();
-    format_status(StatusView::take(|| s.lock(), now, STATUS_TOP))
+    format_status(status_view(s))
+}
+
+/// What `/status` and the HTML page (`status_page`) show, taken as
+/// `/status` takes it.
+pub(crate) fn status_view(s: &Shared) -> StatusView {
+    StatusView::take(|| s.lock(), Instant::now(), STATUS_TOP)
 }
 
 fn format_status(mut v: StatusView) -> String {
