@@ -180,9 +180,9 @@ pub(crate) fn format(mut v: StatusView, x: &Extra) -> String {
         }
     }
 
-    let _ = write!(
+    let _ = writeln!(
         o,
-        "<h2>Forwarder</h2><p id=\"forwarder\">{} &middot; lease epoch {}</p></body></html>\n",
+        "<h2>Forwarder</h2><p id=\"forwarder\">{} &middot; lease epoch {}</p></body></html>",
         if x.forwarder_leader {
             "<span class=\"ok\">this node forwards for its cluster</span>"
         } else {
