@@ -62,11 +62,19 @@ report_skips() {
   exit "$rc"
 }
 trap report_skips EXIT
+# The Debian rootfs the .deb and docker tests need is built meanwhile (it
+# waits on the network, the tests on the CPU); rootfs.sh caches it.
+rootfs_pid=
+if ((EUID == 0)) && command -v debootstrap >/dev/null; then
+  bash packaging/rootfs.sh tarantool >/dev/null 2>"${TMPDIR:-/tmp}/shoal-rootfs.log" &
+  rootfs_pid=$!
+fi
 cargo test --workspace --locked
 # The packages and images (root; otherwise SKIPPED like the tests above):
 # the .deb installed into a clean Debian rootfs, then the two-cluster
 # compose demo. The Debian rootfs is built once and cached
-# (packaging/rootfs.sh, /var/cache/shoal-rootfs).
+# (packaging/rootfs.sh, /var/cache/shoal-rootfs): a failure shows again there.
+[[ -z $rootfs_pid ]] || wait "$rootfs_pid" || cat "${TMPDIR:-/tmp}/shoal-rootfs.log" >&2
 bash packaging/deb/test.sh
 bash docker/test.sh
 # Every benchmark built and run once, so they cannot rot.
