@@ -108,12 +108,12 @@ subject=$((RANDOM * 32768 + RANDOM))
 api() { in_ns curl -sS -m 5 -H 'Authorization: Bearer demo-api-token-0123456789' "$@"; }
 post=$(api -X POST -H 'Content-Type: application/json' \
   -d "{\"subject\":\"$subject\",\"verdict\":\"bot\",\"score\":90,\"ttl_s\":600,\"source\":\"compose-test\"}" \
-  http://172.28.1.11:9477/v1/verdicts) || fail "POST to c1-n1"
+  http://172.28.1.11:9478/v1/verdicts) || fail "POST to c1-n1"
 token=$(printf '%s' "$post" | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p')
 [[ -n $token ]] || fail "no token in the answer: $post"
-crossed() { api "http://172.28.2.11:9477/v1/verdicts/$subject" | grep -q '"verdict": *"bot"'; }
+crossed() { api "http://172.28.2.11:9478/v1/verdicts/$subject" | grep -q '"verdict": *"bot"'; }
 until_ok 20 "the verdict never reached c2" crossed
 api -X POST -H 'Content-Type: application/json' -d "{\"token\":\"$token\"}" \
-  http://172.28.2.11:9477/v1/tokens/verify | grep -q '"valid": *true' || fail "c2 refuses c1's token"
-echo "verdict: $(api "http://172.28.2.11:9477/v1/verdicts/$subject")" >&2
+  http://172.28.2.11:9478/v1/tokens/verify | grep -q '"valid": *true' || fail "c2 refuses c1's token"
+echo "verdict: $(api "http://172.28.2.11:9478/v1/verdicts/$subject")" >&2
 echo "compose demo test passed in $((SECONDS - start)) s" >&2

@@ -679,9 +679,7 @@ fn admin_route(s: &Shared, req: Request) -> Response {
             r.content_type = crate::status_page::CONTENT_TYPE;
             r
         }
-        _ => Response::text(
-            200, "ok\n",
-        ),
+        _ => Response::text(200, "ok\n"),
     }
 }
 

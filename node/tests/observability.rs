@@ -260,7 +260,7 @@ fn prometheus_scrapes_every_metric_the_rules_and_panels_name() {
         .port();
     let web = format!("127.0.0.1:{port}");
     let rules = repo().join("packaging/prometheus/shoal-alerts.yml");
-    let targets: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.http)).collect();
+    let targets: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.admin)).collect();
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
