@@ -28,7 +28,9 @@ command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v curl >/dev/null || need+=(curl)
 if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  { command -v apt-get >/dev/null && apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; } \
+    || skip "missing ${need[*]} and apt-get could not install them"
 fi
 # Debian's client (20.10) matches the daemon; a newer client wants buildx.
 DOCKER=/usr/bin/docker

@@ -17,7 +17,9 @@ skip() {
   exit 0
 }
 ((EUID == 0)) || skip "needs root (chroot, network namespace)"
-command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+command -v debootstrap >/dev/null || { command -v apt-get >/dev/null \
+  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; } \
+  || skip "missing debootstrap and apt-get could not install it"
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 start=$SECONDS
