@@ -95,7 +95,7 @@ sed -i 's/^# \[store\]/[store]/; s/^# masters = .*/masters = ["127.0.0.1:3301"]/
   s/^# save_function = .*/save_function = "shoal_expirer.shoal_save"/' "$R/etc/shoal/shoal.toml"
 in_ns setpriv --reuid=shoal --regid=shoal --init-groups --inh-caps=-all \
   env SHOAL_LOG=info shoal run -c /etc/shoal/shoal.toml >"$R/tmp/shoal.log" 2>&1 &
-for _ in $(seq 1 500); do grep -q "shoal node serving" "$R/tmp/shoal.log" && break; sleep 0.02; done
+for _ in $(seq 1 500); do grep -qs "shoal node serving" "$R/tmp/shoal.log" && break; sleep 0.02; done
 grep -q "shoal node serving" "$R/tmp/shoal.log" || { cat "$R/tmp/shoal.log" >&2; fail "node did not start"; }
 [[ $(perm /run/shoal/shoal.sock) == "660 shoal:shoal" ]] || fail "socket is $(perm /run/shoal/shoal.sock)"
 
