@@ -25,6 +25,9 @@
 --                           expired, in ms (default 100)
 --   SHOAL_TT_CONSOLE        path of a Unix socket for the admin console
 --                           (local root only: mode 0600 directory advised)
+--   SHOAL_TT_BACKGROUND     `1` (default): daemonize, log to tarantool.log;
+--                           `0`: stay in the foreground and log to stderr
+--                           (systemd, containers)
 --   SHOAL_TT_BOOTSTRAP_LEADER  Tarantool 3.x: host:port of the master that
 --                           creates the replica set (default: the first of
 --                           SHOAL_TT_PEERS); see `bootstrap` below
@@ -61,6 +64,11 @@ if schema == 'verdict' then
             .. os.getenv('SHOAL_TT_CLUSTER'))
     end
 end
+local background = env('SHOAL_TT_BACKGROUND', '1')
+if background ~= '0' and background ~= '1' then
+    error('SHOAL_TT_BACKGROUND must be 0 or 1, not ' .. background)
+end
+background = background == '1'
 local listen = env('SHOAL_TT_LISTEN')
 local repl_password = env('SHOAL_TT_REPL_PASSWORD')
 local replication = {}
@@ -112,9 +120,9 @@ local cfg = {
     replication_skip_conflict = true,
     memtx_memory = tonumber(env('SHOAL_TT_MEMTX_MB', '1024')) * 1024 * 1024,
     read_only = false,
-    log = 'tarantool.log',
+    log = background and 'tarantool.log' or nil,
     pid_file = 'tarantool.pid',
-    background = true,
+    background = background,
 }
 for k, v in pairs(bootstrap) do cfg[k] = v end
 box.cfg(cfg)

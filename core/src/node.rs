@@ -356,6 +356,8 @@ impl PeerSnapshot {
 pub struct BacklogSnapshot {
     /// Records queued or in flight.
     pub len: usize,
+    /// The most it holds before dropping load and refusing saves.
+    pub capacity: usize,
     pub batches_in_flight: usize,
     pub counters: BacklogCounters,
 }
@@ -1032,6 +1034,7 @@ impl Node {
                 .collect(),
             backlog: self.backlog.as_ref().map(|b| BacklogSnapshot {
                 len: b.len(),
+                capacity: b.capacity(),
                 batches_in_flight: b.batches_in_flight(),
                 counters: b.counters(),
             }),

@@ -47,6 +47,7 @@ mod metrics;
 mod preflight;
 mod rulesfile;
 mod server;
+mod status_page;
 mod storage;
 mod syslog;
 pub mod testkit;

@@ -419,6 +419,11 @@ impl Collector for CoreMetrics {
                 b.len,
             )?;
             o.gauge(
+                "store_backlog_capacity",
+                "Records the backlog holds before it drops load and refuses saves ([store] backlog).",
+                b.capacity,
+            )?;
+            o.gauge(
                 "store_batches_in_flight",
                 "Save batches sent and not yet answered.",
                 b.batches_in_flight,
@@ -543,17 +548,18 @@ pub(crate) fn render(s: &Shared) -> String {
 
 /// One line of the status page's resource table.
 #[derive(Debug, Clone, Copy)]
-struct ResourceRow {
-    resource: u64,
-    load: LoadView,
-    mode: ModeView,
+pub(crate) struct ResourceRow {
+    pub(crate) resource: u64,
+    pub(crate) load: LoadView,
+    pub(crate) mode: ModeView,
 }
 
 /// What `/status` shows, copied out of the node.
 #[derive(Debug)]
-struct StatusView {
-    node: NodeSnapshot,
+pub(crate) struct StatusView {
+    pub(crate) node: NodeSnapshot,
     /// Resources with a fresh gauge or a live claim.
+<<<<<<< HEAD
     resources: usize,
     /// The busiest, busiest first.
     top: Vec<ResourceRow>,
@@ -561,6 +567,12 @@ struct StatusView {
     limit_top: Vec<(String, Vec<shoal_core::ratelimit::TopKey>)>,
     live_nodes: usize,
     now: Instant,
+=======
+    pub(crate) resources: usize,
+    /// The busiest (unordered: sorted by whoever formats them).
+    pub(crate) top: Vec<ResourceRow>,
+    pub(crate) now: Instant,
+>>>>>>> ship
 }
 
 impl StatusView {
@@ -629,8 +641,13 @@ fn busiest<G: Deref<Target = Node>>(
 /// Renders `/status`: the busiest [`STATUS_TOP`] resources are picked in
 /// short holds of the node's lock, then sorted and formatted without it.
 pub(crate) fn status(s: &Shared) -> String {
-    let now = Instant::now();
-    format_status(StatusView::take(|| s.lock(), now, STATUS_TOP))
+    format_status(status_view(s))
+}
+
+/// What `/status` and the HTML page (`status_page`) show, taken as
+/// `/status` takes it.
+pub(crate) fn status_view(s: &Shared) -> StatusView {
+    StatusView::take(|| s.lock(), Instant::now(), STATUS_TOP)
 }
 
 fn format_status(mut v: StatusView) -> String {
@@ -905,6 +922,7 @@ mod tests {
             key_rate_unknown_table: 830,
             backlog: Some(BacklogSnapshot {
                 len: 701,
+                capacity: 709,
                 batches_in_flight: 702,
                 counters: BacklogCounters {
                     taken: 703,
@@ -1066,6 +1084,7 @@ mod tests {
             ("shoal_store_batches_failed_total", 706),
             ("shoal_store_dropped_load_total", 707),
             ("shoal_store_refused_total", 708),
+            ("shoal_store_backlog_capacity", 709),
             ("shoal_rcvbuf_requested_bytes", 801),
             ("shoal_rcvbuf_effective_bytes", 802),
             ("shoal_rcvbuf_capped", 1),

@@ -674,11 +674,11 @@ async fn serve_until_signal(s: Arc<Shared>, l: Listeners) -> Result<(), ServerEr
 /// The admin listener: the node's own pages, nothing of the API.
 fn admin_route(s: &Shared, req: Request) -> Response {
     let path = req.path.split('?').next().unwrap_or("");
-    let known = matches!(path, "/metrics" | "/status" | "/healthz");
+    let known = matches!(path, "/metrics" | "/status" | "/status.html" | "/healthz");
     if !known {
         return Response::text(
             404,
-            "try /metrics, /status or /healthz (the API has its own listener)\n",
+            "try /metrics, /status, /status.html or /healthz (the API has its own listener)\n",
         );
     }
     if req.method != "GET" {
@@ -691,10 +691,12 @@ fn admin_route(s: &Shared, req: Request) -> Response {
             r
         }
         "/status" => Response::text(200, metrics::status(s)),
-        _ => Response::text(
-            200, "ok
-",
-        ),
+        "/status.html" => {
+            let mut r = Response::text(200, crate::status_page::render(s));
+            r.content_type = crate::status_page::CONTENT_TYPE;
+            r
+        }
+        _ => Response::text(200, "ok\n"),
     }
 }
 
