@@ -23,7 +23,7 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
 # The .deb and docker tests (debootstrap, release builds, a private
-# dockerd) run only with SHOAL_PACKAGING=1 (.ci/run sets it): they take
+# dockerd) run only with SHOAL_PACKAGING=1 (the long run; .ci/run leaves them out): they take
 # minutes from a cold cache and need the Debian mirror.
 if [[ ${SHOAL_PACKAGING:-} == 1 ]]; then
   command -v debootstrap >/dev/null || need+=(debootstrap)
