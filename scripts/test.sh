@@ -18,6 +18,21 @@ command -v nft >/dev/null || need+=(nftables)
 command -v python3 >/dev/null || need+=(python3)
 # The enforcement namespace test damages the kernel's sets by hand with nft.
 command -v nft >/dev/null || need+=(nftables)
+# Packaging (packaging/, docker/): unit checks, the alert rules against a
+# live node, the .deb in a debootstrapped rootfs, the compose demo on a
+# private dockerd, the status page in headless Chromium.
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)
+# The .deb and docker tests (debootstrap, release builds, a private
+# dockerd) run only with SHOAL_PACKAGING=1 (the long run; .ci/run leaves them out): they take
+# minutes from a cold cache and need the Debian mirror.
+if [[ ${SHOAL_PACKAGING:-} == 1 ]]; then
+  command -v debootstrap >/dev/null || need+=(debootstrap)
+  command -v dockerd >/dev/null || need+=(docker.io)
+  command -v docker-compose >/dev/null || need+=(docker-compose)
+  command -v curl >/dev/null || need+=(curl)
+fi
 if ((${#need[@]})); then
   if ((EUID == 0)) && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -54,6 +69,25 @@ report_skips() {
   exit "$rc"
 }
 trap report_skips EXIT
+# The Debian rootfs the .deb and docker tests need is built meanwhile (it
+# waits on the network, the tests on the CPU); rootfs.sh caches it.
+rootfs_pid=
+if [[ ${SHOAL_PACKAGING:-} == 1 ]] && ((EUID == 0)) && command -v debootstrap >/dev/null; then
+  bash packaging/rootfs.sh tarantool >/dev/null 2>"${TMPDIR:-/tmp}/shoal-rootfs.log" &
+  rootfs_pid=$!
+fi
 cargo test --workspace --locked
+# The packages and images (root; otherwise SKIPPED like the tests above):
+# the .deb installed into a clean Debian rootfs, then the two-cluster
+# compose demo. The Debian rootfs is built once and cached
+# (packaging/rootfs.sh, /var/cache/shoal-rootfs): a failure shows again there.
+if [[ ${SHOAL_PACKAGING:-} == 1 ]]; then
+  [[ -z $rootfs_pid ]] || wait "$rootfs_pid" || cat "${TMPDIR:-/tmp}/shoal-rootfs.log" >&2
+  bash packaging/deb/test.sh
+  bash docker/test.sh
+else
+  # Switched off on purpose, so not a failure under SHOAL_REQUIRE_ALL=1.
+  echo "SKIPPED: packaging/deb/test.sh and docker/test.sh: SHOAL_PACKAGING is not 1" >&2
+fi
 # Every benchmark built and run once, so they cannot rot.
 cargo bench --workspace --locked -- --test

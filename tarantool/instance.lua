@@ -25,6 +25,14 @@
 --                           expired, in ms (default 100)
 --   SHOAL_TT_CONSOLE        path of a Unix socket for the admin console
 --                           (local root only: mode 0600 directory advised)
+--   SHOAL_TT_BACKGROUND     `1` (default): daemonize, log to tarantool.log;
+--                           `0`: stay in the foreground and log to stderr
+--                           (systemd, containers)
+--   SHOAL_TT_BOOTSTRAP_LEADER  Tarantool 3.x: host:port of the master that
+--                           creates the replica set (default: the first of
+--                           SHOAL_TT_PEERS); see `bootstrap` below
+-- The same file runs on Tarantool 2.6, 2.11 and 3.x; what differs by version
+-- is chosen below from _TARANTOOL (docs/store.md, "Tarantool versions").
 -- Data, WAL, snapshots, log and pid file live in the current directory.
 local here = debug.getinfo(1, 'S').source:sub(2):match('(.*/)') or './'
 package.path = here .. 'lua/?.lua;' .. package.path
@@ -56,6 +64,11 @@ if schema == 'verdict' then
             .. os.getenv('SHOAL_TT_CLUSTER'))
     end
 end
+local background = env('SHOAL_TT_BACKGROUND', '1')
+if background ~= '0' and background ~= '1' then
+    error('SHOAL_TT_BACKGROUND must be 0 or 1, not ' .. background)
+end
+background = background == '1'
 local listen = env('SHOAL_TT_LISTEN')
 local repl_password = env('SHOAL_TT_REPL_PASSWORD')
 local replication = {}
@@ -63,12 +76,41 @@ for peer in env('SHOAL_TT_PEERS', listen):gmatch('[^,%s]+') do
     table.insert(replication, 'replicator:' .. repl_password .. '@' .. peer)
 end
 
-box.cfg({
+-- The running version, e.g. 2.6, 2.11, 3.3 (_TARANTOOL is '2.11.5-0-g...').
+local major, minor = _TARANTOOL:match('^(%d+)%.(%d+)')
+major, minor = tonumber(major), tonumber(minor)
+if major == nil then error('cannot parse the Tarantool version ' .. _TARANTOOL) end
+
+-- How a master starts with its peer down. A master must come up (and take
+-- writes) while the other is down, and the first master of a new replica
+-- set must create it alone (instance.sh: start one, then the others).
+local bootstrap
+if major >= 3 then
+    -- 3.x deprecates replication_connect_quorum (it logs a warning and
+    -- means bootstrap_strategy = 'legacy'). 'config' names the master that
+    -- creates the replica set: it bootstraps alone, the others join it (an
+    -- empty instance that cannot reach it fails instead of making a replica
+    -- set of its own); a master recovering from its own files needs no
+    -- peer at all (connect quorum 0 outside bootstrap and join).
+    local leader = os.getenv('SHOAL_TT_BOOTSTRAP_LEADER')
+    if leader == nil or leader == '' then
+        leader = env('SHOAL_TT_PEERS', listen):match('[^,%s]+')
+    end
+    bootstrap = {bootstrap_strategy = 'config', bootstrap_leader = leader}
+elseif major == 2 and minor >= 11 then
+    -- 2.11 has 'auto' and 'legacy' only. 'auto' refuses to bootstrap with
+    -- fewer than half the peers + 1 (both of a pair), so the first master
+    -- could not start alone: 'legacy' with a quorum of 1 keeps 2.6's
+    -- behaviour (2.11 logs that replication_connect_quorum is deprecated).
+    bootstrap = {bootstrap_strategy = 'legacy', replication_connect_quorum = 1}
+else
+    -- 2.6 (2.10 and older): start with whatever peers answer.
+    bootstrap = {replication_connect_quorum = 1}
+end
+
+local cfg = {
     listen = listen,
     replication = replication,
-    -- Start with whatever peers answer: a master must come up (and take
-    -- writes) while the other is down.
-    replication_connect_quorum = 1,
     replication_connect_timeout = tonumber(env('SHOAL_TT_CONNECT_S', '0.5')),
     replication_timeout = 0.5,
     -- No key is written by two masters (store: keys begin with the
@@ -78,10 +120,12 @@ box.cfg({
     replication_skip_conflict = true,
     memtx_memory = tonumber(env('SHOAL_TT_MEMTX_MB', '1024')) * 1024 * 1024,
     read_only = false,
-    log = 'tarantool.log',
+    log = background and 'tarantool.log' or nil,
     pid_file = 'tarantool.pid',
-    background = true,
-})
+    background = background,
+}
+for k, v in pairs(bootstrap) do cfg[k] = v end
+box.cfg(cfg)
 
 local expirer = os.getenv('SHOAL_TT_EXPIRER')
 if expirer == '' then expirer = nil end

@@ -160,6 +160,9 @@ pub struct KeyRates<V> {
     free: Vec<u32>,
     /// (slot, key) of keys that reached `announce_min`.
     heavy: Vec<(u32, u64)>,
+    /// When `heavy` is full: the own count a key must beat to enter, and
+    /// the index it replaces (see `mark_heavy`).
+    floor: (f64, usize),
     peers: Vec<PeerEntry>,
     peer_index: Map<u64, u32>,
     peer_hand: usize,
@@ -183,6 +186,7 @@ impl<V: Default> KeyRates<V> {
             index: Map::with_capacity_and_hasher(p.capacity, hasher),
             free: Vec::new(),
             heavy: Vec::with_capacity(p.max_announce),
+            floor: (f64::MIN, 0),
             peers: Vec::new(),
             peer_index: Map::with_capacity_and_hasher(p.peer_capacity, hasher),
             peer_hand: 0,
@@ -263,7 +267,7 @@ impl<V: Default> KeyRates<V> {
         let e = &self.entries[slot];
         let local = self.to_rate(now, e.s - e.err);
         if !e.heavy && local >= announce_min {
-            self.mark_heavy(now, slot);
+            self.mark_heavy(slot);
         }
         let (peers, origins) = self.peer_sum(now, key);
         let e = &mut self.entries[slot];
@@ -333,38 +337,52 @@ impl<V: Default> KeyRates<V> {
         slot as usize
     }
 
-    fn mark_heavy(&mut self, now: Instant, slot: usize) {
+    /// Puts a key that reached the threshold in the heavy list. O(1): when
+    /// the list is full the key takes the place of the lightest as of the
+    /// last look (`floor`) if it is heavier; the next round looks again.
+    fn mark_heavy(&mut self, slot: usize) {
         let key = self.entries[slot].key;
-        if self.heavy.len() < self.p.max_announce.max(1) {
+        let max = self.p.max_announce.max(1);
+        if self.heavy.len() < max {
             self.entries[slot].heavy = true;
             self.heavy.push((slot as u32, key));
-            return;
-        }
-        // Full: drop what is no longer heavy, then take the place of the
-        // lightest if this key is heavier (rare: O(max_announce)).
-        self.prune_heavy(now);
-        if self.heavy.len() < self.p.max_announce.max(1) {
-            self.entries[slot].heavy = true;
-            self.heavy.push((slot as u32, key));
+            if self.heavy.len() == max {
+                self.find_floor();
+            }
             return;
         }
         let own = self.entries[slot].s - self.entries[slot].err;
-        let lightest = self
+        if own <= self.floor.0 {
+            // Looked at again on its next hits.
+            self.counters.announce_overflow += 1;
+            return;
+        }
+        let i = self.floor.1;
+        let (old, old_key) = self.heavy[i];
+        if self.entries[old as usize].key == old_key {
+            self.entries[old as usize].heavy = false;
+        }
+        self.heavy[i] = (slot as u32, key);
+        self.entries[slot].heavy = true;
+        // Not the true lightest any more, but a bound the next candidates
+        // must beat; `prune_heavy` finds the true one every round.
+        self.floor.0 = own;
+    }
+
+    /// The lightest key of a full heavy list: (its own count, its index).
+    fn find_floor(&mut self) {
+        self.floor = self
             .heavy
             .iter()
             .enumerate()
-            .map(|(i, &(s, _))| (i, self.entries[s as usize].s - self.entries[s as usize].err))
-            .min_by(|a, b| a.1.total_cmp(&b.1));
-        match lightest {
-            Some((i, lowest)) if lowest < own => {
-                let (old, _) = self.heavy[i];
-                self.entries[old as usize].heavy = false;
-                self.heavy[i] = (slot as u32, key);
-                self.entries[slot].heavy = true;
-            }
-            _ => self.counters.announce_overflow += 1,
-        }
-        // A key that was not taken is looked at again on its next hits.
+            .map(|(i, &(slot, key))| {
+                let e = &self.entries[slot as usize];
+                // A slot that changed key is the first to go.
+                let own = if e.key == key { e.s - e.err } else { f64::MIN };
+                (own, i)
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap_or((f64::MIN, 0));
     }
 
     /// Keeps in the heavy list only keys still in their slot and at or
@@ -374,7 +392,7 @@ impl<V: Default> KeyRates<V> {
         let mut heavy = std::mem::take(&mut self.heavy);
         heavy.retain(|&(slot, key)| {
             let e = &self.entries[slot as usize];
-            if e.key != key || !self.index.contains_key(&key) {
+            if e.key != key || self.index.get(&key) != Some(&slot) {
                 return false;
             }
             let keep = self.to_rate(now, e.s - e.err) >= min;
@@ -384,6 +402,9 @@ impl<V: Default> KeyRates<V> {
             keep
         });
         self.heavy = heavy;
+        if self.heavy.len() >= self.p.max_announce.max(1) {
+            self.find_floor();
+        }
     }
 
     /// One announcement round: calls `emit(key, own rate)` for every
@@ -543,7 +564,7 @@ impl<V: Default> KeyRates<V> {
         let mut keys: Vec<u64> = self
             .heavy
             .iter()
-            .filter(|&&(slot, key)| self.entries[slot as usize].key == key)
+            .filter(|&&(slot, key)| self.index.get(&key) == Some(&slot))
             .map(|&(_, key)| key)
             .collect();
         keys.extend(

@@ -10,6 +10,7 @@
 //! - `controller`: thresholds, hysteresis and hold for modes.
 //! - `relay`: what crosses clusters: the outbound ring of mode records and
 //!   the apply-once rule for relayed ones.
+//! - `outbox`: sealed datagrams waiting to be multicast, in one buffer.
 //! - `store`: the bounded save backlog and its batches.
 //! - `savelog`: the state-log trait (save, replay, health) with an
 //!   in-memory fake, and the save path's master choice and failover.
@@ -41,6 +42,7 @@ pub mod fakes;
 mod hash;
 pub mod keyrate;
 mod node;
+mod outbox;
 pub mod ports;
 pub mod ratelimit;
 mod relay;
@@ -58,6 +60,7 @@ pub use node::{
     RecordRefusal, Refused, DEFAULT_RELAY_CAPACITY, MAX_LOCAL_RECORDS, REMOTE_UNBLOCK,
     RESPONDER_INBOX,
 };
+pub use outbox::Outbox;
 pub use relay::{Relay, RelayCounters, RelayMsg};
 pub use savelog::{
     AckLevel, Failure, FakeLog, FakeReply, FakeStore, Fault, Health, LogError, Replication,

@@ -4,8 +4,15 @@
 //!
 //! Inputs: [`Node::handle_local`] (a datagram from the filter),
 //! [`Node::receive`] (a datagram from the cluster), [`Node::handle_timeout`].
-//! Outputs: datagrams to multicast, drained with [`Node::poll_transmit`],
-//! and the next deadline, [`Node::poll_timeout`].
+//! Outputs: datagrams to multicast, drained with [`Node::take_transmit`]
+//! (or one at a time with [`Node::poll_transmit`]), and the next deadline,
+//! [`Node::poll_timeout`].
+//!
+//! Batching: records wait in the open datagram until it is full, until the
+//! driver has no more input queued ([`Node::flush`]: the batch holds what
+//! already arrived, so an idle node sends at once), or at the latest
+//! `flush` after the first of them. Mode claims and keep-alives share
+//! those datagrams; a claim change only makes the batch due at once.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -22,6 +29,7 @@ use crate::controller::{Decision, ModeController, ModeRules};
 use crate::enforce::EnforceRules;
 use crate::hash::{Map, SeededState};
 use crate::keyrate::{self, KeyRateRecord};
+use crate::outbox::Outbox;
 use crate::ratelimit::{LimitRule, LimitSnapshot, Limits, LimitsError, TopKey, ANNOUNCE_EVERY};
 use crate::relay::{Relay, RelayCounters, RelayMsg};
 use crate::state::{Applied, ClusterState, LoadView, MarkView, ModeView, StateLimits};
@@ -32,12 +40,18 @@ pub const REMOTE_UNBLOCK: u64 = 1 << 16;
 
 /// Most records a filter may put in one local datagram.
 pub const MAX_LOCAL_RECORDS: usize = 64;
-/// How often claims are refreshed and held modes re-evaluated.
-const TICK: Duration = Duration::from_millis(10);
+/// Most claim timers run by one [`Node::handle_timeout`]: a burst of
+/// keep-alives is cut into slices so the filter's queries get in between.
+const CLAIM_SLICE: usize = 1024;
+/// Most resources and marks one purge slice looks at.
+const PURGE_SLICE: usize = 4096;
 /// Mode records kept for the forwarder when no `[verdicts]` section says.
 pub const DEFAULT_RELAY_CAPACITY: usize = 4096;
-/// How often stale state is purged.
-const PURGE_EVERY: Duration = Duration::from_millis(250);
+/// How often stale state is purged (in slices; each is cheap when little
+/// is due).
+const PURGE_EVERY: Duration = Duration::from_millis(10);
+/// How often expired blocks are dropped from the block table.
+const BLOCK_PURGE_EVERY: Duration = Duration::from_millis(250);
 
 /// Everything a node needs to start (the binary builds it from its config).
 #[derive(Debug, Clone)]
@@ -347,6 +361,8 @@ pub struct Counters {
     pub records_extension: u64,
     pub resource_table_full: u64,
     pub mode_claims_sent: u64,
+    /// Claim changes refused by `modes.max_changes_per_s` (tried again).
+    pub mode_changes_deferred: u64,
 }
 
 /// The numbers a metrics scrape needs, copied out of the node so the
@@ -365,6 +381,10 @@ pub struct NodeSnapshot {
     /// In no particular order.
     pub peers: Vec<PeerSnapshot>,
     pub backlog: Option<BacklogSnapshot>,
+    /// The rate limits (`ratelimit`), in config order.
+    pub limits: Vec<LimitSnapshot>,
+    /// `KEY_RATE` records for a limit this node does not have.
+    pub key_rate_unknown_table: u64,
 }
 
 /// One peer's counters (see [`PeerStats`]), without its replay window.
@@ -402,6 +422,8 @@ impl PeerSnapshot {
 pub struct BacklogSnapshot {
     /// Records queued or in flight.
     pub len: usize,
+    /// The most it holds before dropping load and refusing saves.
+    pub capacity: usize,
     pub batches_in_flight: usize,
     pub counters: BacklogCounters,
 }
@@ -420,15 +442,18 @@ pub struct Node {
     controller: ModeController,
     writer: DatagramWriter,
     batch_since: Option<Instant>,
-    ready: VecDeque<Vec<u8>>,
-    pool: Vec<Vec<u8>>,
+    /// A claim change waits in the open batch: seal it at the next timeout.
+    urgent: bool,
+    ready: Outbox,
+    due: Vec<u64>,
     peers: Map<u32, PeerStats>,
     record_seq: u64,
     epoch: Instant,
     wall_at_epoch_us: u64,
-    next_tick: Instant,
     next_purge: Instant,
-    decisions: Vec<Decision>,
+    /// When expired blocks are next dropped (a whole-table pass, so on its
+    /// own slower clock than the sliced purge).
+    next_block_purge: Instant,
     counters: Counters,
     backlog: Option<Backlog>,
     default_ttl: Duration,
@@ -491,17 +516,17 @@ impl Node {
             state: ClusterState::new(p.id, p.limits, hasher),
             controller: ModeController::new(&p.modes, hasher),
             batch_since: None,
-            ready: VecDeque::new(),
-            pool: Vec::new(),
+            urgent: false,
+            ready: Outbox::new(),
+            due: Vec::new(),
             peers: Map::with_hasher(hasher),
             // From the incarnation, like row ids: a record's (origin, seq)
             // names it in the cross-cluster queue, also across restarts.
             record_seq: incarnation,
             epoch: now,
             wall_at_epoch_us: wall_us,
-            next_tick: now + TICK,
             next_purge: now + PURGE_EVERY,
-            decisions: Vec::new(),
+            next_block_purge: now + BLOCK_PURGE_EVERY,
             counters: Counters::default(),
             backlog: p.store.map(Backlog::new),
             next_row_id: incarnation,
@@ -926,8 +951,8 @@ impl Node {
     }
 
     /// Seals the records queued so far into a datagram now instead of at
-    /// the batch deadline (after [`Node::inject`]: verdicts and relayed
-    /// modes are rare and urgent, like mode claims).
+    /// the batch deadline: when the driver has no more input queued (so a
+    /// lone record never waits for company), and after [`Node::inject`].
     pub fn flush(&mut self) {
         self.seal();
     }
@@ -940,6 +965,11 @@ impl Node {
             Action::Block { .. } | Action::Unblock { .. } => self.blocks_accepted(),
             _ => false,
         }
+    }
+
+    /// Whether records wait in the open batch.
+    pub fn has_batch(&self) -> bool {
+        self.batch_since.is_some()
     }
 
     fn observe_mode(&mut self, now: Instant, r: &Record) {
@@ -1115,8 +1145,12 @@ impl Node {
         if !self.controller.watches(resource) {
             return;
         }
-        let v = self.state.load(now, resource);
-        if let Some(d) = self.controller.evaluate(now, resource, v.local, v.total) {
+        let (v, stale_at) = self.state.load_until(now, resource);
+        let d = self
+            .controller
+            .evaluate(now, resource, v.local, v.total, stale_at);
+        self.counters.mode_changes_deferred = self.controller.changes_deferred;
+        if let Some(d) = d {
             self.claim(now, d);
         }
     }
@@ -1138,8 +1172,12 @@ impl Node {
         self.counters.mode_claims_sent += 1;
         self.observe_mode(now, &r);
         self.enqueue(now, &r);
-        // Mode changes do not wait for the batch timer.
-        self.seal();
+        // A change does not wait for the batch timer, but it shares the
+        // datagram with whatever else this step makes (other claims,
+        // keep-alives): sealed at the next timeout, due now.
+        if d.change {
+            self.urgent = true;
+        }
     }
 
     fn enqueue(&mut self, now: Instant, r: &Record) {
@@ -1157,12 +1195,10 @@ impl Node {
     /// Seals the current batch into a datagram ready to send.
     fn seal(&mut self) {
         self.batch_since = None;
+        self.urgent = false;
         let n = self.writer.len() as u64;
         if let Some(bytes) = self.writer.finish() {
-            let mut buf = self.pool.pop().unwrap_or_default();
-            buf.clear();
-            buf.extend_from_slice(bytes);
-            self.ready.push_back(buf);
+            self.ready.push(bytes);
             self.counters.datagrams_sent += 1;
             self.counters.records_sent += n;
         }
@@ -1178,6 +1214,8 @@ impl Node {
     pub fn snapshot(&self) -> NodeSnapshot {
         let (resources, modes, sessions) = self.state.counts();
         NodeSnapshot {
+            limits: self.limit_snapshots(),
+            key_rate_unknown_table: self.limits.unknown_table,
             id: self.id,
             cluster: self.cluster,
             counters: self.counters.clone(),
@@ -1204,6 +1242,7 @@ impl Node {
                 .collect(),
             backlog: self.backlog.as_ref().map(|b| BacklogSnapshot {
                 len: b.len(),
+                capacity: b.capacity(),
                 batches_in_flight: b.batches_in_flight(),
                 counters: b.counters(),
             }),
@@ -1278,51 +1317,66 @@ impl Node {
         applied
     }
 
-    /// Moves the next datagram to multicast into `out` (swapping buffers,
-    /// so nothing is allocated in steady state). Returns false when none.
+    /// Copies the next datagram to multicast into `out`. Returns false
+    /// when none is ready.
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> bool {
-        match self.ready.pop_front() {
-            Some(mut buf) => {
-                std::mem::swap(out, &mut buf);
-                if buf.capacity() > 0 && self.pool.len() < 64 {
-                    self.pool.push(buf);
-                }
-                true
-            }
-            None => false,
+        self.ready.pop_into(out)
+    }
+
+    /// Swaps every ready datagram into `out` (cleared first): the driver
+    /// sends them outside the lock and hands the buffers back on its next
+    /// call, so nothing is allocated once they have grown.
+    pub fn take_transmit(&mut self, out: &mut Outbox) {
+        out.clear();
+        if !self.ready.is_empty() {
+            std::mem::swap(out, &mut self.ready);
         }
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next run.
     pub fn poll_timeout(&self) -> Instant {
-        match self.batch_since {
-            Some(t) => (t + self.flush).min(self.next_tick),
-            None => self.next_tick,
+        let mut next = self.next_purge.min(self.next_announce);
+        if let Some(t) = self.batch_since {
+            next = next.min(if self.urgent { t } else { t + self.flush });
         }
+        if let Some(t) = self.controller.next_deadline() {
+            next = next.min(t);
+        }
+        next
     }
 
-    /// Flushes a due batch, refreshes held claims, releases claims whose
-    /// load went away, and purges stale state.
+    /// Flushes a due batch, runs the claim timers that are due (keep-alives,
+    /// releases once the load went away; at most a slice of them per call,
+    /// then [`poll_timeout`](Self::poll_timeout) says now), and purges a
+    /// slice of stale state.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.batch_since.is_some_and(|t| now >= t + self.flush) {
-            self.seal();
-        }
-        if now >= self.next_tick {
-            self.next_tick = now + TICK;
-            let mut decisions = std::mem::take(&mut self.decisions);
-            let recheck = self.controller.tick(now, &mut decisions);
-            for d in decisions.drain(..) {
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        self.controller.due(now, CLAIM_SLICE, &mut due);
+        for &resource in &due {
+            let (v, stale_at) = self.state.load_until(now, resource);
+            if let Some(d) = self
+                .controller
+                .fire(now, resource, v.local, v.total, stale_at)
+            {
                 self.claim(now, d);
             }
-            self.decisions = decisions;
-            for resource in recheck {
-                self.reconsider(now, resource);
-            }
+        }
+        self.due = due;
+        self.counters.mode_changes_deferred = self.controller.changes_deferred;
+        if self
+            .batch_since
+            .is_some_and(|t| self.urgent || now >= t + self.flush)
+        {
+            self.seal();
         }
         if now >= self.next_purge {
-            self.next_purge = now + PURGE_EVERY;
-            self.state.purge(now);
-            self.blocks.purge(now);
+            let (_, more) = self.state.purge_some(now, PURGE_SLICE);
+            self.next_purge = if more { now } else { now + PURGE_EVERY };
+            if now >= self.next_block_purge {
+                self.next_block_purge = now + BLOCK_PURGE_EVERY;
+                self.blocks.purge(now);
+            }
         }
         if now >= self.next_announce {
             self.next_announce = now + ANNOUNCE_EVERY;
@@ -1360,6 +1414,11 @@ impl Node {
             self.enqueue(now, &r);
         }
         self.announce_buf = out;
+    }
+
+    /// Claims this node holds, and claim timers queued (live and dead).
+    pub fn claims(&self) -> (usize, usize) {
+        (self.controller.active(), self.controller.timers())
     }
 
     /// Takes a datagram from the cluster. Returns the number of records

@@ -1,8 +1,15 @@
 //! What a node knows about its cluster: per-resource load gauges per
 //! origin, protection-mode claims, and session marks. Plain data fed
 //! `now`; no I/O, no clock, no locking.
+//!
+//! Purging is incremental: each resource has one entry in a min-heap of
+//! "look again" times (lazy deletion: an entry counts only while its time
+//! is the one the resource holds), so a purge touches only what is due and
+//! can be cut into slices of bounded work, never a scan of every resource
+//! while the filter waits for an answer.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::hash::{Map, SeededState};
@@ -74,6 +81,15 @@ struct Mark {
     stamp: u64,
 }
 
+/// A resource's entries of one table and its live heap time.
+#[derive(Debug)]
+struct Slot<T> {
+    items: Vec<T>,
+    queued: Instant,
+}
+
+type Timers = BinaryHeap<Reverse<(Instant, u64)>>;
+
 /// Outcome of applying a record to the state, for the caller's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -87,8 +103,10 @@ pub enum Applied {
 pub struct ClusterState {
     limits: StateLimits,
     self_id: u32,
-    loads: Map<u64, Vec<Gauge>>,
-    modes: Map<u64, Vec<Claim>>,
+    loads: Map<u64, Slot<Gauge>>,
+    modes: Map<u64, Slot<Claim>>,
+    load_timers: Timers,
+    mode_timers: Timers,
     marks: Map<u64, Mark>,
     /// Insertion order of marks, for oldest-first eviction. Entries whose
     /// stamp no longer matches the table are skipped lazily.
@@ -98,13 +116,22 @@ pub struct ClusterState {
     pub evictions: u64,
 }
 
+/// A gauge is stale strictly after `load_stale`; this much later it is.
+const STALE_STEP: Duration = Duration::from_micros(1);
+
 impl ClusterState {
     pub fn new(self_id: u32, limits: StateLimits, hasher: SeededState) -> ClusterState {
+        let cap = limits.max_resources;
         ClusterState {
             limits,
             self_id,
-            loads: Map::with_hasher(hasher),
-            modes: Map::with_hasher(hasher),
+            // Sized for the bound up front: growing a table of a million
+            // resources rehashes it all at once, a stall of tens of ms
+            // under exactly the flood that fills it.
+            loads: Map::with_capacity_and_hasher(cap, hasher),
+            modes: Map::with_capacity_and_hasher(cap, hasher),
+            load_timers: BinaryHeap::new(),
+            mode_timers: BinaryHeap::new(),
             marks: Map::with_hasher(hasher),
             mark_order: VecDeque::new(),
             next_stamp: 0,
@@ -122,10 +149,22 @@ impl ClusterState {
 
     /// Records `origin`'s current gauge for `resource`.
     pub fn apply_load(&mut self, now: Instant, origin: u32, resource: u64, value: u64) -> Applied {
-        if !self.loads.contains_key(&resource) && self.loads.len() >= self.limits.max_resources {
-            return Applied::ResourceTableFull;
-        }
-        let gauges = self.loads.entry(resource).or_default();
+        // One hash for a known resource (the common case: gauges are
+        // reported again and again); a second only to insert a new one.
+        let full = self.loads.len() >= self.limits.max_resources;
+        let gauges = match self.loads.get_mut(&resource) {
+            Some(slot) => &mut slot.items,
+            None if full => return Applied::ResourceTableFull,
+            None => {
+                let stale_at = now + self.limits.load_stale + STALE_STEP;
+                self.load_timers.push(Reverse((stale_at, resource)));
+                let slot = self.loads.entry(resource).or_insert(Slot {
+                    items: Vec::with_capacity(1),
+                    queued: stale_at,
+                });
+                &mut slot.items
+            }
+        };
         match gauges.iter_mut().find(|g| g.origin == origin) {
             Some(g) => {
                 g.value = value;
@@ -151,19 +190,29 @@ impl ClusterState {
         ttl_ms: u32,
     ) -> Applied {
         if level == 0 {
-            if let Some(claims) = self.modes.get_mut(&resource) {
-                claims.retain(|c| c.origin != origin);
-                if claims.is_empty() {
+            if let Some(slot) = self.modes.get_mut(&resource) {
+                slot.items.retain(|c| c.origin != origin);
+                if slot.items.is_empty() {
                     self.modes.remove(&resource);
                 }
             }
             return Applied::Ok;
         }
-        if !self.modes.contains_key(&resource) && self.modes.len() >= self.limits.max_resources {
-            return Applied::ResourceTableFull;
-        }
         let expires = now + self.ttl_or_default(ttl_ms);
-        let claims = self.modes.entry(resource).or_default();
+        let full = self.modes.len() >= self.limits.max_resources;
+        // One hash for a known resource, as in `apply_load`.
+        let claims = match self.modes.get_mut(&resource) {
+            Some(slot) => &mut slot.items,
+            None if full => return Applied::ResourceTableFull,
+            None => {
+                self.mode_timers.push(Reverse((expires, resource)));
+                let slot = self.modes.entry(resource).or_insert(Slot {
+                    items: Vec::with_capacity(1),
+                    queued: expires,
+                });
+                &mut slot.items
+            }
+        };
         match claims.iter_mut().find(|c| c.origin == origin) {
             Some(c) => {
                 c.level = level;
@@ -236,24 +285,35 @@ impl ClusterState {
     }
 
     pub fn load(&self, now: Instant, resource: u64) -> LoadView {
+        self.load_until(now, resource).0
+    }
+
+    /// The load view and when it next changes by itself (the first of its
+    /// fresh gauges turns stale), `None` when it cannot.
+    pub fn load_until(&self, now: Instant, resource: u64) -> (LoadView, Option<Instant>) {
         let mut view = LoadView::default();
-        if let Some(gauges) = self.loads.get(&resource) {
-            for g in gauges {
+        let mut oldest: Option<Instant> = None;
+        if let Some(slot) = self.loads.get(&resource) {
+            for g in &slot.items {
                 if now.saturating_duration_since(g.at) <= self.limits.load_stale {
                     view.total = view.total.saturating_add(g.value);
                     view.nodes += 1;
                     if g.origin == self.self_id {
                         view.local = g.value;
                     }
+                    oldest = Some(oldest.map_or(g.at, |o| o.min(g.at)));
                 }
             }
         }
-        view
+        (
+            view,
+            oldest.map(|o| o + self.limits.load_stale + STALE_STEP),
+        )
     }
 
     pub fn mode(&self, now: Instant, resource: u64) -> ModeView {
         let mut best = ModeView::default();
-        for c in self.modes.get(&resource).into_iter().flatten() {
+        for c in self.modes.get(&resource).into_iter().flat_map(|s| &s.items) {
             if c.expires <= now {
                 continue;
             }
@@ -285,24 +345,78 @@ impl ClusterState {
     /// Drops stale gauges, expired claims and expired marks at the front
     /// of the mark queue. Returns how many entries were removed.
     pub fn purge(&mut self, now: Instant) -> usize {
+        self.purge_some(now, usize::MAX).0
+    }
+
+    /// Like [`purge`](Self::purge), but looks at no more than `budget`
+    /// due resources and marks; also returns whether more are due.
+    pub fn purge_some(&mut self, now: Instant, budget: usize) -> (usize, bool) {
         let stale = self.limits.load_stale;
         let mut removed = 0;
-        self.loads.retain(|_, gauges| {
-            let before = gauges.len();
-            gauges.retain(|g| now.saturating_duration_since(g.at) <= stale);
-            removed += before - gauges.len();
-            !gauges.is_empty()
-        });
-        self.modes.retain(|_, claims| {
-            let before = claims.len();
-            claims.retain(|c| c.expires > now);
-            removed += before - claims.len();
-            !claims.is_empty()
-        });
-        while self.pop_oldest_mark(|m| m.expires <= now) {
-            removed += 1;
+        let mut left = budget;
+        while left > 0 {
+            let Some(&Reverse((t, resource))) = self.load_timers.peek() else {
+                break;
+            };
+            if t > now {
+                break;
+            }
+            self.load_timers.pop();
+            left -= 1;
+            let Some(slot) = self.loads.get_mut(&resource) else {
+                continue;
+            };
+            if slot.queued != t {
+                continue;
+            }
+            let before = slot.items.len();
+            slot.items
+                .retain(|g| now.saturating_duration_since(g.at) <= stale);
+            removed += before - slot.items.len();
+            match slot.items.iter().map(|g| g.at).min() {
+                Some(oldest) => {
+                    slot.queued = oldest + stale + STALE_STEP;
+                    self.load_timers.push(Reverse((slot.queued, resource)));
+                }
+                None => {
+                    self.loads.remove(&resource);
+                }
+            }
         }
-        removed
+        while left > 0 {
+            let Some(&Reverse((t, resource))) = self.mode_timers.peek() else {
+                break;
+            };
+            if t > now {
+                break;
+            }
+            self.mode_timers.pop();
+            left -= 1;
+            let Some(slot) = self.modes.get_mut(&resource) else {
+                continue;
+            };
+            if slot.queued != t {
+                continue;
+            }
+            let before = slot.items.len();
+            slot.items.retain(|c| c.expires > now);
+            removed += before - slot.items.len();
+            match slot.items.iter().map(|c| c.expires).min() {
+                Some(first) => {
+                    slot.queued = first;
+                    self.mode_timers.push(Reverse((first, resource)));
+                }
+                None => {
+                    self.modes.remove(&resource);
+                }
+            }
+        }
+        while left > 0 && self.pop_oldest_mark(|m| m.expires <= now) {
+            removed += 1;
+            left -= 1;
+        }
+        let more = left == 0;
+        (removed, more)
     }
 
     /// Resources with a fresh gauge or a live claim, sorted.
@@ -433,6 +547,34 @@ mod tests {
         assert_eq!(s.mark(later, 4).mark, 0);
         assert_eq!(s.purge(later), 3);
         assert_eq!(s.counts().2, 0);
+    }
+
+    #[test]
+    fn purge_works_in_bounded_slices_and_only_on_what_is_due() {
+        let limits = StateLimits {
+            load_stale: Duration::from_millis(500),
+            max_resources: 1_000,
+            session_capacity: 10,
+            default_ttl: Duration::from_secs(10),
+            clock_skew: Duration::from_millis(500),
+        };
+        let t0 = Instant::now();
+        let mut s = ClusterState::new(1, limits, SeededState::new(1));
+        for r in 0..100 {
+            s.apply_load(t0, 2, r, 1);
+        }
+        // Resource 99 is refreshed: not due when the others go stale.
+        s.apply_load(t0 + Duration::from_millis(400), 2, 99, 1);
+        let at = t0 + Duration::from_millis(600);
+        assert_eq!(s.purge_some(at, 30), (30, true));
+        assert_eq!(s.counts().0, 70);
+        let (removed, more) = s.purge_some(at, 1_000);
+        assert_eq!((removed, more), (69, false), "the refreshed one stays");
+        assert_eq!(s.load(at, 99).total, 1);
+        // Nothing due: a purge touches nothing.
+        assert_eq!(s.purge_some(at, 1_000), (0, false));
+        assert_eq!(s.purge(t0 + Duration::from_secs(1)), 1);
+        assert_eq!(s.counts().0, 0);
     }
 
     const LEGIT: u64 = shoal_wire::Record::MARK_LEGITIMATE;

@@ -141,6 +141,12 @@ impl Backlog {
         self.len() == 0
     }
 
+    /// The most records it holds (queued and in flight) before it drops
+    /// load records and refuses saves.
+    pub fn capacity(&self) -> usize {
+        self.limits.capacity
+    }
+
     /// Records waiting for a batch (not in flight).
     pub fn queued(&self) -> usize {
         self.queue.len() - self.holes

@@ -87,6 +87,7 @@ fn params(id: u32) -> NodeParams {
         modes: ModeRules {
             default: None,
             resources: vec![],
+            max_changes_per_s: 0,
         },
         store: None,
         relay_capacity: 64,

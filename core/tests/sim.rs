@@ -99,6 +99,7 @@ fn params(id: u32) -> NodeParams {
         modes: ModeRules {
             default: Some(rule()),
             resources: vec![],
+            max_changes_per_s: 0,
         },
         store: None,
         relay_capacity: 64,

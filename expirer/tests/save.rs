@@ -343,3 +343,25 @@ fn native_saves_replicate_both_ways() {
     assert_eq!(a, want);
     f.wait("replication follows", || f.replication_follows());
 }
+
+/// How the reply of each save procedure is wrapped over IPROTO `call`, per
+/// version (the node's `SaveReply` accepts both): the Lua procedure's `n`
+/// comes back as `[n]` everywhere; the C procedure's (`box_return_mp`) as
+/// `[[n]]` on 2.x and `[n]` on 3.x, which dropped the extra array.
+#[test]
+fn reply_wrapping_by_version() {
+    let v = shoal_tarantool::testkit::tarantool_version().expect("version");
+    let f = start("wrap");
+    let raw = |function: &str, node: &str| -> Value {
+        f.rt.block_on(f.a.call::<_, Value>(function, &(node, rows(2, 3))))
+            .expect("save")
+    };
+    assert_eq!(raw("shoal_save", "lua-w"), json!([2]), "Lua on {v}");
+    let want = if v.major >= 3 {
+        json!([2])
+    } else {
+        json!([[2]])
+    };
+    assert_eq!(raw(NATIVE, "c-w"), want, "C procedure on {v}");
+    println!("{v}: Lua shoal_save -> [2], native -> {want}");
+}

@@ -49,6 +49,7 @@ extern "C" {
 #define SHOAL_CODE_QUERY_LOAD 0x0101u    /* f1 cluster total, f2 own, f3 nodes */
 #define SHOAL_CODE_QUERY_MODE 0x0102u    /* f1 level, f2 remaining ms, f3 claimant (node, or cluster<<32|node if remote) */
 #define SHOAL_CODE_QUERY_SESSION 0x0103u /* f1 mark, f2 remaining ms, f3 origin */
+#define SHOAL_CODE_QUERY_LIMIT 0x0104u   /* f0 limit id, f1 key, f2 hits -> f2 SHOAL_LIMIT_*, f3 retry-after us */
 #define SHOAL_CODE_REPLY_ERROR 0x01ffu   /* f0 SHOAL_ERR_*, f1 record index */
 /* Codes 0x8000..0xffff: application-defined, relayed as is. */
 #define SHOAL_CODE_EXTENSION_FIRST 0x8000u
@@ -70,6 +71,13 @@ extern "C" {
 #define SHOAL_ERR_TOO_MANY 4u     /* more than 64 records */
 #define SHOAL_ERR_STORE_FULL 5u   /* applied and sent, not saved: store backlog full */
 #define SHOAL_ERR_BLOCKS_UNSIGNED 6u /* BLOCK/UNBLOCK refused: cluster without [auth] */
+#define SHOAL_ERR_BLOCK_REFUSED 7u /* BLOCK never enforced here: allowlist or too short */
+#define SHOAL_ERR_UNKNOWN_LIMIT 8u /* QUERY_LIMIT: no limit with that id */
+
+/* Verdicts of a QUERY_LIMIT reply (f2). */
+#define SHOAL_LIMIT_ALLOW 1u
+#define SHOAL_LIMIT_DENY 2u      /* f3: microseconds until the same hits would pass here */
+#define SHOAL_LIMIT_TOO_LARGE 3u /* more hits at once than the limit's burst: never */
 
 /* One record, fields in host order. */
 struct shoal_record {
@@ -231,15 +239,24 @@ static inline int64_t shoal__now_ms(void)
     }
 }
 
-/* A fresh request id (non-zero, ascending per translation unit). */
-static inline uint64_t shoal__next_id(void)
+/* n fresh request ids (non-zero, ascending per translation unit): the
+ * first is returned. */
+static inline uint64_t shoal__take_ids(uint64_t n)
 {
     static uint64_t counter;
 #if defined(__GNUC__) || defined(__clang__)
-    return __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
+    return __atomic_fetch_add(&counter, n, __ATOMIC_RELAXED) + 1;
 #else
-    return ++counter;
+    uint64_t first = counter + 1;
+    counter += n;
+    return first;
 #endif
+}
+
+/* A fresh request id. */
+static inline uint64_t shoal__next_id(void)
+{
+    return shoal__take_ids(1);
 }
 
 /* Sends one query (code SHOAL_CODE_QUERY_*, f0 = key, seq = a fresh
@@ -323,6 +340,143 @@ static inline int shoal_query(int fd, uint16_t code, uint64_t key,
                 return 0;
             }
         }
+    }
+}
+
+/* The id of the limit named `name` in [[limits]]: FNV-1a 32 of the name
+ * (compute it once, at start). */
+static inline uint32_t shoal_limit_id(const char *name)
+{
+    uint32_t h = 0x811c9dc5u;
+    for (; *name; name++) {
+        h ^= (unsigned char)*name;
+        h *= 0x01000193u;
+    }
+    return h;
+}
+
+/* The key of an IPv4 source for key = "addr" limits: the low 64 bits of
+ * ::ffff:a.b.c.d. `addr` in host byte order (ntohl(sin_addr.s_addr)). */
+static inline uint64_t shoal_key_ipv4(uint32_t addr)
+{
+    return 0x0000ffff00000000ull | addr;
+}
+
+/* The key of an IPv6 source: its first 64 bits (network order bytes). */
+static inline uint64_t shoal_key_ipv6(const unsigned char addr[16])
+{
+    uint64_t k = 0;
+    int i;
+    for (i = 0; i < 8; i++)
+        k = (k << 8) | addr[i];
+    return k;
+}
+
+/* One question and answer of shoal_limit(). */
+struct shoal_limit_hit {
+    uint32_t limit;          /* shoal_limit_id(name) */
+    uint64_t key;            /* shoal_key_ipv4(), a session key, ... */
+    uint32_t n;              /* hits, >= 1 */
+    /* Out: SHOAL_LIMIT_ALLOW / _DENY / _TOO_LARGE, or -(SHOAL_ERR_*) when
+     * the sidecar refused the question (e.g. -8: unknown limit). */
+    int verdict;
+    uint64_t retry_after_us; /* with SHOAL_LIMIT_DENY */
+};
+
+/* Asks for up to 64 rate-limit decisions in one datagram (QUERY_LIMIT) and
+ * waits up to timeout_ms (< 0: forever) for the one reply. Decisions are
+ * made by the local sidecar from what it knows of the cluster: no round
+ * trip to other nodes. Returns 0 with every hits[i].verdict set, or -1
+ * with errno (EINVAL for n outside 1..64, ETIMEDOUT, or from send/poll). */
+static inline int shoal_limit(int fd, struct shoal_limit_hit *hits, size_t n, int timeout_ms)
+{
+    unsigned char buf[SHOAL_MAX_RECORDS * SHOAL_RECORD_LEN];
+    struct shoal_record q, r;
+    struct pollfd pfd;
+    int64_t deadline = shoal__now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    uint64_t first;
+    ssize_t got;
+    size_t i;
+    int rc, wait_ms, found;
+
+    if (n == 0 || n > SHOAL_MAX_RECORDS) {
+        errno = EINVAL;
+        return -1;
+    }
+    first = shoal__take_ids(n);
+    for (i = 0; i < n; i++) {
+        shoal_record_init(&q, SHOAL_CODE_QUERY_LIMIT, 0);
+        q.seq = first + i;
+        q.fields[0] = hits[i].limit;
+        q.fields[1] = hits[i].key;
+        q.fields[2] = hits[i].n;
+        shoal_encode(&q, buf + i * SHOAL_RECORD_LEN);
+        hits[i].verdict = 0;
+        hits[i].retry_after_us = 0;
+    }
+    pfd.fd = fd;
+    for (;;) {
+        got = send(fd, buf, n * SHOAL_RECORD_LEN, SHOAL__SEND_FLAGS);
+        if (got == (ssize_t)(n * SHOAL_RECORD_LEN))
+            break;
+        if (got >= 0) {
+            errno = EMSGSIZE;
+            return -1;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -1;
+        pfd.events = POLLOUT;
+        wait_ms = timeout_ms < 0 ? -1 : (int)(deadline - shoal__now_ms());
+        if (timeout_ms >= 0 && wait_ms <= 0) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        if (poll(&pfd, 1, wait_ms) < 0 && errno != EINTR)
+            return -1;
+    }
+    pfd.events = POLLIN;
+    for (;;) {
+        wait_ms = -1;
+        if (timeout_ms >= 0) {
+            int64_t left = deadline - shoal__now_ms();
+            wait_ms = left > 0 ? (int)left : 0;
+        }
+        rc = poll(&pfd, 1, wait_ms);
+        if (rc < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (rc == 0) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        got = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (got < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
+                continue;
+            return -1;
+        }
+        /* The reply holds one record per question, in order; a late reply
+         * to an earlier call carries other request ids and is skipped. */
+        found = 0;
+        for (i = 0; i + SHOAL_RECORD_LEN <= (size_t)got; i += SHOAL_RECORD_LEN) {
+            uint64_t k;
+            if (shoal_decode(buf + i, &r) < 0 || r.seq < first || r.seq >= first + n)
+                continue;
+            k = r.seq - first;
+            found = 1;
+            if (r.code == SHOAL_CODE_REPLY_ERROR)
+                hits[k].verdict = -(int)r.fields[0];
+            else if (r.code == SHOAL_CODE_QUERY_LIMIT) {
+                hits[k].verdict = (int)r.fields[2];
+                hits[k].retry_after_us = r.fields[3];
+            }
+        }
+        if (found)
+            return 0;
     }
 }
 

@@ -204,6 +204,79 @@ impl LocalClient {
         }
     }
 
+    /// Asks for rate-limit decisions (`QUERY_LIMIT`), up to 64 in one
+    /// datagram, and waits for the one reply datagram; `out` gets one
+    /// decision per hit, in order.
+    pub fn limit_hits(
+        &mut self,
+        hits: &[LimitHit],
+        out: &mut Vec<LimitDecision>,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        if hits.is_empty() {
+            out.clear();
+            return Ok(());
+        }
+        if hits.len() > MAX_LOCAL_RECORDS {
+            return Err(ClientError::TooMany);
+        }
+        let first = self.next_id;
+        self.next_id += hits.len() as u64;
+        self.buf.clear();
+        for (i, h) in hits.iter().enumerate() {
+            let mut q = Record::new(
+                Code::QUERY_LIMIT,
+                [u64::from(h.limit), h.key, u64::from(h.n), 0],
+            );
+            q.seq = first + i as u64;
+            q.op = shoal_wire::Op::default();
+            self.buf.extend_from_slice(&q.to_bytes());
+        }
+        self.sock.send(&self.buf)?;
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; MAX_LOCAL_RECORDS * RECORD_LEN];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout(timeout));
+            }
+            self.sock.set_read_timeout(Some(left))?;
+            let n = match self.sock.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ClientError::Timeout(timeout))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            // Late replies of earlier queries are skipped.
+            let ours = buf[..n].chunks_exact(RECORD_LEN).any(|c| {
+                Record::decode_slice(c).is_ok_and(|r| r.seq >= first && r.seq < self.next_id)
+            });
+            if !ours {
+                continue;
+            }
+            out.clear();
+            out.extend(buf[..n].chunks_exact(RECORD_LEN).filter_map(|c| {
+                let r = Record::decode_slice(c).ok()?;
+                Some(match (r.code, r.fields[2]) {
+                    (Code::QUERY_LIMIT, 1) => LimitDecision::Allow,
+                    (Code::QUERY_LIMIT, 2) => LimitDecision::Deny {
+                        retry_after: Duration::from_micros(r.fields[3]),
+                    },
+                    (Code::QUERY_LIMIT, 3) => LimitDecision::TooLarge,
+                    (Code::REPLY_ERROR, _) => LimitDecision::Refused(r.fields[0]),
+                    _ => LimitDecision::Refused(0),
+                })
+            }));
+            return Ok(());
+        }
+    }
+
     /// Waits for any reply datagram (tests of error replies).
     pub fn recv_raw(&self, timeout: Duration) -> Result<Vec<u8>, ClientError> {
         self.sock.set_read_timeout(Some(timeout))?;
@@ -224,6 +297,28 @@ impl LocalClient {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// One question of [`LocalClient::limit_hits`]: `n` hits of `key` under
+/// the limit whose id is `limit` (`shoal_core::keyrate::name_id(name)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitHit {
+    pub limit: u32,
+    pub key: u64,
+    pub n: u32,
+}
+
+/// The sidecar's answer to one [`LimitHit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitDecision {
+    Allow,
+    Deny {
+        retry_after: Duration,
+    },
+    /// More hits at once than the limit's burst: never admitted.
+    TooLarge,
+    /// Refused with this reason (`docs/local-api.md`; 8 unknown limit).
+    Refused(u64),
 }
 
 /// A minimal HTTP/1.1 GET; returns the body of a 200 answer.

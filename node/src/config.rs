@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use shoal_core::keyrate::name_id;
+use shoal_core::ratelimit::{KeyKind, LimitRule, Scope};
 use shoal_core::{
     BacklogLimits, Level, ModeRules, NodeParams, Rule, StateLimits, DEFAULT_RELAY_CAPACITY,
 };
@@ -136,6 +138,153 @@ pub struct Config {
     /// absent means blocks are held and relayed but not enforced here.
     #[serde(default)]
     pub enforce: Option<crate::enforce::EnforceSection>,
+    /// Cluster-wide rate limits (`docs/ratelimit.md`).
+    #[serde(default)]
+    pub limits: Vec<LimitSection>,
+}
+
+/// Most `[[limits]]` a config may have.
+pub(crate) const MAX_LIMITS: usize = 64;
+/// Most keys one limit may count (fixed memory: about 100 bytes a key).
+pub(crate) const MAX_LIMIT_KEYS: usize = 16 << 20;
+
+/// One `[[limits]]` table: `hashlimit`'s rate, burst, table size and
+/// expiry, for one kind of key, shared by the cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSection {
+    /// Unique; filters name the limit by the FNV-1a 32-bit hash of it
+    /// (`shoal_limit_id()` in `shoal.h`).
+    pub name: String,
+    /// `addr`, `session`, `resource` or `opaque`.
+    pub key: String,
+    /// Hits per second per key (cluster-wide unless `scope = "node"`).
+    pub rate: f64,
+    /// Hits admitted at once after a key was quiet; default: one second
+    /// of `rate` (at least 1).
+    #[serde(default)]
+    pub burst: Option<f64>,
+    /// Keys counted per node (`--hashlimit-htable-max`).
+    #[serde(default = "default_limit_keys")]
+    pub max_keys: usize,
+    /// A key not hit for this long is forgotten (`--hashlimit-htable-expire`).
+    #[serde(default = "default_limit_idle_ms")]
+    pub idle_ms: u64,
+    /// `cluster` (default): the limit holds for the whole cluster; `node`:
+    /// every node applies it alone (up to N times the rate in total).
+    #[serde(default = "default_limit_scope")]
+    pub scope: String,
+    /// For `key = "addr"`: count IPv4 sources per this prefix (0..=32).
+    #[serde(default = "default_v4_prefix")]
+    pub prefix_v4: u8,
+    /// For `key = "addr"`: count IPv6 sources per this prefix (0..=64).
+    #[serde(default = "default_v6_prefix")]
+    pub prefix_v6: u8,
+}
+
+fn default_limit_keys() -> usize {
+    65_536
+}
+fn default_limit_idle_ms() -> u64 {
+    60_000
+}
+fn default_limit_scope() -> String {
+    "cluster".into()
+}
+fn default_v4_prefix() -> u8 {
+    32
+}
+fn default_v6_prefix() -> u8 {
+    64
+}
+
+impl LimitSection {
+    fn validate(&self, k: &str) -> Result<(), ConfigError> {
+        if self.name.is_empty() || self.name.len() > 64 {
+            return Err(invalid(&format!("{k}.name"), "1 to 64 bytes"));
+        }
+        if !self
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
+            return Err(invalid(
+                &format!("{k}.name"),
+                "letters, digits, '_', '-' and '.' only (it is a metric label)",
+            ));
+        }
+        self.kind(k)?;
+        if !(self.rate.is_finite() && self.rate > 0.0 && self.rate <= 1e9) {
+            return Err(invalid(
+                &format!("{k}.rate"),
+                "must be > 0 and <= 1e9 hits/s",
+            ));
+        }
+        if let Some(b) = self.burst {
+            if !(b.is_finite() && (1.0..=1e12).contains(&b)) {
+                return Err(invalid(&format!("{k}.burst"), "must be >= 1 and <= 1e12"));
+            }
+        }
+        if self.max_keys == 0 || self.max_keys > MAX_LIMIT_KEYS {
+            return Err(invalid(
+                &format!("{k}.max_keys"),
+                format!("must be 1..={MAX_LIMIT_KEYS}"),
+            ));
+        }
+        if self.idle_ms == 0 || self.idle_ms > 86_400_000 {
+            return Err(invalid(&format!("{k}.idle_ms"), "must be 1..=86400000"));
+        }
+        self.scope(k)?;
+        Ok(())
+    }
+
+    fn kind(&self, k: &str) -> Result<KeyKind, ConfigError> {
+        match self.key.as_str() {
+            "addr" => {
+                if self.prefix_v4 > 32 {
+                    return Err(invalid(&format!("{k}.prefix_v4"), "must be 0..=32"));
+                }
+                if self.prefix_v6 > 64 {
+                    return Err(invalid(&format!("{k}.prefix_v6"), "must be 0..=64"));
+                }
+                Ok(KeyKind::Addr {
+                    v4_prefix: self.prefix_v4,
+                    v6_prefix: self.prefix_v6,
+                })
+            }
+            "session" => Ok(KeyKind::Session),
+            "resource" => Ok(KeyKind::Resource),
+            "opaque" => Ok(KeyKind::Opaque),
+            other => Err(invalid(
+                &format!("{k}.key"),
+                format!("`{other}`: one of addr, session, resource, opaque"),
+            )),
+        }
+    }
+
+    fn scope(&self, k: &str) -> Result<Scope, ConfigError> {
+        match self.scope.as_str() {
+            "cluster" => Ok(Scope::Cluster),
+            "node" => Ok(Scope::Node),
+            other => Err(invalid(
+                &format!("{k}.scope"),
+                format!("`{other}`: cluster or node"),
+            )),
+        }
+    }
+
+    /// The core's rule (after `validate`).
+    pub fn rule(&self) -> LimitRule {
+        LimitRule {
+            name: self.name.clone(),
+            kind: self.kind("").unwrap_or(KeyKind::Opaque),
+            rate: self.rate,
+            burst: self.burst.unwrap_or(self.rate).max(1.0),
+            max_keys: self.max_keys,
+            idle: Duration::from_millis(self.idle_ms),
+            scope: self.scope("").unwrap_or(Scope::Cluster),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -552,7 +701,7 @@ impl Default for StateSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModesSection {
     /// Rule for every resource without a rule of its own.
@@ -560,7 +709,29 @@ pub struct ModesSection {
     pub default: Option<RuleSection>,
     #[serde(default)]
     pub resource: Vec<ResourceRuleSection>,
+    /// Most changes of this node's claims per second (raise, lower,
+    /// release; keep-alives are not changes). The excess is counted
+    /// (`shoal_mode_changes_deferred_total`) and tried again later.
+    #[serde(default = "default_max_changes_per_s")]
+    pub max_changes_per_s: u32,
 }
+
+impl Default for ModesSection {
+    fn default() -> Self {
+        ModesSection {
+            default: None,
+            resource: Vec::new(),
+            max_changes_per_s: default_max_changes_per_s(),
+        }
+    }
+}
+
+fn default_max_changes_per_s() -> u32 {
+    10_000
+}
+
+/// Largest `modes.max_changes_per_s`.
+const MAX_CHANGES_PER_S: u32 = 10_000_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1022,6 +1193,33 @@ impl Config {
         if self.node.id == 0 {
             return Err(invalid("node.id", "must be non-zero"));
         }
+        if self.limits.len() > MAX_LIMITS {
+            return Err(invalid("limits", format!("at most {MAX_LIMITS}")));
+        }
+        for (i, l) in self.limits.iter().enumerate() {
+            l.validate(&format!("limits[{i}]"))?;
+        }
+        for (i, a) in self.limits.iter().enumerate() {
+            for b in &self.limits[..i] {
+                if a.name == b.name {
+                    return Err(invalid(
+                        &format!("limits[{i}].name"),
+                        format!("`{}` is used twice", a.name),
+                    ));
+                }
+                if name_id(&a.name) == name_id(&b.name) {
+                    return Err(invalid(
+                        &format!("limits[{i}].name"),
+                        format!(
+                            "`{}` and `{}` have the same id {:#010x}: rename one",
+                            a.name,
+                            b.name,
+                            name_id(&a.name)
+                        ),
+                    ));
+                }
+            }
+        }
         let m = &self.multicast;
         if !m.group.is_multicast() {
             return Err(invalid(
@@ -1142,6 +1340,12 @@ impl Config {
         {
             return Err(invalid("node.incarnation_file", "must be a file path"));
         }
+        if !(1..=MAX_CHANGES_PER_S).contains(&self.modes.max_changes_per_s) {
+            return Err(invalid(
+                "modes.max_changes_per_s",
+                format!("must be in 1..={MAX_CHANGES_PER_S}"),
+            ));
+        }
         if let Some(r) = &self.modes.default {
             validate_rule("modes.default", r)?;
         }
@@ -1185,6 +1389,11 @@ impl Config {
 
     pub fn flush_interval(&self) -> Duration {
         Duration::from_micros(self.multicast.flush_us)
+    }
+
+    /// The core's rate limits, in config order.
+    pub fn limit_rules(&self) -> Vec<LimitRule> {
+        self.limits.iter().map(LimitSection::rule).collect()
     }
 
     /// The core's parameters for this node.
@@ -1244,6 +1453,7 @@ impl ModesSection {
                 .iter()
                 .map(|r| (r.id, r.rule.rule()))
                 .collect(),
+            max_changes_per_s: self.max_changes_per_s,
         }
     }
 }
@@ -1349,6 +1559,10 @@ socket = "/tmp/shoal.sock"
         assert_eq!(c.multicast.flush_us, 200);
         assert!(c.multicast.loopback);
         assert!(c.mac_keys().is_none());
+        assert_eq!(c.node_params().modes.max_changes_per_s, 10_000);
+        let bounded = format!("{MINIMAL}[modes]\nmax_changes_per_s = 5\n");
+        let c = Config::parse(&bounded).expect("valid");
+        assert_eq!(c.node_params().modes.max_changes_per_s, 5);
     }
 
     #[test]
@@ -1402,6 +1616,8 @@ socket = "/tmp/shoal.sock"
             "{MINIMAL}[modes.default]\nlevels = [{{ level = 2, total_up = 10, total_down = 5 }}, {{ level = 1, total_up = 20, total_down = 5 }}]\n"
         );
         assert!(err(&unordered).contains("modes.default.levels[1]"));
+        let no_changes = format!("{MINIMAL}[modes]\nmax_changes_per_s = 0\n");
+        assert!(err(&no_changes).contains("modes.max_changes_per_s"));
         assert!(err("not toml at all [").contains("<config>"));
     }
 
@@ -1713,5 +1929,69 @@ socket = "/tmp/shoal.sock"
             let text = format!("{MINIMAL}{two}{key} = {bad}\n");
             assert!(err(&text).contains(&format!("store.{key}")), "{key}");
         }
+    }
+
+    #[test]
+    fn limits_are_read_with_defaults_and_checked() {
+        let ok = format!(
+            "{MINIMAL}[[limits]]\nname = \"conn\"\nkey = \"addr\"\nrate = 50\nprefix_v4 = 24\n\n[[limits]]\nname = \"login\"\nkey = \"session\"\nrate = 2.5\nburst = 10\nscope = \"node\"\n"
+        );
+        let c = Config::parse(&ok).expect("valid");
+        let r = c.limit_rules();
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[0].kind,
+            KeyKind::Addr {
+                v4_prefix: 24,
+                v6_prefix: 64
+            }
+        );
+        assert_eq!((r[0].rate, r[0].burst, r[0].max_keys), (50.0, 50.0, 65_536));
+        assert_eq!(r[0].idle, Duration::from_secs(60));
+        assert_eq!(r[0].scope, Scope::Cluster);
+        assert_eq!(
+            (r[1].kind, r[1].burst, r[1].scope),
+            (KeyKind::Session, 10.0, Scope::Node)
+        );
+        let limit = |body: &str| format!("{MINIMAL}[[limits]]\nname = \"a\"\n{body}\n");
+        for (body, key) in [
+            ("key = \"ip\"\nrate = 1", "limits[0].key"),
+            ("key = \"opaque\"\nrate = 0", "limits[0].rate"),
+            ("key = \"opaque\"\nrate = nan", "limits[0].rate"),
+            ("key = \"opaque\"\nrate = 1\nburst = 0.5", "limits[0].burst"),
+            (
+                "key = \"opaque\"\nrate = 1\nmax_keys = 0",
+                "limits[0].max_keys",
+            ),
+            (
+                "key = \"opaque\"\nrate = 1\nidle_ms = 0",
+                "limits[0].idle_ms",
+            ),
+            (
+                "key = \"opaque\"\nrate = 1\nscope = \"global\"",
+                "limits[0].scope",
+            ),
+            (
+                "key = \"addr\"\nrate = 1\nprefix_v4 = 33",
+                "limits[0].prefix_v4",
+            ),
+            (
+                "key = \"addr\"\nrate = 1\nprefix_v6 = 65",
+                "limits[0].prefix_v6",
+            ),
+        ] {
+            assert!(
+                err(&limit(body)).contains(key),
+                "{body}: {}",
+                err(&limit(body))
+            );
+        }
+        let bad_name = format!("{MINIMAL}[[limits]]\nname = \"a b\"\nkey = \"opaque\"\nrate = 1\n");
+        assert!(err(&bad_name).contains("limits[0].name"));
+        let twice = format!("{MINIMAL}[[limits]]\nname = \"a\"\nkey = \"opaque\"\nrate = 1\n[[limits]]\nname = \"a\"\nkey = \"opaque\"\nrate = 2\n");
+        assert!(err(&twice).contains("limits[1].name"), "{}", err(&twice));
+        let unknown =
+            format!("{MINIMAL}[[limits]]\nname = \"a\"\nkey = \"opaque\"\nrate = 1\nhtable = 5\n");
+        assert!(err(&unknown).contains("htable"), "{}", err(&unknown));
     }
 }

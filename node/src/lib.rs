@@ -33,6 +33,8 @@
 //!   rule specs, for `run` and `shoal rules test`.
 //! - `nft`: the enforcer's nftables edge (netlink batches, read-back).
 //! - `enforce`: the enforcer's thread: blocks -> desired set -> batches.
+//! - `limits`: the rate limits' metrics collector and `/status` section
+//!   (the decisions are `shoal_core::ratelimit`).
 //! - `server`: threads, sockets, HTTP and signals around the node.
 //! - `client`: the local API client used by the CLI, tests and harness.
 //! - `testkit`: starting real `shoal` processes for tests and benches.
@@ -43,18 +45,20 @@ pub mod enforce;
 mod forwarder;
 mod http;
 mod incarnation;
+mod limits;
 mod metrics;
 pub mod nft;
 mod preflight;
 mod rulesfile;
 mod server;
+mod status_page;
 mod storage;
 mod syslog;
 pub mod testkit;
 mod transport;
 mod verdicts;
 
-pub use client::{http_get, http_request, ClientError, LocalClient};
+pub use client::{http_get, http_request, ClientError, LimitDecision, LimitHit, LocalClient};
 pub use config::{
     Config, ConfigError, GroupSpec, LevelSection, LocalSection, ModesSection, ResourceRuleSection,
     RuleSection, Secret, StoreSection, MAX_PEERS, MAX_RESOURCES, MAX_SESSION_CAPACITY,

@@ -379,6 +379,11 @@ impl Collector for CoreMetrics {
             "Protection-mode claims broadcast by this node's controller.",
             c.mode_claims_sent,
         )?;
+        o.counter(
+            "mode_changes_deferred",
+            "Claim changes over modes.max_changes_per_s, deferred (tried again later).",
+            c.mode_changes_deferred,
+        )?;
         o.gauge("resources", "Resources with a load gauge.", n.resources)?;
         o.gauge("modes_active", "Resources with a live mode claim.", n.modes)?;
         o.gauge("sessions", "Session marks held.", n.sessions)?;
@@ -415,6 +420,11 @@ impl Collector for CoreMetrics {
                 "store_backlog",
                 "Records waiting for the store (queued and in flight).",
                 b.len,
+            )?;
+            o.gauge(
+                "store_backlog_capacity",
+                "Records the backlog holds before it drops load and refuses saves ([store] backlog).",
+                b.capacity,
             )?;
             o.gauge(
                 "store_batches_in_flight",
@@ -514,6 +524,11 @@ impl CoreMetrics {
 fn registry(mut node: NodeSnapshot, now: Instant, io: &IoStats) -> Registry {
     node.peers.sort_unstable_by_key(|p| p.id);
     let mut reg = Registry::with_prefix("shoal");
+    crate::limits::register(
+        &mut reg,
+        std::mem::take(&mut node.limits),
+        node.key_rate_unknown_table,
+    );
     reg.register_collector(Box::new(CoreMetrics { node, now }));
     io.register(&mut reg);
     reg
@@ -540,29 +555,35 @@ pub(crate) fn render(s: &Shared) -> String {
 
 /// One line of the status page's resource table.
 #[derive(Debug, Clone, Copy)]
-struct ResourceRow {
-    resource: u64,
-    load: LoadView,
-    mode: ModeView,
+pub(crate) struct ResourceRow {
+    pub(crate) resource: u64,
+    pub(crate) load: LoadView,
+    pub(crate) mode: ModeView,
 }
 
 /// What `/status` shows, copied out of the node.
 #[derive(Debug)]
-struct StatusView {
-    node: NodeSnapshot,
+pub(crate) struct StatusView {
+    pub(crate) node: NodeSnapshot,
     /// Resources with a fresh gauge or a live claim.
-    resources: usize,
-    /// The busiest, busiest first.
-    top: Vec<ResourceRow>,
-    now: Instant,
+    pub(crate) resources: usize,
+    /// The busiest (unordered: sorted by whoever formats them).
+    pub(crate) top: Vec<ResourceRow>,
+    /// The busiest keys of each limit, and the live nodes.
+    pub(crate) limit_top: Vec<(String, Vec<shoal_core::ratelimit::TopKey>)>,
+    pub(crate) live_nodes: usize,
+    pub(crate) now: Instant,
 }
 
 impl StatusView {
     /// `lock` gives the node; each call is one short hold of its lock.
     fn take<G: Deref<Target = Node>>(lock: impl Fn() -> G, now: Instant, top: usize) -> StatusView {
         let (resources, top) = busiest(&lock, now, top);
+        let node = lock();
         StatusView {
-            node: lock().snapshot(),
+            limit_top: node.limit_top(now, crate::limits::STATUS_TOP_KEYS),
+            live_nodes: node.live_nodes(),
+            node: node.snapshot(),
             resources,
             top,
             now,
@@ -620,14 +641,19 @@ fn busiest<G: Deref<Target = Node>>(
 /// Renders `/status`: the busiest [`STATUS_TOP`] resources are picked in
 /// short holds of the node's lock, then sorted and formatted without it.
 pub(crate) fn status(s: &Shared) -> String {
-    let now = Instant::now();
-    let mut page = format_status(StatusView::take(|| s.lock(), now, STATUS_TOP));
+    let mut page = format_status(status_view(s));
     crate::enforce::copy_blocks(&s.lock(), &s.io.enforce);
     page.push_str(&crate::enforce::status_text(
         &s.io.enforce,
         s.enforce.get().is_some(),
     ));
     page
+}
+
+/// What `/status` and the HTML page (`status_page`) show, taken as
+/// `/status` takes it.
+pub(crate) fn status_view(s: &Shared) -> StatusView {
+    StatusView::take(|| s.lock(), Instant::now(), STATUS_TOP)
 }
 
 fn format_status(mut v: StatusView) -> String {
@@ -686,6 +712,7 @@ fn format_status(mut v: StatusView) -> String {
             r.mode.remaining.as_millis()
         );
     }
+    crate::limits::format_status(&mut o, &v.node.limits, &v.limit_top, v.live_nodes);
     if let Some(b) = &v.node.backlog {
         let c = &b.counters;
         let _ = writeln!(
@@ -702,6 +729,8 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
     use std::time::Duration;
 
+    use shoal_core::keyrate::KeyRateCounters;
+    use shoal_core::ratelimit::{KeyKind, LimitCounters, LimitSnapshot, Scope};
     use shoal_core::{
         BacklogCounters, BacklogLimits, BacklogSnapshot, Counters, ModeRules, NodeParams,
         PeerSnapshot, RelayCounters, StateLimits,
@@ -828,6 +857,7 @@ mod tests {
             records_extension: 115,
             resource_table_full: 116,
             mode_claims_sent: 117,
+            mode_changes_deferred: 118,
             ..Counters::default()
         };
         for (i, v) in c.local_rejected.iter_mut().enumerate() {
@@ -868,8 +898,37 @@ mod tests {
             sessions: 408,
             // Out of order, as a HashMap gives them.
             peers: vec![peer(9, 600, 2_500), peer(2, 500, 1_250)],
+            limits: vec![LimitSnapshot {
+                name: "login".into(),
+                id: 0xc97f_2f32,
+                scope: Scope::Cluster,
+                kind: KeyKind::Opaque,
+                rate: 100.0,
+                burst: 20.0,
+                counters: LimitCounters {
+                    queries: 801,
+                    hits: 802,
+                    allowed: 803,
+                    denied: 804,
+                    never: 805,
+                    announced: 806,
+                },
+                rates: KeyRateCounters {
+                    hits: 811,
+                    evictions: 812,
+                    expired: 813,
+                    peer_updates: 814,
+                    peer_dropped: 815,
+                    announce_overflow: 816,
+                },
+                keys: 821,
+                max_keys: 822,
+                peer_keys: 823,
+            }],
+            key_rate_unknown_table: 830,
             backlog: Some(BacklogSnapshot {
                 len: 701,
+                capacity: 709,
                 batches_in_flight: 702,
                 counters: BacklogCounters {
                     taken: 703,
@@ -1014,6 +1073,7 @@ mod tests {
             ("shoal_records_extension_total", c.records_extension),
             ("shoal_resource_table_full_total", c.resource_table_full),
             ("shoal_mode_claims_sent_total", c.mode_claims_sent),
+            ("shoal_mode_changes_deferred_total", c.mode_changes_deferred),
             ("shoal_resources", 406),
             ("shoal_modes_active", 407),
             ("shoal_sessions", 408),
@@ -1030,6 +1090,7 @@ mod tests {
             ("shoal_store_batches_failed_total", 706),
             ("shoal_store_dropped_load_total", 707),
             ("shoal_store_refused_total", 708),
+            ("shoal_store_backlog_capacity", 709),
             ("shoal_rcvbuf_requested_bytes", 801),
             ("shoal_rcvbuf_effective_bytes", 802),
             ("shoal_rcvbuf_capped", 1),
@@ -1150,6 +1211,33 @@ mod tests {
         }
         assert_eq!(p.get("shoal_verdicts_accepted_total"), 0.0);
         assert_eq!(p.get("shoal_records_sent_total"), 102.0);
+    }
+
+    #[test]
+    fn limit_values_match_the_snapshot() {
+        let now = Instant::now();
+        let (_, p) = render_page(snapshot(now), now, &io());
+        for (name, v) in [
+            ("limit_hits_total", 802.0),
+            ("limit_allowed_total", 803.0),
+            ("limit_denied_total", 804.0),
+            ("limit_too_large_total", 805.0),
+            ("limit_announced_total", 806.0),
+            ("limit_evictions_total", 812.0),
+            ("limit_expired_total", 813.0),
+            ("limit_peer_rates_total", 814.0),
+            ("limit_peer_dropped_total", 815.0),
+            ("limit_keys", 821.0),
+            ("limit_max_keys", 822.0),
+            ("limit_peer_keys", 823.0),
+        ] {
+            assert_eq!(
+                p.get(&format!("shoal_{name}{{limit=\"login\"}}")),
+                v,
+                "{name}"
+            );
+        }
+        assert_eq!(p.get("shoal_key_rate_unknown_table_total"), 830.0);
     }
 
     /// Every family rendered is listed in `docs/metrics.md` with its type,

@@ -1,15 +1,18 @@
 //! The I/O driver around [`Node`]: the multicast socket, the filter's
-//! Unix datagram socket, the HTTP endpoint and the clock. Hot paths run on
-//! two plain threads with blocking sockets, because a batch deadline of a
-//! few hundred microseconds is below tokio's timer resolution:
+//! Unix datagram socket, the HTTP endpoint and the clock. The hot path is
+//! one plain thread, `shoal-io`, that owns both sockets: it waits on both
+//! with `ppoll` (microsecond deadlines, below tokio's timer resolution),
+//! takes up to [`RX_BATCH`] cluster datagrams per `recvmmsg`, serves the
+//! filter, runs the node's timers, and sends what the node sealed with one
+//! `sendmmsg`. When neither socket has anything queued it seals the open
+//! batch at once (an idle node sends a lone record without waiting), so
+//! `flush_us` only bounds the wait under sustained load.
 //!
-//! - `shoal-rx` receives cluster datagrams and applies them;
-//! - `shoal-local` serves the filter, flushes batches on time and drives
-//!   the node's timers.
-//!
-//! tokio runs the HTTP listeners (admin: `/metrics`, `/status`,
-//! `/healthz`; API: `/v1/...`), the Tarantool edges and the signal
-//! handling.
+//! The node stays behind a `Mutex` for the rare users outside the hot
+//! thread (the API, the forwarder, the saver, `/metrics`); the hot thread
+//! is its only frequent user, so the lock is uncontended. tokio runs the
+//! HTTP listeners (admin: `/metrics`, `/status`, `/healthz`; API:
+//! `/v1/...`), the Tarantool edges and the signal handling.
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
@@ -31,7 +34,7 @@ use crate::preflight::{bind_local, file_id, remove_if_same, BindError};
 use crate::storage::Storage;
 use crate::transport::{self, TransportError};
 use crate::verdicts::Api;
-use shoal_core::Node;
+use shoal_core::{Node, Outbox};
 use shoal_tarantool::verdict::VerdictClient;
 
 /// The verdict store as the API and the forwarder use it.
@@ -60,6 +63,8 @@ pub enum ServerError {
     Syslog(#[source] std::io::Error),
     #[error("enforcer")]
     Enforce(#[source] crate::nft::NftError),
+    #[error(transparent)]
+    Limits(#[from] shoal_core::ratelimit::LimitsError),
 }
 
 /// Microseconds since the Unix epoch.
@@ -100,43 +105,28 @@ impl Shared {
         self.node.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Moves the node's ready datagrams into `outbox` (buffers are swapped,
-    /// not allocated) and returns how many there are.
-    fn drain(node: &mut Node, outbox: &mut Vec<Vec<u8>>) -> usize {
-        let mut n = 0;
-        loop {
-            if outbox.len() <= n {
-                outbox.push(Vec::new());
-            }
-            if !node.poll_transmit(&mut outbox[n]) {
-                return n;
-            }
-            n += 1;
-        }
-    }
-
-    /// Runs `f` on the node from outside the hot threads (the API, the
+    /// Runs `f` on the node from outside the hot thread (the API, the
     /// forwarder) and multicasts whatever it made ready.
     pub(crate) fn with_node<R>(&self, f: impl FnOnce(&mut Node) -> R) -> R {
-        let mut outbox = Vec::new();
-        let (r, ready) = {
+        let mut outbox = Outbox::new();
+        let r = {
             let mut node = self.lock();
             let r = f(&mut node);
             if node.backlog().is_some_and(|b| b.queued() > 0) {
                 self.store_wake.notify_one();
             }
-            (r, Shared::drain(&mut node, &mut outbox))
+            node.take_transmit(&mut outbox);
+            r
         };
-        self.send_all(&outbox[..ready]);
+        let mut tx = transport::Tx::new(self.dest);
+        self.send_all(&mut tx, &outbox);
         r
     }
 
-    fn send_all(&self, outbox: &[Vec<u8>]) {
-        for d in outbox {
-            if let Err(e) = self.multicast.send_to(d, self.dest) {
-                IoStats::inc(&self.io.send_errors);
-                debug!(error = %e, "multicast send failed");
-            }
+    fn send_all(&self, tx: &mut transport::Tx, outbox: &Outbox) {
+        let failed = tx.send(&self.multicast, outbox);
+        if failed > 0 {
+            self.io.send_errors.fetch_add(failed, Ordering::Relaxed);
         }
     }
 }
@@ -199,12 +189,31 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         file = %cfg.incarnation_file().display(),
         "incarnation"
     );
+    // Only with loop on do this node's datagrams come back to it. Without
+    // it no filter is attached, so a forgery carrying this node's id and
+    // incarnation is refused and counted in user space like any other.
+    if cfg.multicast.loopback {
+        if let Err(e) = transport::drop_own(&mc.socket, cfg.node.id, incarnation) {
+            // Only a cost: the node drops its own datagrams itself.
+            warn!(error = %e, "cannot attach the socket filter for own looped datagrams");
+        }
+    }
     let params = cfg.node_params();
     let seed = params.hash_seed;
     let mut node = Node::new(params, Instant::now(), wall_us(), incarnation);
     if let Some(e) = &cfg.enforce {
         node.set_block_rules(e.block_rules());
         node.set_enforce_rules(e.rules(&[cfg.multicast.interface.into()]));
+    }
+    node.set_limits(Instant::now(), cfg.limit_rules(), seed)?;
+    for l in node.limit_snapshots() {
+        info!(
+            limit = %l.name,
+            id = format_args!("{:#010x}", l.id),
+            rate = l.rate,
+            burst = l.burst,
+            "rate limit"
+        );
     }
     let shared = Arc::new(Shared {
         node: Mutex::new(node),
@@ -254,20 +263,12 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         Some(a) => bind_http(&rt, a)?,
         None => None,
     };
-    let rx = {
+    let hot = {
         let s = Arc::clone(&shared);
         let span = span.clone();
-        spawn("shoal-rx", move || {
+        spawn("shoal-io", move || {
             let _e = span.enter();
-            rx_loop(&s)
-        })?
-    };
-    let ingress = {
-        let s = Arc::clone(&shared);
-        let span = span.clone();
-        spawn("shoal-local", move || {
-            let _e = span.enter();
-            local_loop(&s, &local)
+            io_loop(&s, &local)
         })?
     };
     let syslog = match (&cfg.syslog, rules) {
@@ -325,7 +326,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         let _ = fwd_stop_tx.send(());
         let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), f).await });
     }
-    let _ = ingress.join();
+    let _ = hot.join();
     if let Some(s) = syslog {
         s.join();
     }
@@ -334,7 +335,6 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         let _ = stop_tx.send(());
         let _ = rt.block_on(saver);
     }
-    let _ = rx.join();
     if let Some(e) = enforcer {
         e.stop();
     }
@@ -451,102 +451,128 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         .map_err(ServerError::Runtime)
 }
 
-fn rx_loop(s: &Shared) {
-    let mut buf = vec![0u8; 65_536];
-    let mut outbox = Vec::new();
-    if let Err(e) = s
-        .multicast
-        .set_read_timeout(Some(Duration::from_millis(100)))
-    {
-        warn!(error = %e, "cannot set receive timeout; shutdown may hang");
-    }
-    while !s.shutdown.load(Ordering::Relaxed) {
-        let n = match s.multicast.recv(&mut buf) {
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
-            Err(e) => {
-                IoStats::inc(&s.io.recv_errors);
-                debug!(error = %e, "multicast receive failed");
-                continue;
-            }
-        };
-        let ready = {
-            let mut node = s.lock();
-            if let Err(refused) = node.receive(Instant::now(), &buf[..n]) {
-                debug!(reason = %refused, len = n, "datagram refused");
-            }
-            Shared::drain(&mut node, &mut outbox)
-        };
-        s.send_all(&outbox[..ready]);
-    }
-}
-
-/// Waits until `fd` is readable or `wait` passes (microsecond resolution,
-/// unlike tokio's timers).
-fn wait_readable(fd: std::os::fd::RawFd, wait: Duration) {
+/// Waits until one of `fds` is readable or `wait` passes (microsecond
+/// resolution, unlike tokio's timers); returns which are readable.
+fn wait_readable(fds: [std::os::fd::RawFd; 2], wait: Duration) -> [bool; 2] {
     let ts = libc::timespec {
         tv_sec: wait.as_secs() as libc::time_t,
         tv_nsec: wait.subsec_nanos() as libc::c_long,
     };
-    let mut pfd = libc::pollfd {
+    let mut pfds = fds.map(|fd| libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
-    };
-    // SAFETY: one valid pollfd, a valid timespec, no signal mask.
-    unsafe {
-        libc::ppoll(&mut pfd, 1, &ts, std::ptr::null());
+    });
+    // SAFETY: two valid pollfds, a valid timespec, no signal mask.
+    let rc = unsafe { libc::ppoll(pfds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
+    if rc < 0 {
+        // EINTR and the like: look at both, as if woken.
+        return [true; 2];
     }
+    pfds.map(|p| p.revents != 0)
 }
 
-fn local_loop(s: &Shared, sock: &UnixDatagram) {
+/// Cluster datagrams taken per `recvmmsg`.
+const RX_BATCH: usize = 32;
+
+/// The hot thread: both sockets, the node's timers and the sends.
+fn io_loop(s: &Shared, sock: &UnixDatagram) {
     // Non-blocking: a filter that never reads its replies must not stall
     // the sidecar; its replies are dropped and counted instead.
     if let Err(e) = sock.set_nonblocking(true) {
         warn!(error = %e, "cannot make the local socket non-blocking");
     }
-    let fd = sock.as_raw_fd();
+    let fds = [sock.as_raw_fd(), s.multicast.as_raw_fd()];
+    let mut rx = transport::Rx::new(RX_BATCH);
+    let mut tx = transport::Tx::new(s.dest);
     let mut buf = vec![0u8; 65_536];
     let mut reply = Vec::with_capacity(4096);
-    let mut outbox = Vec::new();
+    let mut outbox = Outbox::new();
+    let mut deadline = s.lock().poll_timeout();
     while !s.shutdown.load(Ordering::Relaxed) {
-        let deadline = s.lock().poll_timeout();
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(100));
-        if !wait.is_zero() {
-            wait_readable(fd, wait);
-        }
-        // Serve everything queued, then run the timers once.
+        // Which sockets may have input: only those are read, so a node
+        // that only receives pays one `recvmmsg` per wake-up, not a failed
+        // `recv` on its filter's socket too.
+        let [mut local_ready, mut cluster_ready] = if wait.is_zero() {
+            [true; 2]
+        } else {
+            wait_readable(fds, wait)
+        };
+        // Serve everything queued on both sockets, then seal what is left.
+        let mut round = 0u32;
         loop {
-            let got = sock.recv_from(&mut buf);
-            let now = Instant::now();
-            let (ready, peer) = {
-                let mut node = s.lock();
-                let peer = match got {
-                    Ok((n, peer)) => {
-                        node.handle_local(now, &buf[..n], &mut reply);
-                        if node.backlog().is_some_and(|b| b.queued() > 0) {
-                            s.store_wake.notify_one();
-                        }
-                        Some(peer)
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+            round += 1;
+            if round % 16 == 0 {
+                // A filter that never lets its socket drain must not keep
+                // the cluster's datagrams waiting: look again now and then.
+                cluster_ready = true;
+            }
+            let mut cluster = 0;
+            if cluster_ready {
+                cluster = match rx.recv(&s.multicast) {
+                    Ok(n) => n,
                     Err(e) => {
-                        debug!(error = %e, "local receive failed");
+                        if e.kind() != ErrorKind::WouldBlock {
+                            IoStats::inc(&s.io.recv_errors);
+                            debug!(error = %e, "multicast receive failed");
+                        }
+                        0
+                    }
+                };
+                // A short batch means the queue ran dry.
+                cluster_ready = cluster == RX_BATCH;
+            }
+            let mut got = None;
+            if local_ready {
+                got = match sock.recv_from(&mut buf) {
+                    Ok((n, peer)) => Some((n, peer)),
+                    Err(e) => {
+                        if e.kind() != ErrorKind::WouldBlock {
+                            debug!(error = %e, "local receive failed");
+                        }
                         None
                     }
                 };
+                local_ready = got.is_some();
+            }
+            let drained = !cluster_ready && !local_ready;
+            let now = Instant::now();
+            {
+                let mut node = s.lock();
+                for d in rx.datagrams(cluster) {
+                    if let Err(refused) = node.receive(now, d) {
+                        debug!(reason = %refused, len = d.len(), "datagram refused");
+                    }
+                }
+                if let Some((n, _)) = &got {
+                    node.handle_local(now, &buf[..*n], &mut reply);
+                    if node.backlog().is_some_and(|b| b.queued() > 0) {
+                        s.store_wake.notify_one();
+                    }
+                }
                 if now >= node.poll_timeout() {
                     node.handle_timeout(now);
                 }
-                (Shared::drain(&mut node, &mut outbox), peer)
-            };
-            s.send_all(&outbox[..ready]);
-            let Some(peer) = peer else { break };
-            let named = peer.as_pathname().is_some() || peer.as_abstract_name().is_some();
-            if !reply.is_empty() && named && sock.send_to_addr(&reply, &peer).is_err() {
-                IoStats::inc(&s.io.local_reply_errors);
+                if drained && node.has_batch() {
+                    // Nothing more is queued: the batch holds what already
+                    // arrived, and waiting would only add latency.
+                    node.flush();
+                }
+                node.take_transmit(&mut outbox);
+                deadline = node.poll_timeout();
+            }
+            s.send_all(&mut tx, &outbox);
+            if let Some((_, peer)) = got {
+                let named = peer.as_pathname().is_some() || peer.as_abstract_name().is_some();
+                if !reply.is_empty() && named && sock.send_to_addr(&reply, &peer).is_err() {
+                    IoStats::inc(&s.io.local_reply_errors);
+                }
+            }
+            if drained || s.shutdown.load(Ordering::Relaxed) {
+                break;
             }
         }
     }
@@ -681,11 +707,14 @@ async fn serve_until_signal(s: Arc<Shared>, l: Listeners) -> Result<(), ServerEr
 /// The admin listener: the node's own pages, nothing of the API.
 fn admin_route(s: &Shared, req: Request) -> Response {
     let path = req.path.split('?').next().unwrap_or("");
-    let known = matches!(path, "/metrics" | "/status" | "/healthz" | "/blocks");
+    let known = matches!(
+        path,
+        "/metrics" | "/status" | "/status.html" | "/healthz" | "/blocks"
+    );
     if !known {
         return Response::text(
             404,
-            "try /metrics, /status, /healthz or /blocks (the API has its own listener)\n",
+            "try /metrics, /status, /status.html, /healthz or /blocks (the API has its own listener)\n",
         );
     }
     if req.method != "GET" {
@@ -699,6 +728,11 @@ fn admin_route(s: &Shared, req: Request) -> Response {
         }
         "/status" => Response::text(200, metrics::status(s)),
         "/blocks" => Response::text(200, crate::enforce::list(s)),
+        "/status.html" => {
+            let mut r = Response::text(200, crate::status_page::render(s));
+            r.content_type = crate::status_page::CONTENT_TYPE;
+            r
+        }
         _ => Response::text(200, "ok\n"),
     }
 }

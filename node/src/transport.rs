@@ -2,10 +2,16 @@
 //! group on an explicit interface, receives everyone's datagrams and sends
 //! this node's. The interface is always pinned, so test traffic never
 //! follows the host's default route.
+//!
+//! Also the batched system calls on that socket: [`Rx`] takes every queued
+//! datagram (up to its slots) with one `recvmmsg`, [`Tx`] sends a node's
+//! [`Outbox`] with one `sendmmsg`; both reuse buffers allocated once.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 
+use shoal_core::Outbox;
+use shoal_wire::MAX_DATAGRAM;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::MulticastSection;
@@ -112,4 +118,265 @@ fn size_rcvbuf(s: &Socket, want: usize) -> std::io::Result<RcvBuf> {
         effective,
         forced: rc == 0 && effective >= want,
     })
+}
+
+/// Receive slots, each big enough for any datagram.
+pub(crate) struct Rx {
+    bufs: Vec<u8>,
+    lens: Vec<usize>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl Rx {
+    pub(crate) fn new(slots: usize) -> Rx {
+        let mut rx = Rx {
+            bufs: vec![0; slots * MAX_DATAGRAM],
+            lens: vec![0; slots],
+            iovs: Vec::with_capacity(slots),
+            hdrs: Vec::with_capacity(slots),
+        };
+        for i in 0..slots {
+            rx.iovs.push(libc::iovec {
+                // SAFETY: in bounds: slot i of `slots` slots.
+                iov_base: unsafe { rx.bufs.as_mut_ptr().add(i * MAX_DATAGRAM) }.cast(),
+                iov_len: MAX_DATAGRAM,
+            });
+        }
+        for i in 0..slots {
+            // SAFETY: an all-zero msghdr is a valid empty header.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = &mut rx.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            rx.hdrs.push(h);
+        }
+        rx
+    }
+
+    /// Takes what is queued, without waiting: the number of datagrams
+    /// (0 when none), or the error.
+    pub(crate) fn recv(&mut self, sock: &UdpSocket) -> std::io::Result<usize> {
+        // SAFETY: every header points at its own iovec, and every
+        // iovec at its own slot of `bufs`; all live as long as `self`,
+        // which the call borrows mutably; the count is their length.
+        let n = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                self.hdrs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for i in 0..n {
+            self.lens[i] = self.hdrs[i].msg_len as usize;
+        }
+        Ok(n)
+    }
+
+    /// The first `n` datagrams of the last [`recv`](Self::recv).
+    pub(crate) fn datagrams(&self, n: usize) -> impl Iterator<Item = &[u8]> + '_ {
+        (0..n).map(move |i| &self.bufs[i * MAX_DATAGRAM..i * MAX_DATAGRAM + self.lens[i]])
+    }
+}
+
+/// Send scratch: iovecs and headers rebuilt per call, capacity kept.
+pub(crate) struct Tx {
+    dest: libc::sockaddr_in,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl Tx {
+    pub(crate) fn new(dest: SocketAddr) -> Tx {
+        // SAFETY: an all-zero sockaddr_in is valid; fields set below.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        if let SocketAddr::V4(v4) = dest {
+            sa.sin_port = v4.port().to_be();
+            sa.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+        }
+        Tx {
+            dest: sa,
+            iovs: Vec::new(),
+            hdrs: Vec::new(),
+        }
+    }
+
+    /// Sends every datagram of `out` to the destination; returns how
+    /// many could not be sent (each failure skips one datagram, as
+    /// separate sends would).
+    pub(crate) fn send(&mut self, sock: &UdpSocket, out: &Outbox) -> u64 {
+        if out.is_empty() {
+            return 0;
+        }
+        self.iovs.clear();
+        self.iovs.extend(out.iter().map(|d| libc::iovec {
+            iov_base: d.as_ptr() as *mut libc::c_void,
+            iov_len: d.len(),
+        }));
+        self.hdrs.clear();
+        for iov in self.iovs.iter_mut() {
+            // SAFETY: an all-zero msghdr is a valid empty header.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = (&mut self.dest as *mut libc::sockaddr_in).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            self.hdrs.push(h);
+        }
+        let mut at = 0;
+        let mut failed = 0;
+        while at < self.hdrs.len() {
+            let left = &mut self.hdrs[at..];
+            // SAFETY: each header points at `dest` and at its iovec,
+            // which points into `out`; all outlive the call.
+            let n = unsafe {
+                libc::sendmmsg(
+                    sock.as_raw_fd(),
+                    left.as_mut_ptr(),
+                    left.len() as libc::c_uint,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::debug!(error = %e, "multicast send failed");
+                failed += 1;
+                at += 1;
+            } else {
+                at += n as usize;
+            }
+        }
+        failed
+    }
+}
+
+/// Attaches a socket filter that drops, in the kernel, the datagrams this
+/// node sent itself: magic `SHOL`, sender `id` and `incarnation` at their
+/// header offsets. With `IP_MULTICAST_LOOP` on (nodes sharing a host)
+/// every datagram comes back to its sender, which would otherwise check
+/// and drop it after a copy to user space. A node with the same id but
+/// another incarnation (a misconfigured twin) still reaches the node and
+/// is counted there (`shoal_own_id_conflict_total`); so does anything
+/// short or malformed. The price: a forgery carrying exactly this node's
+/// id and incarnation is dropped here uncounted instead of as `bad_mac`.
+pub(crate) fn drop_own(sock: &UdpSocket, id: u32, incarnation: u64) -> std::io::Result<()> {
+    // Classic BPF on a UDP socket sees the UDP header (8 bytes) first;
+    // word loads are big-endian, the header's fields little-endian.
+    const UDP: u32 = 8;
+    let magic = u32::from_be_bytes(shoal_wire::MAGIC);
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let ld = |at: u32| op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, at);
+    // `jf` of instruction i jumps to the accept at 11: 10 - i.
+    let eq = |i: u8, k: u32| op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 10 - i, k);
+    let prog = [
+        op(libc::BPF_LD | libc::BPF_W | libc::BPF_LEN, 0, 0, 0),
+        // Shorter than magic..incarnation: let the node count it.
+        op(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K, 0, 9, UDP + 24),
+        ld(UDP),
+        eq(3, magic),
+        ld(UDP + 12),
+        eq(5, id.swap_bytes()),
+        ld(UDP + 16),
+        eq(7, (incarnation as u32).swap_bytes()),
+        ld(UDP + 20),
+        eq(9, ((incarnation >> 32) as u32).swap_bytes()),
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: setsockopt on a valid fd with a pointer to a live sock_fprog
+    // (whose program outlives the call; the kernel copies it) and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A datagram header with `sender` and `incarnation` where the wire
+    /// puts them.
+    fn datagram(sender: u32, incarnation: u64) -> Vec<u8> {
+        let mut d = vec![0u8; 60];
+        d[0..4].copy_from_slice(&shoal_wire::MAGIC);
+        d[12..16].copy_from_slice(&sender.to_le_bytes());
+        d[16..24].copy_from_slice(&incarnation.to_le_bytes());
+        d
+    }
+
+    #[test]
+    fn own_datagrams_are_dropped_in_the_kernel_and_others_pass() {
+        let group = Ipv4Addr::new(239, 79, (std::process::id() % 250) as u8 + 1, 3);
+        let rx = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
+        rx.set_reuse_address(true).expect("reuse");
+        rx.bind(&SocketAddrV4::new(group, 0).into()).expect("bind");
+        rx.join_multicast_v4(&group, &Ipv4Addr::LOCALHOST)
+            .expect("join");
+        let rx: UdpSocket = rx.into();
+        rx.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+            .expect("timeout");
+        let port = rx.local_addr().expect("addr").port();
+        const INC: u64 = 0x0123_4567_89ab_cdef;
+        drop_own(&rx, 7, INC).expect("filter");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("tx");
+        let s2 = Socket::from(tx.try_clone().expect("clone"));
+        s2.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).expect("if");
+        s2.set_multicast_loop_v4(true).expect("loop");
+        let dest = SocketAddrV4::new(group, port);
+        let mut short = datagram(7, INC);
+        short.truncate(20);
+        let mut foreign = datagram(7, INC);
+        foreign[0] = b'X';
+        let twin = datagram(7, INC + (1 << 32));
+        let restarted = datagram(7, INC + 1);
+        for d in [
+            datagram(7, INC),
+            datagram(8, INC),
+            short.clone(),
+            foreign.clone(),
+            twin.clone(),
+            restarted.clone(),
+        ] {
+            tx.send_to(&d, dest).expect("send");
+        }
+        let mut buf = [0u8; 128];
+        let mut got = Vec::new();
+        while let Ok(n) = rx.recv(&mut buf) {
+            got.push(buf[..n].to_vec());
+        }
+        assert_eq!(
+            got,
+            vec![datagram(8, INC), short, foreign, twin, restarted],
+            "only node 7's own datagram of this incarnation is dropped"
+        );
+    }
 }

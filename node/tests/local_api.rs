@@ -17,7 +17,7 @@ fn vectors() -> std::collections::BTreeMap<String, Vec<u8>> {
     hex_vectors(&text).unwrap_or_else(|e| panic!("local-api.md: {e}"))
 }
 
-fn documented() -> [(&'static str, Record); 5] {
+fn documented() -> [(&'static str, Record); 7] {
     let prefix: shoal_wire::Prefix = "198.51.100.0/24".parse().expect("prefix");
     let [f0, f1, f2] = prefix.to_fields(0);
     let block = Record {
@@ -55,12 +55,30 @@ fn documented() -> [(&'static str, Record); 5] {
             ..query
         }
     };
+    // Rate limits: the limit `login`, source 192.0.2.1.
+    let query_limit = Record {
+        seq: 100,
+        op: Op::from_bits(0).expect("op 0"),
+        ..Record::new(
+            Code::QUERY_LIMIT,
+            [0xc97f_2f32, 0x0000_ffff_c000_0201, 1, 0],
+        )
+    };
+    let reply_limit = Record {
+        timing_us: 1_700_000_000_000_000,
+        origin: 2,
+        fields: [0xc97f_2f32, 0x0000_ffff_c000_0201, 2, 4000],
+        ..query_limit
+    };
+    assert_eq!(shoal_core::keyrate::name_id("login"), 0xc97f_2f32);
     [
         ("local_load", load),
         ("local_query_load", query),
         ("local_reply_load", reply),
         ("local_block", block),
         ("local_unblock", unblock),
+        ("local_query_limit", query_limit),
+        ("local_reply_limit", reply_limit),
     ]
 }
 

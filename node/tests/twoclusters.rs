@@ -50,7 +50,9 @@ fn skip_reason() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root: network namespaces need CAP_NET_ADMIN".into());
     }
-    for tool in ["ip", "tarantool", "python3"] {
+    // SHOAL_TARANTOOL (a path) or `tarantool` on PATH: what instance.sh runs.
+    let tarantool = shoal_tarantool::testkit::tarantool_bin();
+    for tool in ["ip", &tarantool.to_string_lossy(), "python3"] {
         if Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()

@@ -25,7 +25,9 @@
 # Passed through as well: SHOAL_TT_XQ_RETAIN_S, SHOAL_TT_EXPIRER,
 # SHOAL_TT_EXPIRER_BATCH, SHOAL_TT_EXPIRER_IDLE_MS, SHOAL_TT_MEMTX_MB,
 # SHOAL_TT_CONNECT_S, LUA_CPATH (see instance.lua). SHOAL_TT_START_S:
-# seconds to wait for ready (default 10).
+# seconds to wait for ready (default 10). SHOAL_TARANTOOL: the tarantool
+# binary to run (a path; default `tarantool` on PATH, Debian's 2.6, installed
+# by install.sh when missing); instance.lua adapts its box.cfg to the version.
 #
 # DIR holds the data (snapshots, WAL), tarantool.log, tarantool.pid, the
 # console socket and `ready` (written once the instance has its schema).
@@ -101,9 +103,15 @@ start() {
     echo "instance in $DIR already running (pid $pid)" >&2
     return 0
   fi
-  command -v tarantool >/dev/null || bash "$HERE/scripts/install.sh"
+  local tt=${SHOAL_TARANTOOL:-tarantool}
+  if [ -n "${SHOAL_TARANTOOL:-}" ]; then
+    # A chosen binary is never replaced by another version behind the caller's back.
+    [ -x "$tt" ] || { echo "SHOAL_TARANTOOL=$tt is not an executable file" >&2; exit 2; }
+  else
+    command -v tarantool >/dev/null || bash "$HERE/scripts/install.sh"
+  fi
   rm -f "$DIR/ready"
-  (cd "$DIR" && tarantool "$HERE/instance.lua")
+  (cd "$DIR" && "$tt" "$HERE/instance.lua")
   local tries
   tries=$(awk -v s="${SHOAL_TT_START_S:-10}" 'BEGIN { print int(s * 50) + 1 }')
   for _ in $(seq 1 "$tries"); do

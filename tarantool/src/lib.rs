@@ -22,6 +22,9 @@
 //! - [`statelog`]: the state store's procedure names and `shoal_log`
 //!   tuple layout, in one place, and [`TarantoolLog`], the
 //!   [`StateLog`](shoal_core::StateLog) of one master.
+//! - `rs` (feature `tarantool-rs`, off by default): `RsClient`, the
+//!   `tarantool-rs` crate behind the same trait, for Tarantool >= 2.10
+//!   (measured against ours; ARCHITECTURE.md has the decision).
 //! - [`testkit`]: starts and stops a real local pair of state-store masters
 //!   through `tarantool/scripts/pair.sh`, for tests, benches and the demo.
 //!
@@ -46,6 +49,8 @@ mod api;
 mod client;
 mod codec;
 mod error;
+#[cfg(feature = "tarantool-rs")]
+mod rs;
 pub mod statelog;
 pub mod testkit;
 pub mod verdict;
@@ -55,4 +60,6 @@ pub use client::{Client, ClientConfig};
 #[cfg(feature = "fuzzing")]
 pub use codec::fuzzing;
 pub use error::{DecodeError, Error};
+#[cfg(feature = "tarantool-rs")]
+pub use rs::RsClient;
 pub use statelog::{LogTuple, TarantoolLog};

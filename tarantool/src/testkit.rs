@@ -4,6 +4,11 @@
 //! a cluster state store ([`Pair::start`]) or a verdict-store pair, a the
 //! instance of cluster 1 and b that of cluster 2 ([`Pair::start_verdict`]).
 //! Stopped (SIGTERM, both) when dropped.
+//!
+//! Which Tarantool runs: [`TARANTOOL_ENV`] (`SHOAL_TARANTOOL`), a path to
+//! the binary, or `tarantool` on `PATH` (Debian's 2.6) when unset. The
+//! scripts read the same variable, so a test, a bench and `pair.sh` started
+//! by hand all run the same version ([`tarantool_bin`], [`tarantool_version`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,6 +46,82 @@ pub struct Pair {
     /// Whether dropping this handle stops the pair (not for
     /// [`Pair::attach`]).
     owned: bool,
+}
+
+/// The environment variable that chooses the Tarantool binary (a path).
+pub const TARANTOOL_ENV: &str = "SHOAL_TARANTOOL";
+
+/// The Tarantool binary tests, benches and the scripts run: the path in
+/// `SHOAL_TARANTOOL`, or `tarantool` (found on `PATH`) when it is unset.
+pub fn tarantool_bin() -> PathBuf {
+    match std::env::var_os(TARANTOOL_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from("tarantool"),
+    }
+}
+
+/// A Tarantool version, `major.minor.patch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+impl Version {
+    /// From `tarantool --version`'s first line (`Tarantool 2.11.5-0-g12a9ceb87`).
+    pub fn parse(line: &str) -> Option<Version> {
+        let v = line.trim().strip_prefix("Tarantool ")?;
+        let mut it = v.split(|c: char| !c.is_ascii_digit()).map(str::parse);
+        Some(Version {
+            major: it.next()?.ok()?,
+            minor: it.next()?.ok()?,
+            patch: it.next()?.ok()?,
+        })
+    }
+}
+
+/// The version of [`tarantool_bin`], from `--version`.
+pub fn tarantool_version() -> std::io::Result<Version> {
+    let bin = tarantool_bin();
+    let out = Command::new(&bin).arg("--version").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    Version::parse(first).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "{} --version printed {first:?}, not a Tarantool version",
+            bin.display()
+        ))
+    })
+}
+
+/// The `module.h` that belongs to [`tarantool_bin`]: `SHOAL_TARANTOOL_INCLUDE`
+/// (a directory holding `module.h`) when set, else `<prefix>/include/tarantool`
+/// for a binary at `<prefix>/bin/tarantool` (`/usr/include/tarantool` for
+/// Debian's), found through `PATH` when the binary is not a path.
+pub fn tarantool_include_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("SHOAL_TARANTOOL_INCLUDE").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    let bin = tarantool_bin();
+    let bin = if bin.components().count() > 1 {
+        bin
+    } else {
+        std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|d| d.join(&bin))
+            .find(|p| p.is_file())?
+    };
+    let bin = std::fs::canonicalize(bin).ok()?;
+    let dir = bin.parent()?.parent()?.join("include/tarantool");
+    dir.join("module.h").is_file().then_some(dir)
 }
 
 fn script() -> PathBuf {
@@ -281,5 +362,28 @@ impl Drop for TempPair {
             drop(pair);
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Version;
+
+    #[test]
+    fn version_lines() {
+        let v = |a, b, c| {
+            Some(Version {
+                major: a,
+                minor: b,
+                patch: c,
+            })
+        };
+        assert_eq!(Version::parse("Tarantool 2.6.0-0-g47aa4e01e\n"), v(2, 6, 0));
+        assert_eq!(Version::parse("Tarantool 2.11.5-0-g12a9ceb87"), v(2, 11, 5));
+        assert_eq!(Version::parse("Tarantool 3.3.0-0-g5fc82b85d"), v(3, 3, 0));
+        assert_eq!(Version::parse("Tarantool Enterprise 3.3.0"), None);
+        assert_eq!(Version::parse("Tarantool 3"), None);
+        assert_eq!(Version::parse(""), None);
+        assert!(v(2, 11, 5) > v(2, 6, 0) && v(3, 3, 0) > v(2, 11, 5));
     }
 }

@@ -22,7 +22,8 @@
 //! bundled modules only), tuned as in the issue: tuples_per_iteration
 //! 10000, full_scan_time 1, iteration_delay 0. Without it that part is
 //! skipped. The native module is `libshoal_expirer.so` next to this
-//! binary (or `--lib DIR`).
+//! binary (or `--lib DIR`). `SHOAL_TARANTOOL` chooses the Tarantool binary
+//! (Debian's 2.6 on `PATH` by default).
 //!
 //! ```text
 //! cargo build --release -p shoal-expirer -p shoal-benches --bin expiry-compare
@@ -129,7 +130,8 @@ fn run_once(
     for (name, text) in STORE_LUA {
         std::fs::write(dir.join(name), text)?;
     }
-    let mut cmd = Command::new("tarantool");
+    // SHOAL_TARANTOOL chooses the version (Debian's 2.6 by default).
+    let mut cmd = Command::new(shoal_tarantool::testkit::tarantool_bin());
     cmd.arg(&script)
         .current_dir(&dir)
         .env("MODE", mode)
@@ -199,6 +201,12 @@ fn main() -> anyhow::Result<()> {
     );
     let loadavg = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average before: {}", loadavg().trim());
+    println!(
+        "tarantool: {} ({})",
+        shoal_tarantool::testkit::tarantool_bin().display(),
+        shoal_tarantool::testkit::tarantool_version()
+            .map_or_else(|e| format!("version unknown: {e}"), |v| v.to_string())
+    );
     println!(
         "| expirer | deletes/s | p50 stall ms | p99 stall ms | max stall ms | p99 stall, tx CPU ms | Lua memory growth KiB | runs (deletes/s; p99 ms; CPU p99 ms) |"
     );

@@ -262,6 +262,16 @@ fn main() -> anyhow::Result<()> {
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let pair = Pair::start_with(&dir.join("tt"), &env).context("starting the tarantool pair")?;
+    // SHOAL_TARANTOOL chooses the version (Debian's 2.6 by default).
+    println!(
+        "tarantool {} ({}); load average {}",
+        shoal_tarantool::testkit::tarantool_version()
+            .map_or_else(|e| format!("unknown: {e}"), |v| v.to_string()),
+        shoal_tarantool::testkit::tarantool_bin().display(),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     println!(
         "shoal-store: pair {} / {}, {} records per persist run, {} for replay, {} runs, node saving with {}",
         pair.a,
