@@ -559,20 +559,13 @@ pub(crate) struct ResourceRow {
 pub(crate) struct StatusView {
     pub(crate) node: NodeSnapshot,
     /// Resources with a fresh gauge or a live claim.
-<<<<<<< HEAD
-    resources: usize,
-    /// The busiest, busiest first.
-    top: Vec<ResourceRow>,
-    /// The busiest keys of each limit, and the live nodes.
-    limit_top: Vec<(String, Vec<shoal_core::ratelimit::TopKey>)>,
-    live_nodes: usize,
-    now: Instant,
-=======
     pub(crate) resources: usize,
     /// The busiest (unordered: sorted by whoever formats them).
     pub(crate) top: Vec<ResourceRow>,
+    /// The busiest keys of each limit, and the live nodes.
+    pub(crate) limit_top: Vec<(String, Vec<shoal_core::ratelimit::TopKey>)>,
+    pub(crate) live_nodes: usize,
     pub(crate) now: Instant,
->>>>>>> ship
 }
 
 impl StatusView {
