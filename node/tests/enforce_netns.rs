@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -25,64 +25,14 @@ use shoal_node::ClientError;
 use shoal_wire::{Code, Op, Prefix, Record};
 
 mod common;
+mod lan;
+
+use lan::Lan;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 const UDP_PORT: u16 = 9977;
 /// The test's `reconcile_ms`: the stated repair period.
 const RECONCILE: Duration = Duration::from_millis(3000);
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/netns.sh")
-}
-
-struct Lan {
-    prefix: String,
-    subnet: u8,
-    n: u32,
-}
-
-impl Lan {
-    fn up(n: u32) -> Result<Lan, String> {
-        let pid = std::process::id();
-        let lan = Lan {
-            prefix: format!("she{}", pid % 10_000),
-            subnet: (pid % 200) as u8 + 21,
-            n,
-        };
-        let out = Command::new("bash")
-            .arg(script())
-            .args(["up", &lan.prefix, &n.to_string()])
-            .env("SHOAL_NETNS_SUBNET", lan.subnet.to_string())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            lan.down();
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        Ok(lan)
-    }
-
-    fn ns(&self, k: u32) -> String {
-        format!("{}{k}", self.prefix)
-    }
-
-    fn addr(&self, k: u32) -> Ipv4Addr {
-        Ipv4Addr::new(10, 213, self.subnet, k as u8)
-    }
-
-    fn down(&self) {
-        let _ = Command::new("bash")
-            .arg(script())
-            .args(["down", &self.prefix, &self.n.to_string()])
-            .output();
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
 
 fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
@@ -218,7 +168,7 @@ fn a_block_drops_the_attacker_on_every_node_and_survives_what_goes_wrong() {
         return;
     }
     let _lock = netns_lock();
-    let lan = Lan::up(4).expect("namespaces up");
+    let lan = Lan::up("she", 21, 4).expect("namespaces up");
     let dir = std::env::temp_dir().join(format!("shoal-enforce-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let group = Ipv4Addr::new(239, 77, 11, 1);

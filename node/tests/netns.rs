@@ -4,7 +4,7 @@
 //! `SHOAL_REQUIRE_ALL=1`, as in `.ci/run`).
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,54 +12,12 @@ use shoal_node::testkit::{wait_until, NodeProcess, NodeSpec};
 use shoal_wire::{Code, Record};
 
 mod common;
+mod lan;
+
+use lan::Lan;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 const WAIT: Duration = Duration::from_secs(5);
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/netns.sh")
-}
-
-struct Lan {
-    prefix: String,
-    subnet: u8,
-    n: u32,
-}
-
-impl Lan {
-    fn up(n: u32) -> Result<Lan, String> {
-        let pid = std::process::id();
-        let lan = Lan {
-            prefix: format!("sht{}", pid % 10_000),
-            subnet: (pid % 200) as u8 + 20,
-            n,
-        };
-        let out = Command::new("bash")
-            .arg(script())
-            .args(["up", &lan.prefix, &n.to_string()])
-            .env("SHOAL_NETNS_SUBNET", lan.subnet.to_string())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            lan.down();
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        Ok(lan)
-    }
-
-    fn down(&self) {
-        let _ = Command::new("bash")
-            .arg(script())
-            .args(["down", &self.prefix, &self.n.to_string()])
-            .output();
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
 
 fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
@@ -81,14 +39,14 @@ fn three_namespaces_on_a_bridge_share_state() {
         );
         return;
     }
-    let lan = Lan::up(3).expect("namespaces up");
+    let lan = Lan::up("sht", 20, 3).expect("namespaces up");
     let dir = std::env::temp_dir().join(format!("shoal-netns-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let nodes: Vec<NodeProcess> = (1..=3)
         .map(|k| {
             let mut spec = NodeSpec::loopback(k, Ipv4Addr::new(239, 77, 9, 1), 7709, &dir);
-            spec.interface = Ipv4Addr::new(10, 213, lan.subnet, k as u8);
-            spec.netns = Some(format!("{}{k}", lan.prefix));
+            spec.interface = lan.addr(k);
+            spec.netns = Some(lan.ns(k));
             spec.extra = "[modes.default]\nlevels = [{ level = 1, total_up = 100000, total_down = 50000, local_up = 5000, local_down = 4000 }]\n".into();
             NodeProcess::spawn(Path::new(BIN), &spec).expect("node starts in its namespace")
         })
