@@ -91,9 +91,13 @@ impl Attacker {
         let mut buf = [0u8; 64];
         while self.udp.recv_from(&mut buf).is_ok() {} // drain late echoes
         let _ = self.udp.set_read_timeout(Some(wait));
-        let token = Instant::now().elapsed().as_nanos().to_le_bytes();
-        let udp = self.udp.send_to(&token, (target, UDP_PORT)).is_ok()
-            && matches!(self.udp.recv_from(&mut buf), Ok((n, _)) if buf[..n] == token[..]);
+        // Up to three probes, as TCP resends its SYN: a first datagram can
+        // be lost while the neighbour entry resolves on a fresh bridge.
+        let token = std::process::id().to_le_bytes();
+        let udp = (0..3).any(|_| {
+            self.udp.send_to(&token, (target, UDP_PORT)).is_ok()
+                && matches!(self.udp.recv_from(&mut buf), Ok((n, _)) if buf[..n] == token[..])
+        });
         let addr = SocketAddr::from((target, http));
         let tcp = in_ns(&self.ns, move || {
             TcpStream::connect_timeout(&addr, wait).is_ok_and(|mut s| {
