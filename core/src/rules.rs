@@ -19,6 +19,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use regex::{Regex, RegexSet};
+use shoal_wire::Prefix;
 
 use crate::hash::{Map, SeededState};
 use crate::keyrate::{domain, name_id, table_id, KeyRateParams, KeyRateRecord, KeyRates};
@@ -94,9 +95,14 @@ impl NetList {
 /// What a rule does when its bucket overflows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActionSpec {
-    /// Block the address for `ttl` (BLOCK record; pending in this build:
-    /// refused by [`RuleSet::compile`]).
-    Block { ttl: Duration },
+    /// Block the prefix around the address for `ttl`: a BLOCK record of
+    /// the address with its host bits past `prefix_v4` / `prefix_v6`
+    /// cleared ([`block_prefix`]).
+    Block {
+        ttl: Duration,
+        prefix_v4: u8,
+        prefix_v6: u8,
+    },
     /// Mark the session keyed by the address ([`addr_key`]).
     Mark { suspicious: bool, ttl: Duration },
     /// Raise a resource's protection mode.
@@ -221,11 +227,17 @@ impl RuleSet {
             if s.leak_every.is_zero() {
                 return Err(bad("leak time must be above zero".into()));
             }
-            if let ActionSpec::Block { .. } = s.action {
-                return Err(bad(
-                    "action block needs BLOCK records, not in this build yet: use mark or mode"
-                        .into(),
-                ));
+            if let ActionSpec::Block {
+                prefix_v4,
+                prefix_v6,
+                ..
+            } = s.action
+            {
+                // /0 would block everyone; the enforcer's own minimum is
+                // checked where the enforcer's rules are known.
+                if !(1..=32).contains(&prefix_v4) || !(1..=128).contains(&prefix_v6) {
+                    return Err(bad("block prefix lengths: v4 1..=32, v6 1..=128".into()));
+                }
             }
             let pat = anchored(&s.pattern.replace("<ADDR>", ADDR_RE));
             let pattern = Regex::new(&pat).map_err(|e| bad(format!("pattern: {e}")))?;
@@ -302,6 +314,21 @@ pub fn addr_key(ip: IpAddr) -> u64 {
             None => (v6.to_bits() >> 64) as u64,
         },
     }
+}
+
+/// The prefix a block of `addr` covers: `prefix_v4` bits of an IPv4
+/// address (an IPv4-mapped IPv6 address reads as IPv4), `prefix_v6` bits
+/// of an IPv6 one, host bits cleared. `None` only for a length past the
+/// family's width, which [`RuleSet::compile`] refuses.
+pub fn block_prefix(addr: IpAddr, prefix_v4: u8, prefix_v6: u8) -> Option<Prefix> {
+    let (ip, len) = match addr {
+        IpAddr::V4(v4) => (IpAddr::V4(v4), prefix_v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => (IpAddr::V4(v4), prefix_v4),
+            None => (IpAddr::V6(v6), prefix_v6),
+        },
+    };
+    Prefix::masked(ip, len).ok()
 }
 
 /// The bucket of one (rule, address).
@@ -800,6 +827,33 @@ mod tests {
             ttl_ms: 100,
         };
         assert!(!alone.buckets.absorb(t0, 2, &k));
+    }
+
+    #[test]
+    fn block_prefixes_and_their_bounds() {
+        let p = |a: &str, v4, v6| block_prefix(a.parse().unwrap(), v4, v6).unwrap().to_string();
+        assert_eq!(p("203.0.113.77", 24, 64), "203.0.113.0/24");
+        assert_eq!(p("203.0.113.77", 32, 64), "203.0.113.77/32");
+        // An IPv4-mapped address is blocked as the IPv4 it is.
+        assert_eq!(p("::ffff:203.0.113.77", 24, 64), "203.0.113.0/24");
+        assert_eq!(p("2001:db8:1:2:3:4:5:6", 24, 64), "2001:db8:1:2::/64");
+        assert_eq!(p("2001:db8:1:2:3:4:5:6", 24, 128), "2001:db8:1:2:3:4:5:6/128");
+        assert!(block_prefix("1.2.3.4".parse().unwrap(), 33, 64).is_none());
+        let block = |v4, v6| {
+            let mut r = rule("b", SSHD, 3);
+            r.action = ActionSpec::Block {
+                ttl: Duration::from_secs(60),
+                prefix_v4: v4,
+                prefix_v6: v6,
+            };
+            RuleSet::compile(&[r], NetList::default())
+        };
+        assert!(block(32, 128).is_ok());
+        assert!(block(24, 64).is_ok());
+        for (v4, v6) in [(0, 64), (33, 64), (24, 0), (24, 129)] {
+            let e = block(v4, v6).unwrap_err().to_string();
+            assert!(e.contains("rule \"b\"") && e.contains("prefix"), "{e}");
+        }
     }
 
     #[test]

@@ -53,6 +53,12 @@ struct RuleToml {
     resource: Option<u64>,
     #[serde(default)]
     level: Option<u8>,
+    /// `block`: the prefix blocked around an IPv4 address (32: the
+    /// address alone) and around an IPv6 one (64: the subscriber's /64).
+    #[serde(default)]
+    prefix_v4: Option<u8>,
+    #[serde(default)]
+    prefix_v6: Option<u8>,
 }
 
 /// Longest action TTL: a day (records carry milliseconds in 32 bits).
@@ -91,8 +97,24 @@ impl RuleToml {
             return Err(bad(n, "ttl_s", format!("1..={MAX_TTL_S}")));
         }
         let ttl = Duration::from_secs(self.ttl_s);
+        if self.action != "block" && (self.prefix_v4.is_some() || self.prefix_v6.is_some()) {
+            return Err(bad(n, "prefix_v4", "prefix_v4 and prefix_v6 are for action block"));
+        }
         let action = match self.action.as_str() {
-            "block" => ActionSpec::Block { ttl },
+            "block" => {
+                let (v4, v6) = (self.prefix_v4.unwrap_or(32), self.prefix_v6.unwrap_or(64));
+                if !(1..=32).contains(&v4) {
+                    return Err(bad(n, "prefix_v4", "1..=32"));
+                }
+                if !(1..=128).contains(&v6) {
+                    return Err(bad(n, "prefix_v6", "1..=128"));
+                }
+                ActionSpec::Block {
+                    ttl,
+                    prefix_v4: v4,
+                    prefix_v6: v6,
+                }
+            }
             "mark" => ActionSpec::Mark {
                 suspicious: match self.mark.as_deref() {
                     None | Some("suspicious") => true,
@@ -211,6 +233,32 @@ fn line_seconds(ts: &str) -> Option<u64> {
     Some((m * 31 + d) * 86_400 + hms(ts.get(7..)?)?)
 }
 
+/// An action in words, as `shoal rules test` prints it: `block
+/// 203.0.113.0/24 for 600s`, `mark suspicious for 3600s`, `mode 2 on
+/// resource 42 for 300s`.
+pub(crate) fn describe(action: ActionSpec, addr: std::net::IpAddr) -> String {
+    match action {
+        ActionSpec::Block {
+            ttl,
+            prefix_v4,
+            prefix_v6,
+        } => match shoal_core::rules::block_prefix(addr, prefix_v4, prefix_v6) {
+            Some(p) => format!("block {p} for {}s", ttl.as_secs()),
+            None => format!("block {addr}: bad prefix length"),
+        },
+        ActionSpec::Mark { suspicious, ttl } => format!(
+            "mark {} for {}s",
+            if suspicious { "suspicious" } else { "legitimate" },
+            ttl.as_secs()
+        ),
+        ActionSpec::Mode {
+            resource,
+            level,
+            ttl,
+        } => format!("mode {level} on resource {resource} for {}s", ttl.as_secs()),
+    }
+}
+
 /// Runs a log file through the rules as the node would, on the lines'
 /// own clock (all at one instant when they carry no time), and writes
 /// each match and would-be action to `out`. Lines without a `<PRI>` (a
@@ -276,7 +324,12 @@ pub fn test_log(
                 sum.matched += 1;
                 per_rule[hit.rule] += 1;
                 let name = r.rules.name(hit.rule).to_string();
-                writeln!(out, "line {n}: {name} {} -> {action:?}", hit.addr)?;
+                writeln!(
+                    out,
+                    "line {n}: {name} {} -> {}",
+                    hit.addr,
+                    describe(action, hit.addr)
+                )?;
                 sum.actions.push((n, name, hit.addr));
             }
         }
@@ -349,6 +402,43 @@ Aug 26 13:55:21 vyos sshd[1]: Failed password for root from 9.9.9.9 port 1 ssh2
     }
 
     #[test]
+    fn block_rules_print_the_prefix_they_would_block() {
+        let rules = GOOD.replace("action = \"mark\"", "action = \"block\"\nprefix_v4 = 24");
+        let set = parse_rules(&rules).unwrap();
+        assert!(matches!(
+            set.action(0),
+            ActionSpec::Block {
+                prefix_v4: 24,
+                prefix_v6: 64,
+                ..
+            }
+        ));
+        let log = (0..5)
+            .map(|i| format!("Aug 26 13:55:1{i} vyos sshd[1]: Failed password for root from 203.0.113.9 port 22 ssh2\n"))
+            .collect::<String>()
+            + "Aug 26 13:56:00 vyos sshd[1]: Failed password for root from 2001:db8:7:8::9 port 22 ssh2\n";
+        let mut out = Vec::new();
+        let sum = test_log(set, log.as_bytes(), &mut out, false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(sum.actions.len(), 1, "{text}");
+        assert!(
+            text.contains("line 5: sshd 203.0.113.9 -> block 203.0.113.0/24 for 3600s"),
+            "{text}"
+        );
+        assert_eq!(
+            describe(
+                ActionSpec::Block {
+                    ttl: Duration::from_secs(60),
+                    prefix_v4: 24,
+                    prefix_v6: 64
+                },
+                "2001:db8:7:8::9".parse().unwrap()
+            ),
+            "block 2001:db8:7:8::/64 for 60s"
+        );
+    }
+
+    #[test]
     fn line_clock() {
         assert_eq!(line_seconds("1970-01-02T00:00:01Z"), Some(86_401));
         assert_eq!(
@@ -398,8 +488,22 @@ Aug 26 13:55:21 vyos sshd[1]: Failed password for root from 9.9.9.9 port 1 ssh2
             ),
             (GOOD.replace("from <ADDR>'", "from x'"), "rules"),
             (
-                GOOD.replace("action = \"mark\"", "action = \"block\""),
-                "rules",
+                GOOD.replace("ttl_s = 3600", "ttl_s = 3600\nprefix_v4 = 24"),
+                "rules[sshd].prefix_v4",
+            ),
+            (
+                GOOD.replace(
+                    "action = \"mark\"",
+                    "action = \"block\"\nprefix_v4 = 0",
+                ),
+                "rules[sshd].prefix_v4",
+            ),
+            (
+                GOOD.replace(
+                    "action = \"mark\"",
+                    "action = \"block\"\nprefix_v6 = 129",
+                ),
+                "rules[sshd].prefix_v6",
             ),
         ] {
             match parse_rules(&edit) {

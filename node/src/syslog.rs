@@ -31,10 +31,11 @@ use std::time::{Duration, Instant};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use shoal_core::rules::{
-    addr_key, ActionSpec, ClusterBuckets, Miss, Net, NetList, Outcome, Responder, RuleSet,
+    addr_key, block_prefix, ActionSpec, ClusterBuckets, Miss, Net, NetList, Outcome, Responder,
+    RuleSet,
 };
 use shoal_core::syslog::{self, Frame, Framer};
-use shoal_core::Node;
+use shoal_core::{LocalError, Node};
 use shoal_wire::{Code, Op, Record};
 use tracing::{debug, info, warn};
 
@@ -172,6 +173,7 @@ pub(crate) struct SyslogStats {
     actions: AtomicU64,
     already: AtomicU64,
     action_errors: AtomicU64,
+    blocks: [AtomicU64; BLOCK_RESULTS.len()],
     rates_sent: AtomicU64,
     rates_absorbed: AtomicU64,
     rates_refused: AtomicU64,
@@ -257,6 +259,11 @@ impl SyslogStats {
         ]
         .map(|(result, v)| (Result_ { result }, v));
         let evictions = l(&self.evictions);
+        let blocks: Vec<_> = BLOCK_RESULTS
+            .iter()
+            .zip(&self.blocks)
+            .map(|(result, v)| (Result_ { result }, l(v)))
+            .collect();
         reg.register_collector(collector(move |o| {
             o.counters(
                 "syslog_messages",
@@ -314,6 +321,11 @@ impl SyslogStats {
                 "Actions the node refused (the record is counted here, not applied).",
                 errors,
             )?;
+            o.counters(
+                "responder_blocks",
+                "Block actions by result: issued (send+save), not_saved (sent, the save backlog full), refused_prefix (allowlisted or under the [enforce] minimum), refused_unsigned, refused_other.",
+                blocks.clone(),
+            )?;
             Ok(())
         }))
     }
@@ -347,6 +359,7 @@ pub(crate) fn start(
     shared: &Arc<Shared>,
 ) -> Result<SyslogEdge, std::io::Error> {
     let allow = Arc::new(cfg.allow_list().map_err(std::io::Error::other)?);
+    check_block_rules(&rules, shared)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(cfg.queue);
     let mut threads = Vec::new();
     if let Some(a) = &cfg.udp {
@@ -385,6 +398,47 @@ pub(crate) fn start(
     let s = Arc::clone(shared);
     threads.push(spawn("shoal-syslog", move || worker(&s, rx, responder))?);
     Ok(SyslogEdge { threads })
+}
+
+/// Refuses at start a block rule this node could never carry out: in a
+/// cluster whose nodes refuse blocks (no `[auth]`, no `allow_unsigned`),
+/// or with a prefix shorter than this node's `[enforce]` minimum. (An
+/// allowlisted address is refused per block, counted.)
+fn check_block_rules(rules: &RuleSet, shared: &Shared) -> std::io::Result<()> {
+    let accepted = shared.with_node(|n| n.blocks_accepted());
+    let enforce = shared.enforce.get().map(|e| Arc::clone(&e.rules));
+    for i in 0..rules.len() {
+        let ActionSpec::Block {
+            prefix_v4,
+            prefix_v6,
+            ..
+        } = rules.action(i)
+        else {
+            continue;
+        };
+        let name = rules.name(i);
+        let refuse = |what: String| {
+            Err(std::io::Error::new(
+                ErrorKind::InvalidInput,
+                format!("rules[{name}]: {what}"),
+            ))
+        };
+        if !accepted {
+            return refuse(
+                "action block needs [auth] (or [enforce] allow_unsigned): unsigned clusters refuse blocks"
+                    .into(),
+            );
+        }
+        if let Some(e) = &enforce {
+            if prefix_v4 < e.min_prefix_v4 || prefix_v6 < e.min_prefix_v6 {
+                return refuse(format!(
+                    "prefix_v4 {prefix_v4} / prefix_v6 {prefix_v6} is shorter than [enforce] min_prefix_v4 {} / min_prefix_v6 {}: every block would be refused",
+                    e.min_prefix_v4, e.min_prefix_v6
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
@@ -589,9 +643,20 @@ fn conn_loop(
     }
 }
 
-/// The record an action makes; `None` for BLOCK (not in this build:
-/// refused when the rules are compiled).
-pub(crate) fn action_record(action: ActionSpec, addr: IpAddr) -> Option<Record> {
+/// The reason field a rule's BLOCK carries: the rule name's first eight
+/// bytes (what `shoal blocks` shows), or `syslog` when the name cannot be
+/// one.
+fn block_reason(rule: &str) -> u64 {
+    let cut = rule.get(..rule.len().min(8)).unwrap_or("syslog");
+    shoal_wire::reason_to_field(cut)
+        .or_else(|_| shoal_wire::reason_to_field("syslog"))
+        .unwrap_or(0)
+}
+
+/// The record an action makes, op send+save: the same record `shoal
+/// block` (or the filter, for marks and modes) would send through the
+/// local API. `None` only for a block prefix the rules' compile refuses.
+pub(crate) fn action_record(action: ActionSpec, addr: IpAddr, rule: &str) -> Option<Record> {
     let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
     let (code, fields, ttl) = match action {
         ActionSpec::Mark { suspicious, ttl } => (
@@ -613,7 +678,15 @@ pub(crate) fn action_record(action: ActionSpec, addr: IpAddr) -> Option<Record> 
             level,
             ttl,
         } => (Code::MODE, [resource, u64::from(level), 0, 0], ttl),
-        ActionSpec::Block { .. } => return None,
+        ActionSpec::Block {
+            ttl,
+            prefix_v4,
+            prefix_v6,
+        } => {
+            let p = block_prefix(addr, prefix_v4, prefix_v6)?;
+            let [f0, f1, f2] = p.to_fields(0);
+            (Code::BLOCK, [f0, f1, f2, block_reason(rule)], ttl)
+        }
     };
     let mut r = Record::new(code, fields);
     r.ttl_ms = ms(ttl);
@@ -642,8 +715,27 @@ fn in_force(node: &Node, now: Instant, action: ActionSpec, addr: IpAddr) -> bool
             let m = node.mode(now, resource);
             m.level >= level && m.remaining >= ttl / 2
         }
-        ActionSpec::Block { .. } => false,
+        // The same prefix held (from this rule on any node, or by hand),
+        // or a broader one that covers it.
+        ActionSpec::Block {
+            ttl,
+            prefix_v4,
+            prefix_v6,
+        } => block_prefix(addr, prefix_v4, prefix_v6)
+            .and_then(|p| block_left(node, now, &p))
+            .is_some_and(|left| left >= ttl / 2),
     }
+}
+
+/// Time left on the longest-held block covering `p` (`p` itself or a
+/// shorter prefix around it): one table look-up per prefix length, so at
+/// most 32 (IPv4) or 128 (IPv6), and only when a bucket overflows.
+fn block_left(node: &Node, now: Instant, p: &shoal_wire::Prefix) -> Option<Duration> {
+    (1..=p.prefix_len())
+        .filter_map(|len| shoal_wire::Prefix::masked(p.ip(), len).ok())
+        .filter_map(|q| node.blocks().get(now, &q))
+        .map(|b| b.expires.saturating_duration_since(now))
+        .max()
 }
 
 /// Takes the peers' counts, announces ours: one round.
@@ -728,33 +820,83 @@ fn worker(s: &Shared, rx: Receiver<Msg>, mut responder: Responder) {
             Outcome::Dropped { .. } => inc(&st.bucket_full),
             Outcome::Act { hit, action } => {
                 let rule = responder.rules.name(hit.rule);
-                let Some(rec) = action_record(action, hit.addr) else {
-                    inc(&st.action_errors);
-                    continue;
-                };
-                let done = s.with_node(|node| {
-                    if in_force(node, now, action, hit.addr) {
-                        return None;
-                    }
-                    let r = node.inject(now, rec);
-                    node.flush();
-                    Some(r)
-                });
-                match done {
-                    None => inc(&st.already),
-                    Some(Ok(())) => {
-                        inc(&st.actions);
-                        info!(rule, addr = %hit.addr, host, "responder acted");
-                    }
-                    Some(Err(e)) => {
-                        inc(&st.action_errors);
-                        warn!(rule, addr = %hit.addr, error = ?e, "responder action refused by the node");
-                    }
-                }
+                act(s, now, rule, host, hit.addr, action);
             }
         }
     }
 }
+
+/// Applies a rule's action through [`Node::inject`]: the path of a
+/// record from the local API (`shoal block` included), so it is applied
+/// here, multicast, saved, relayed to other clusters (modes and blocks)
+/// and replayed after a restart. Not repeated while in force.
+fn act(s: &Shared, now: Instant, rule: &str, host: &str, addr: IpAddr, action: ActionSpec) {
+    let st = &s.io.syslog;
+    let is_block = matches!(action, ActionSpec::Block { .. });
+    let Some(rec) = action_record(action, addr, rule) else {
+        inc(&st.action_errors);
+        if is_block {
+            inc(&st.blocks[BlockResult::RefusedOther as usize]);
+        }
+        warn!(rule, %addr, "responder action has no record (bad block prefix length)");
+        return;
+    };
+    let done = s.with_node(|node| {
+        if in_force(node, now, action, addr) {
+            return None;
+        }
+        let r = node.inject(now, rec);
+        node.flush();
+        Some(r)
+    });
+    let what = crate::rulesfile::describe(action, addr);
+    match done {
+        None => inc(&st.already),
+        Some(Ok(())) => {
+            inc(&st.actions);
+            if is_block {
+                inc(&st.blocks[BlockResult::Issued as usize]);
+            }
+            info!(rule, %addr, host, action = %what, "responder acted");
+        }
+        Some(Err(e)) => {
+            inc(&st.action_errors);
+            if is_block {
+                let r = match e {
+                    LocalError::BlockRefused => BlockResult::RefusedPrefix,
+                    LocalError::BlocksUnsigned => BlockResult::RefusedUnsigned,
+                    LocalError::StoreFull => BlockResult::NotSaved,
+                    _ => BlockResult::RefusedOther,
+                };
+                inc(&st.blocks[r as usize]);
+            }
+            warn!(rule, %addr, host, action = %what, error = ?e, "responder action refused by the node");
+        }
+    }
+}
+
+/// What became of a block action (`shoal_responder_blocks_total`).
+#[derive(Clone, Copy)]
+enum BlockResult {
+    /// Applied, multicast and queued for the store.
+    Issued = 0,
+    /// Applied and multicast, but the save backlog was full: not saved.
+    NotSaved = 1,
+    /// Allowlisted, or shorter than this node's `[enforce]` minimum.
+    RefusedPrefix = 2,
+    /// The cluster is unsigned and `[enforce] allow_unsigned` is off.
+    RefusedUnsigned = 3,
+    /// Any other refusal (a record no receiver would take).
+    RefusedOther = 4,
+}
+
+const BLOCK_RESULTS: [&str; 5] = [
+    "issued",
+    "not_saved",
+    "refused_prefix",
+    "refused_unsigned",
+    "refused_other",
+];
 
 #[cfg(test)]
 mod tests {
@@ -834,6 +976,7 @@ mod tests {
                 ttl: Duration::from_secs(60),
             },
             a,
+            "r",
         )
         .expect("record");
         assert_eq!(
@@ -848,18 +991,35 @@ mod tests {
                 ttl: Duration::from_secs(5),
             },
             a,
+            "r",
         )
         .expect("record");
         assert_eq!(
             (r.code, r.fields, r.ttl_ms),
             (Code::MODE, [9, 2, 0, 0], 5_000)
         );
-        assert!(super::action_record(
+        let r = super::action_record(
             ActionSpec::Block {
-                ttl: Duration::from_secs(1)
+                ttl: Duration::from_secs(90),
+                prefix_v4: 24,
+                prefix_v6: 64,
             },
-            a
+            a,
+            "sshd-failed",
         )
-        .is_none());
+        .expect("record");
+        // The record `shoal block 10.1.2.0/24 --ttl 90s --reason sshd-fai`
+        // sends.
+        let p: shoal_wire::Prefix = "10.1.2.0/24".parse().expect("prefix");
+        let [f0, f1, f2] = p.to_fields(0);
+        let reason = shoal_wire::reason_to_field("sshd-fai").expect("reason");
+        assert_eq!(
+            (r.code, r.op, r.ttl_ms, r.fields),
+            (Code::BLOCK, Op::SEND_SAVE, 90_000, [f0, f1, f2, reason])
+        );
+        assert_eq!(
+            super::block_reason("\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}"),
+            shoal_wire::reason_to_field("syslog").expect("reason")
+        );
     }
 }
