@@ -831,13 +831,20 @@ mod tests {
 
     #[test]
     fn block_prefixes_and_their_bounds() {
-        let p = |a: &str, v4, v6| block_prefix(a.parse().unwrap(), v4, v6).unwrap().to_string();
+        let p = |a: &str, v4, v6| {
+            block_prefix(a.parse().unwrap(), v4, v6)
+                .unwrap()
+                .to_string()
+        };
         assert_eq!(p("203.0.113.77", 24, 64), "203.0.113.0/24");
         assert_eq!(p("203.0.113.77", 32, 64), "203.0.113.77/32");
         // An IPv4-mapped address is blocked as the IPv4 it is.
         assert_eq!(p("::ffff:203.0.113.77", 24, 64), "203.0.113.0/24");
         assert_eq!(p("2001:db8:1:2:3:4:5:6", 24, 64), "2001:db8:1:2::/64");
-        assert_eq!(p("2001:db8:1:2:3:4:5:6", 24, 128), "2001:db8:1:2:3:4:5:6/128");
+        assert_eq!(
+            p("2001:db8:1:2:3:4:5:6", 24, 128),
+            "2001:db8:1:2:3:4:5:6/128"
+        );
         assert!(block_prefix("1.2.3.4".parse().unwrap(), 33, 64).is_none());
         let block = |v4, v6| {
             let mut r = rule("b", SSHD, 3);

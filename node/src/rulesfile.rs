@@ -98,7 +98,11 @@ impl RuleToml {
         }
         let ttl = Duration::from_secs(self.ttl_s);
         if self.action != "block" && (self.prefix_v4.is_some() || self.prefix_v6.is_some()) {
-            return Err(bad(n, "prefix_v4", "prefix_v4 and prefix_v6 are for action block"));
+            return Err(bad(
+                n,
+                "prefix_v4",
+                "prefix_v4 and prefix_v6 are for action block",
+            ));
         }
         let action = match self.action.as_str() {
             "block" => {
@@ -248,7 +252,11 @@ pub(crate) fn describe(action: ActionSpec, addr: std::net::IpAddr) -> String {
         },
         ActionSpec::Mark { suspicious, ttl } => format!(
             "mark {} for {}s",
-            if suspicious { "suspicious" } else { "legitimate" },
+            if suspicious {
+                "suspicious"
+            } else {
+                "legitimate"
+            },
             ttl.as_secs()
         ),
         ActionSpec::Mode {
@@ -492,17 +500,11 @@ Aug 26 13:55:21 vyos sshd[1]: Failed password for root from 9.9.9.9 port 1 ssh2
                 "rules[sshd].prefix_v4",
             ),
             (
-                GOOD.replace(
-                    "action = \"mark\"",
-                    "action = \"block\"\nprefix_v4 = 0",
-                ),
+                GOOD.replace("action = \"mark\"", "action = \"block\"\nprefix_v4 = 0"),
                 "rules[sshd].prefix_v4",
             ),
             (
-                GOOD.replace(
-                    "action = \"mark\"",
-                    "action = \"block\"\nprefix_v6 = 129",
-                ),
+                GOOD.replace("action = \"mark\"", "action = \"block\"\nprefix_v6 = 129"),
                 "rules[sshd].prefix_v6",
             ),
         ] {

@@ -62,9 +62,20 @@ fn cluster(name: &str, n: u32) -> (Vec<Syslog>, PathBuf) {
 
 /// `syslog` is added to `[syslog]`, `extra` after it.
 fn cluster_with(name: &str, n: u32, syslog: &str, extra: &str) -> (Vec<Syslog>, PathBuf) {
+    cluster_rules(name, n, RULES, syslog, extra)
+}
+
+/// As [`cluster_with`], with its own rules file.
+fn cluster_rules(
+    name: &str,
+    n: u32,
+    rules_text: &str,
+    syslog: &str,
+    extra: &str,
+) -> (Vec<Syslog>, PathBuf) {
     let dir = tempdir(name);
     let rules = dir.join("rules.toml");
-    std::fs::write(&rules, RULES).expect("rules");
+    std::fs::write(&rules, rules_text).expect("rules");
     let (group, port) = unique_group();
     let nodes = (1..=n)
         .map(|id| {
@@ -505,5 +516,127 @@ fn tcp_waits_for_a_full_queue_and_loses_nothing() {
     assert!(
         wait_until(WAIT, accounted),
         "every UDP message judged or counted"
+    );
+}
+
+const BLOCK_RULES: &str = r#"
+[[rules]]
+name = "sshd-failed"
+program = "sshd"
+pattern = 'Failed password for (?:invalid user )?\S+ from <ADDR> port [0-9]+(?: ssh2)?'
+maxretry = 5
+findtime_s = 600
+action = "block"
+ttl_s = 600
+"#;
+
+/// The node's `/blocks` page.
+fn blocks_page(n: &NodeProcess) -> String {
+    shoal_node::http_get(&n.admin, "/blocks").expect("/blocks")
+}
+
+/// `ttl_left_ms` of `prefix` on a `/blocks` page.
+fn ttl_left(page: &str, prefix: &str) -> Option<u64> {
+    page.lines()
+        .find(|l| l.starts_with(&format!("{prefix} ")))?
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ttl_left_ms="))?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_block_is_sent_saved_and_held_again_after_kill_9_and_a_restart() {
+    if !have_logger() {
+        common::skip(
+            "responder::block_restart",
+            "util-linux logger not installed (apt-get install bsdutils)",
+        );
+        return;
+    }
+    let dir = tempdir("responder-block-store");
+    let pair = shoal_tarantool::testkit::Pair::start(&dir.join("tt")).expect("tarantool pair");
+    let store = format!(
+        "[store]\nmasters = [\"{}\", \"{}\"]\npassword = \"{}\"\nrequest_timeout_ms = 2000\nreplay_timeout_ms = 3000\n",
+        pair.a, pair.b, pair.password
+    );
+    // Two signed nodes without [enforce]: they hold and send blocks (the
+    // kernel side is responder_netns.rs).
+    let (mut nodes, _d) = cluster_rules(
+        "responder-block-nodes",
+        2,
+        BLOCK_RULES,
+        "allow = [\"127.0.0.0/8\"]\n",
+        &store,
+    );
+    let attacker = "10.66.3.1";
+    for i in 0..5 {
+        logger(
+            nodes[i % 2].port,
+            Via::Udp,
+            &format!(
+                "Failed password for root from {attacker} port {} ssh2",
+                1000 + i
+            ),
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let prefix = format!("{attacker}/32");
+    for s in &nodes {
+        assert!(
+            wait_until(WAIT, || ttl_left(&blocks_page(&s.node), &prefix)
+                .is_some_and(|l| l > 500_000)),
+            "node {} holds the block: {}",
+            s.node.id,
+            blocks_page(&s.node)
+        );
+        assert!(
+            blocks_page(&s.node).contains("reason=\"sshd-fai\""),
+            "the rule names the block"
+        );
+    }
+    let issued: f64 = nodes
+        .iter()
+        .map(|s| metric(&s.node, "shoal_responder_blocks_total{result=\"issued\"}"))
+        .sum();
+    assert_eq!(issued, 1.0, "one block for the trip");
+    assert!(wait_until(WAIT, || nodes
+        .iter()
+        .map(|s| metric(&s.node, "shoal_store_saved_total"))
+        .sum::<f64>()
+        >= 1.0));
+    // Both nodes die; the block can only come back from the store.
+    for s in &mut nodes {
+        s.node.kill();
+    }
+    let back = NodeProcess::spawn(Path::new(BIN), &nodes[0].spec).expect("node restarts");
+    assert_eq!(metric(&back, "shoal_replay_ok"), 1.0);
+    let left = ttl_left(&blocks_page(&back), &prefix);
+    assert!(
+        left.is_some_and(|l| l > 500_000),
+        "the block is back after the restart with its TTL left: {left:?}"
+    );
+}
+
+#[test]
+fn a_block_rule_is_refused_at_start_in_an_unsigned_cluster() {
+    let dir = tempdir("responder-block-unsigned");
+    let rules = dir.join("rules.toml");
+    std::fs::write(&rules, BLOCK_RULES).expect("rules");
+    let (group, port) = unique_group();
+    let mut spec = NodeSpec::loopback(1, group, port, &dir);
+    spec.secret = None;
+    spec.extra = format!(
+        "[syslog]\nudp = \"127.0.0.1:{}\"\nallow = [\"127.0.0.0/8\"]\nrules = \"{}\"\n",
+        free_port(),
+        rules.display()
+    );
+    let e = NodeProcess::spawn(Path::new(BIN), &spec)
+        .err()
+        .expect("an unsigned node with a block rule does not start")
+        .to_string();
+    assert!(
+        e.contains("rules[sshd-failed]: action block needs [auth]"),
+        "{e}"
     );
 }

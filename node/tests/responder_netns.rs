@@ -471,11 +471,19 @@ fn a_brute_force_over_three_nodes_is_dropped_by_every_kernel_until_the_ttl() {
         .send_to(b"<13>1 - h sshd - - [oops x", to)
         .expect("send");
     garbage
-        .send_to(format!("<13>1 - h sshd - - - {}", "A".repeat(2000)).as_bytes(), to)
+        .send_to(
+            format!("<13>1 - h sshd - - - {}", "A".repeat(2000)).as_bytes(),
+            to,
+        )
         .expect("send");
     let st = Command::new("ip")
         .args(["netns", "exec", &router, "logger", "--rfc5424"])
-        .args(["-n", &lan.addr(1).to_string(), "-P", &SYSLOG_PORT.to_string()])
+        .args([
+            "-n",
+            &lan.addr(1).to_string(),
+            "-P",
+            &SYSLOG_PORT.to_string(),
+        ])
         .args(["-T", "--octet-count", "--size", "4000", "-t", "sshd"])
         .arg("B".repeat(1500))
         .status()
@@ -490,7 +498,10 @@ fn a_brute_force_over_three_nodes_is_dropped_by_every_kernel_until_the_ttl() {
             n1,
             "shoal_syslog_malformed_total{reason=\"bad_structured_data\"}"
         ) == 1.0
-        && metric(n1, "shoal_syslog_dropped_total{reason=\"oversized\"}") == 2.0));
+        && metric(
+            n1,
+            "shoal_syslog_dropped_total{reason=\"oversized\"}"
+        ) == 2.0));
 
     // 4. After the TTL, A gets through everywhere again.
     assert!(
@@ -506,10 +517,7 @@ fn a_brute_force_over_three_nodes_is_dropped_by_every_kernel_until_the_ttl() {
 
     // 5. Over TCP with octet counting: attacker B.
     brute_force(&c, &b, Via::TcpOctets, 1.0);
-    assert!(
-        all_nodes(lan, nodes, &a, true),
-        "A is not blocked again"
-    );
+    assert!(all_nodes(lan, nodes, &a, true), "A is not blocked again");
     let blocked_at = Instant::now();
 
     // 6. A /24 rule: around an outside address the /24 is blocked on every
@@ -526,7 +534,8 @@ fn a_brute_force_over_three_nodes_is_dropped_by_every_kernel_until_the_ttl() {
         );
     }
     assert!(
-        wait_until(WAIT, || (1..=3).all(|k| set_has(&lan.ns(k), "198.51.100.0/24"))),
+        wait_until(WAIT, || (1..=3)
+            .all(|k| set_has(&lan.ns(k), "198.51.100.0/24"))),
         "the /24 is in every node's kernel"
     );
     for _ in 0..2 {
@@ -539,7 +548,8 @@ fn a_brute_force_over_three_nodes_is_dropped_by_every_kernel_until_the_ttl() {
         );
     }
     assert!(
-        wait_until(WAIT, || total(nodes, |n| blocks(n, "refused_prefix")) == 1.0),
+        wait_until(WAIT, || total(nodes, |n| blocks(n, "refused_prefix"))
+            == 1.0),
         "the allowlisted /24 is refused and counted"
     );
     assert_eq!(total(nodes, |n| blocks(n, "issued")), 3.0);
@@ -724,7 +734,11 @@ ttl_s = 600
             .args(["dev", "veth0"])
             .output()
             .expect("ip addr add");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // The first two failures of every address, on the two nodes that will
     // not see the third.
@@ -757,6 +771,7 @@ ttl_s = 600
     let mut all = Vec::new();
     let mut first = Vec::new();
     let mut logger_run = Vec::new();
+    let mut after_exit = Vec::new();
     let mut failed = 0;
     let started = Instant::now();
     for t in 0..trials {
@@ -777,12 +792,15 @@ ttl_s = 600
                 all.push(last.saturating_duration_since(t0));
                 first.push(earliest.saturating_duration_since(t0));
                 logger_run.push(r.exited.saturating_duration_since(t0));
+                // The line is out before logger exits: an upper bound on
+                // send -> drop without the process start.
+                after_exit.push(last.saturating_duration_since(r.exited));
             }
             None => failed += 1,
         }
     }
     let took = started.elapsed();
-    for v in [&mut all, &mut first, &mut logger_run] {
+    for v in [&mut all, &mut first, &mut logger_run, &mut after_exit] {
         v.sort();
     }
     let issued = total(nodes, |n| blocks(n, "issued"));
@@ -807,6 +825,11 @@ ttl_s = 600
         "  logger spawned -> logger exited (line sent): p50 {:?} p99 {:?}",
         pct(&logger_run, 0.5),
         pct(&logger_run, 0.99)
+    );
+    println!(
+        "  logger exited -> dropped on every node: p50 {:?} p99 {:?}",
+        pct(&after_exit, 0.5),
+        pct(&after_exit, 0.99)
     );
     assert_eq!(issued, f64::from(trials), "one block per address");
     assert!(
