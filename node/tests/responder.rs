@@ -640,3 +640,85 @@ fn a_block_rule_is_refused_at_start_in_an_unsigned_cluster() {
         "{e}"
     );
 }
+
+#[test]
+fn a_block_from_the_rules_crosses_to_the_other_cluster() {
+    if !have_logger() {
+        common::skip(
+            "responder::block_crosses",
+            "util-linux logger not installed (apt-get install bsdutils)",
+        );
+        return;
+    }
+    let dir = tempdir("responder-block-xc");
+    let pair =
+        shoal_tarantool::testkit::Pair::start_verdict(&dir.join("tt")).expect("verdict store pair");
+    let verdicts = |store: &str| {
+        format!(
+            "[verdicts]\nstore = \"{store}\"\npassword = \"{}\"\napi_tokens = [\"responder-xc-token-0123456789\"]\ntoken_key_id = 1\ntoken_secret = \"responder-xc-secret-0123456\"\nlease_ms = 1000\npoll_ms = 20\n",
+            pair.password
+        )
+    };
+    // Cluster 1: two nodes reading syslog; cluster 2: two nodes without.
+    let rules = dir.join("rules.toml");
+    std::fs::write(&rules, BLOCK_RULES).expect("rules");
+    let spawn_cluster = |cluster: u32, store: &str, syslog: bool| {
+        let (group, port) = unique_group();
+        (1..=2)
+            .map(|id| {
+                let mut spec =
+                    NodeSpec::loopback(id, group, port, &dir.join(format!("c{cluster}")));
+                spec.cluster = cluster;
+                let sp = free_port();
+                spec.extra = verdicts(store);
+                if syslog {
+                    spec.extra.push_str(&format!(
+                        "[syslog]\nudp = \"127.0.0.1:{sp}\"\nallow = [\"127.0.0.0/8\"]\nrules = \"{}\"\n",
+                        rules.display()
+                    ));
+                }
+                let node = NodeProcess::spawn(Path::new(BIN), &spec).expect("node starts");
+                Syslog {
+                    node,
+                    spec,
+                    port: sp,
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let one = spawn_cluster(1, &pair.a, true);
+    let two = spawn_cluster(2, &pair.b, false);
+    let attacker = "10.66.4.1";
+    for i in 0..5 {
+        logger(
+            one[i % 2].port,
+            Via::Udp,
+            &format!(
+                "Failed password for root from {attacker} port {} ssh2",
+                2000 + i
+            ),
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let prefix = format!("{attacker}/32");
+    for s in one.iter().chain(&two) {
+        assert!(
+            wait_until(Duration::from_secs(20), || ttl_left(
+                &blocks_page(&s.node),
+                &prefix
+            )
+            .is_some()),
+            "node {} of cluster {} holds the rule's block: {}",
+            s.node.id,
+            s.spec.cluster,
+            blocks_page(&s.node)
+        );
+    }
+    // In cluster 2 it came from cluster 1 (REMOTE_BLOCK).
+    assert!(blocks_page(&two[0].node).contains("origin=cluster-1"));
+    let issued: f64 = one
+        .iter()
+        .map(|s| metric(&s.node, "shoal_responder_blocks_total{result=\"issued\"}"))
+        .sum();
+    assert_eq!(issued, 1.0);
+}
