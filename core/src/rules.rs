@@ -197,6 +197,10 @@ pub enum Miss {
     BadAddress,
     /// The address is on the ignore list.
     Ignored,
+    /// A block rule matched a line from a transport not trusted to block
+    /// (a UDP source address can be forged): not counted at all, so forged
+    /// lines cannot fill a bucket that a genuine line then trips.
+    Untrusted,
 }
 
 fn anchored(re: &str) -> String {
@@ -544,11 +548,28 @@ impl<B: Buckets> Responder<B> {
 
     /// Matches a line, counts it in its bucket and says what to do.
     pub fn observe(&mut self, now: Instant, host: &str, program: &str, msg: &str) -> Outcome {
+        self.observe_from(now, host, program, msg, true)
+    }
+
+    /// [`Responder::observe`] for a line whose sender may not trigger
+    /// blocks (`may_block` false): a block rule's match is then
+    /// [`Miss::Untrusted`] and counts nowhere.
+    pub fn observe_from(
+        &mut self,
+        now: Instant,
+        host: &str,
+        program: &str,
+        msg: &str,
+        may_block: bool,
+    ) -> Outcome {
         let hit = match self.rules.find(host, program, msg) {
             Ok(h) => h,
             Err(m) => return Outcome::Miss(m),
         };
         let r = &self.rules.rules[hit.rule];
+        if !may_block && matches!(r.action, ActionSpec::Block { .. }) {
+            return Outcome::Miss(Miss::Untrusted);
+        }
         let shape = BucketShape {
             capacity: r.capacity,
             leak_every: r.leak_every,
@@ -861,6 +882,34 @@ mod tests {
             let e = block(v4, v6).unwrap_err().to_string();
             assert!(e.contains("rule \"b\"") && e.contains("prefix"), "{e}");
         }
+    }
+
+    #[test]
+    fn forged_transport_never_counts_toward_a_block() {
+        let mut b = rule("b", SSHD, 2); // capacity 1: the 2nd event acts
+        b.action = ActionSpec::Block {
+            ttl: Duration::from_secs(60),
+            prefix_v4: 32,
+            prefix_v6: 64,
+        };
+        let m = rule("m", r"Invalid user \S+ from <ADDR>", 2);
+        let set = RuleSet::compile(&[b, m], NetList::default()).unwrap();
+        let t0 = Instant::now();
+        let buckets = ClusterBuckets::new(&set, 16, t0, 1);
+        let mut r = Responder::new(set, buckets);
+        let bad = "Failed password for root from 9.9.9.9 port 22";
+        // Any number of untrusted lines: nothing counted, nothing acts.
+        for _ in 0..10 {
+            let o = r.observe_from(t0, "h", "sshd", bad, false);
+            assert_eq!(o, Outcome::Miss(Miss::Untrusted));
+        }
+        // So the first trusted line starts the bucket from empty.
+        let o = r.observe_from(t0, "h", "sshd", bad, true);
+        assert!(matches!(o, Outcome::Counted { level: 1, .. }), "{o:?}");
+        // A rule that does not block still counts from an untrusted line.
+        let mark = "Invalid user x from 9.9.9.9";
+        let o = r.observe_from(t0, "h", "sshd", mark, false);
+        assert!(matches!(o, Outcome::Counted { level: 1, .. }), "{o:?}");
     }
 
     #[test]

@@ -74,6 +74,12 @@ pub struct SyslogSection {
     /// start.
     #[serde(default = "default_buckets")]
     pub buckets: usize,
+    /// Whether a line that came over UDP may count toward a block rule.
+    /// Off by default: a UDP source address can be forged from anywhere
+    /// on the path, and `allow` cannot tell; turn it on only where spoofed
+    /// sources are filtered before they reach the node (BCP 38, rp_filter).
+    #[serde(default)]
+    pub udp_may_block: bool,
 }
 
 fn default_max_message() -> usize {
@@ -167,6 +173,7 @@ pub(crate) struct SyslogStats {
     malformed: [AtomicU64; MALFORMED.len()],
     unmatched: AtomicU64,
     ignored: AtomicU64,
+    untrusted: AtomicU64,
     bad_address: AtomicU64,
     counted: AtomicU64,
     bucket_full: AtomicU64,
@@ -236,6 +243,7 @@ impl SyslogStats {
         let lines = [
             ("unmatched", l(&self.unmatched)),
             ("ignored", l(&self.ignored)),
+            ("untrusted_transport", l(&self.untrusted)),
             ("bad_address", l(&self.bad_address)),
             ("counted", l(&self.counted)),
             ("bucket_table_full", l(&self.bucket_full)),
@@ -335,6 +343,8 @@ impl SyslogStats {
 struct Msg {
     from: IpAddr,
     bytes: Vec<u8>,
+    /// Came over UDP (its source address may be forged).
+    udp: bool,
 }
 
 /// The running edge; [`SyslogEdge::stop`] joins its threads.
@@ -360,6 +370,10 @@ pub(crate) fn start(
 ) -> Result<SyslogEdge, std::io::Error> {
     let allow = Arc::new(cfg.allow_list().map_err(std::io::Error::other)?);
     check_block_rules(&rules, shared)?;
+    let blocks = (0..rules.len()).any(|i| matches!(rules.action(i), ActionSpec::Block { .. }));
+    if blocks && cfg.udp.is_some() && !cfg.udp_may_block {
+        warn!("block rules count only lines that came over TCP: UDP sources can be forged (set [syslog] udp_may_block = true where they cannot)");
+    }
     let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(cfg.queue);
     let mut threads = Vec::new();
     if let Some(a) = &cfg.udp {
@@ -396,7 +410,10 @@ pub(crate) fn start(
     let responder = Responder::new(rules, buckets);
     shared.with_node(Node::enable_responder_rates);
     let s = Arc::clone(shared);
-    threads.push(spawn("shoal-syslog", move || worker(&s, rx, responder))?);
+    let udp_may_block = cfg.udp_may_block;
+    threads.push(spawn("shoal-syslog", move || {
+        worker(&s, rx, responder, udp_may_block)
+    })?);
     Ok(SyslogEdge { threads })
 }
 
@@ -470,6 +487,7 @@ fn udp_loop(s: &Shared, sock: &UdpSocket, allow: &NetList, tx: &SyncSender<Msg>,
         let m = Msg {
             from: from.ip(),
             bytes: buf[..n].to_vec(),
+            udp: true,
         };
         if let Err(TrySendError::Full(_)) = tx.try_send(m) {
             inc(&st.queue_full);
@@ -610,7 +628,11 @@ fn conn_loop(
                 }
             };
             inc(&st.tcp_messages);
-            match tx.try_send(Msg { from, bytes: m }) {
+            match tx.try_send(Msg {
+                from,
+                bytes: m,
+                udp: false,
+            }) {
                 Ok(()) => {}
                 Err(TrySendError::Full(m)) => {
                     // Back-pressure: stop reading until the worker has
@@ -773,7 +795,7 @@ fn exchange(
     }
 }
 
-fn worker(s: &Shared, rx: Receiver<Msg>, mut responder: Responder) {
+fn worker(s: &Shared, rx: Receiver<Msg>, mut responder: Responder, udp_may_block: bool) {
     let st = &s.io.syslog;
     let mut from_text = String::new();
     let mut inbox = Vec::new();
@@ -812,9 +834,11 @@ fn worker(s: &Shared, rx: Receiver<Msg>, mut responder: Responder) {
             line.host
         };
         let now = Instant::now();
-        match responder.observe(now, host, line.app, line.msg) {
+        let may_block = udp_may_block || !m.udp;
+        match responder.observe_from(now, host, line.app, line.msg, may_block) {
             Outcome::Miss(Miss::NoRule) => inc(&st.unmatched),
             Outcome::Miss(Miss::Ignored) => inc(&st.ignored),
+            Outcome::Miss(Miss::Untrusted) => inc(&st.untrusted),
             Outcome::Miss(Miss::BadAddress) => inc(&st.bad_address),
             Outcome::Counted { .. } => inc(&st.counted),
             Outcome::Dropped { .. } => inc(&st.bucket_full),

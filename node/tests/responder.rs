@@ -573,7 +573,7 @@ fn a_block_is_sent_saved_and_held_again_after_kill_9_and_a_restart() {
     for i in 0..5 {
         logger(
             nodes[i % 2].port,
-            Via::Udp,
+            Via::TcpLf,
             &format!(
                 "Failed password for root from {attacker} port {} ssh2",
                 1000 + i
@@ -615,6 +615,56 @@ fn a_block_is_sent_saved_and_held_again_after_kill_9_and_a_restart() {
     assert!(
         left.is_some_and(|l| l > 500_000),
         "the block is back after the restart with its TTL left: {left:?}"
+    );
+}
+
+#[test]
+fn udp_lines_never_count_toward_a_block_unless_the_operator_trusts_udp() {
+    if !have_logger() {
+        common::skip(
+            "responder::block_udp_untrusted",
+            "util-linux logger not installed (apt-get install bsdutils)",
+        );
+        return;
+    }
+    let (nodes, _d) = cluster_rules(
+        "responder-block-udp",
+        1,
+        BLOCK_RULES,
+        "allow = [\"127.0.0.0/8\"]\n",
+        "",
+    );
+    let n = &nodes[0];
+    let attacker = "10.66.5.1";
+    let line = |i: usize| format!("Failed password for root from {attacker} port {i} ssh2");
+    // Twice the rule's maxretry over UDP (whose source anyone can forge):
+    // counted as untrusted, no bucket filled, no block.
+    for i in 0..10 {
+        logger(n.port, Via::Udp, &line(3000 + i));
+    }
+    assert!(
+        wait_until(WAIT, || lines(&n.node, "untrusted_transport") >= 10.0),
+        "ten UDP lines counted as untrusted: {}",
+        lines(&n.node, "untrusted_transport")
+    );
+    let prefix = format!("{attacker}/32");
+    assert_eq!(ttl_left(&blocks_page(&n.node), &prefix), None);
+    assert_eq!(
+        metric(&n.node, "shoal_responder_blocks_total{result=\"issued\"}"),
+        0.0
+    );
+    // The same lines over TCP trip the bucket from empty: the fifth acts.
+    for i in 0..5 {
+        logger(n.port, Via::TcpLf, &line(4000 + i));
+    }
+    assert!(
+        wait_until(WAIT, || ttl_left(&blocks_page(&n.node), &prefix).is_some()),
+        "the TCP brute force blocks: {}",
+        blocks_page(&n.node)
+    );
+    assert_eq!(
+        metric(&n.node, "shoal_responder_blocks_total{result=\"issued\"}"),
+        1.0
     );
 }
 
@@ -673,7 +723,7 @@ fn a_block_from_the_rules_crosses_to_the_other_cluster() {
                 spec.extra = verdicts(store);
                 if syslog {
                     spec.extra.push_str(&format!(
-                        "[syslog]\nudp = \"127.0.0.1:{sp}\"\nallow = [\"127.0.0.0/8\"]\nrules = \"{}\"\n",
+                        "[syslog]\nudp = \"127.0.0.1:{sp}\"\nallow = [\"127.0.0.0/8\"]\nrules = \"{}\"\nudp_may_block = true\n",
                         rules.display()
                     ));
                 }
