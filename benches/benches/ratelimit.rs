@@ -21,6 +21,7 @@ fn limiter(now: Instant) -> Limiter {
             max_keys: 65_536,
             idle: Duration::from_secs(60),
             scope: Scope::Cluster,
+            escalate: None,
         },
         now,
         SeededState::new(7),

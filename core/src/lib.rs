@@ -38,6 +38,7 @@ pub mod blocks;
 mod controller;
 pub mod election;
 pub mod enforce;
+pub mod escalate;
 pub mod fakes;
 mod hash;
 pub mod keyrate;

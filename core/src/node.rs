@@ -484,6 +484,9 @@ pub struct Node {
     /// This node's enforcement rules, when it enforces: a local BLOCK they
     /// refuse is refused with a reason rather than held and ignored.
     enforce_rules: Option<EnforceRules>,
+    /// What became of due escalations, for the driver's log (bounded).
+    escalation_events: VecDeque<crate::escalate::Event>,
+    pub escalation_events_dropped: u64,
 }
 
 /// Responder counts held for the responder between its drains.
@@ -540,6 +543,8 @@ impl Node {
             blocks: BlockTable::new(BlockRules::default().capacity, hasher),
             block_rules: BlockRules::default(),
             enforce_rules: None,
+            escalation_events: VecDeque::new(),
+            escalation_events_dropped: 0,
         }
     }
 
@@ -1402,6 +1407,7 @@ impl Node {
         for l in self.limits.iter_mut() {
             l.tick(now, nodes, |k| out.push(k));
         }
+        self.escalate(now);
         let timing_us = self.wall_us(now);
         for k in out.drain(..) {
             self.record_seq = self.hybrid_next(now, self.record_seq);
@@ -1414,6 +1420,86 @@ impl Node {
             self.enqueue(now, &r);
         }
         self.announce_buf = out;
+    }
+
+    /// The kernel meter of limit `id` dropped a new connection from `key`
+    /// at `at` (read back by the driver): a denial for escalation.
+    pub fn limit_kernel_denied(&mut self, id: u32, at: Instant, key: u64) {
+        if let Some(l) = self.limits.get_mut(id) {
+            l.kernel_denied(at, key);
+        }
+    }
+
+    /// Moves what became of due escalations into `out` (for the log).
+    pub fn take_escalation_events(&mut self, out: &mut Vec<crate::escalate::Event>) {
+        out.extend(self.escalation_events.drain(..));
+    }
+
+    /// Acts on the escalations whose turn came (`escalate`): a prefix
+    /// already blocked is left alone; otherwise the `BLOCK` goes through
+    /// [`Node::inject`], the path of `shoal block` and `POST /v1/blocks`,
+    /// so its rules (allowlist, minimum length, unsigned cluster) apply.
+    fn escalate(&mut self, now: Instant) {
+        use crate::escalate::{turn, Event, Outcome, EVENTS_MAX};
+        let recent = Duration::from_secs(1);
+        let mut live: Vec<u32> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.last_seen) < recent)
+            .map(|(id, _)| *id)
+            .collect();
+        live.push(self.id);
+        let me = self.id;
+        let mut due = Vec::new();
+        let mut work = Vec::new();
+        for l in self.limits.iter_mut() {
+            let Some(esc) = l.rule().escalate else {
+                continue;
+            };
+            let wall = |t: Instant| self.wall_at_epoch_us + t.saturating_duration_since(self.epoch).as_micros() as u64;
+            let wall_now = wall(now);
+            l.due_escalations(|k, at| turn(k, me, &live, wall(at)) <= wall_now, &mut due);
+            for p in due.drain(..) {
+                work.push((l.id(), l.rule().name.clone(), esc.ttl, p));
+            }
+        }
+        for (id, name, ttl, prefix) in work {
+            let outcome = if self.blocks.get(now, &prefix).is_some() {
+                Outcome::AlreadyBlocked
+            } else if let Some(Err(e)) = self.enforce_rules.as_ref().map(|r| r.check(&prefix)) {
+                Outcome::Refused(e.to_string())
+            } else {
+                let reason = shoal_wire::reason_to_field(&name[..name.len().min(8)]).unwrap_or(0);
+                let [f0, f1, f2] = prefix.to_fields(0);
+                let mut r = Record::new(Code::BLOCK, [f0, f1, f2, reason]);
+                r.ttl_ms = u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX);
+                r.op = Op::SEND_SAVE;
+                match self.inject(now, r) {
+                    // Applied and sent; only the save was refused.
+                    Ok(()) | Err(LocalError::StoreFull) => Outcome::Blocked { ttl },
+                    Err(LocalError::BlocksUnsigned) => Outcome::Refused(
+                        "the cluster has no [auth] and unsigned blocks are not allowed".into(),
+                    ),
+                    Err(e) => Outcome::Refused(format!("{e:?}")),
+                }
+            };
+            if let Some(c) = self.limits.get_mut(id).and_then(|l| l.escalate_counters_mut()) {
+                match outcome {
+                    Outcome::Blocked { .. } => c.blocked += 1,
+                    Outcome::AlreadyBlocked => c.already_blocked += 1,
+                    Outcome::Refused(_) => c.refused += 1,
+                }
+            }
+            if self.escalation_events.len() < EVENTS_MAX {
+                self.escalation_events.push_back(Event {
+                    limit: name,
+                    prefix,
+                    outcome,
+                });
+            } else {
+                self.escalation_events_dropped += 1;
+            }
+        }
     }
 
     /// Claims this node holds, and claim timers queued (live and dead).

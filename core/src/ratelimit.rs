@@ -19,6 +19,10 @@
 
 use std::time::{Duration, Instant};
 
+use shoal_wire::Prefix;
+
+use crate::escalate::{EscalateCounters, Episodes};
+pub use crate::escalate::Escalate;
 use crate::hash::{Map, SeededState};
 use crate::keyrate::{
     domain, name_id, table_id, KeyRateCounters, KeyRateParams, KeyRateRecord, KeyRates, KeyView,
@@ -86,6 +90,34 @@ impl KeyKind {
             _ => key,
         }
     }
+
+    /// The prefix an address key (as counted) stands for: what an
+    /// escalation blocks. `None` for other kinds.
+    pub fn prefix(self, key: u64) -> Option<Prefix> {
+        let KeyKind::Addr {
+            v4_prefix,
+            v6_prefix,
+        } = self
+        else {
+            return None;
+        };
+        let key = self.normalize(key);
+        if key >> 32 == 0xffff {
+            let ip = std::net::Ipv4Addr::from(key as u32);
+            Prefix::new(ip.into(), v4_prefix.min(32)).ok()
+        } else {
+            let ip = std::net::Ipv6Addr::from(u128::from(key) << 64);
+            Prefix::new(ip.into(), v6_prefix.min(64)).ok()
+        }
+    }
+
+    /// The key of a source address, as the filter sends it.
+    pub fn addr_key(ip: std::net::IpAddr) -> u64 {
+        match ip {
+            std::net::IpAddr::V4(a) => (0xffff << 32) | u64::from(u32::from(a)),
+            std::net::IpAddr::V6(a) => (u128::from(a) >> 64) as u64,
+        }
+    }
 }
 
 /// Whether a limit is shared by the cluster or applied by each node alone.
@@ -109,6 +141,8 @@ pub struct LimitRule {
     /// A key not hit for this long is forgotten (its bucket full again).
     pub idle: Duration,
     pub scope: Scope,
+    /// Block a key denied continuously for long enough (address keys).
+    pub escalate: Option<Escalate>,
 }
 
 impl LimitRule {
@@ -175,6 +209,7 @@ pub struct Limiter {
     table: u64,
     rates: KeyRates<Bucket>,
     counters: LimitCounters,
+    episodes: Option<Episodes>,
 }
 
 /// A limit's numbers for metrics.
@@ -191,6 +226,10 @@ pub struct LimitSnapshot {
     pub keys: usize,
     pub max_keys: usize,
     pub peer_keys: usize,
+    /// Escalations (zeros without `escalate`).
+    pub escalate: EscalateCounters,
+    /// Keys in an escalation episode now.
+    pub episodes: usize,
 }
 
 /// A busy key of a limit, for `status`.
@@ -219,6 +258,9 @@ impl Limiter {
             id,
             table: table_id(domain::LIMIT, id),
             rates: KeyRates::new(params, now, hasher),
+            episodes: rule
+                .escalate
+                .map(|e| Episodes::new(e, rule.max_keys.clamp(1, 65_536), hasher)),
             rule,
             counters: LimitCounters::default(),
         }
@@ -250,6 +292,9 @@ impl Limiter {
             self.rates.hit(now, key, n);
             self.counters.never += n;
             self.counters.denied += n;
+            if let Some(e) = self.episodes.as_mut() {
+                e.denied(now, key);
+            }
             return Verdict::Never;
         }
         let nodes = nodes.max(1) as f64;
@@ -303,6 +348,9 @@ impl Limiter {
             Verdict::Allow
         } else {
             self.counters.denied += n;
+            if let Some(e) = self.episodes.as_mut() {
+                e.denied(now, key);
+            }
             let secs = if refill > 0.0 {
                 (need - b.tokens) / refill
             } else {
@@ -318,6 +366,9 @@ impl Limiter {
     /// record per heavy key. Also sweeps idle keys.
     pub fn tick(&mut self, now: Instant, nodes: usize, mut emit: impl FnMut(KeyRateRecord)) {
         self.rates.sweep(now, self.rule.idle, SWEEP_BUDGET);
+        if let Some(e) = self.episodes.as_mut() {
+            e.sweep(now);
+        }
         if self.rule.scope == Scope::Node {
             return;
         }
@@ -349,6 +400,37 @@ impl Limiter {
         self.counters
     }
 
+    /// The kernel's meter for this limit dropped a new connection from
+    /// `key` (a source address key) at `at`: a denial like the filter's,
+    /// for escalation only (the kernel's meter is per node and its hits
+    /// are not counted here).
+    pub fn kernel_denied(&mut self, at: Instant, key: u64) {
+        let key = self.rule.kind.normalize(key);
+        if let Some(e) = self.episodes.as_mut() {
+            e.denied(at, key);
+        }
+    }
+
+    /// Keys whose escalation is due (see `escalate`), as their prefixes;
+    /// `ready(key, crossed_at)` says whether this node's turn came.
+    pub fn due_escalations(
+        &mut self,
+        ready: impl Fn(u64, Instant) -> bool,
+        out: &mut Vec<Prefix>,
+    ) {
+        let Some(e) = self.episodes.as_mut() else {
+            return;
+        };
+        let mut keys = Vec::new();
+        e.due(ready, &mut keys);
+        out.extend(keys.into_iter().filter_map(|k| self.rule.kind.prefix(k)));
+    }
+
+    /// The escalation counters, to be moved by `Node` as it acts.
+    pub fn escalate_counters_mut(&mut self) -> Option<&mut EscalateCounters> {
+        self.episodes.as_mut().map(|e| &mut e.counters)
+    }
+
     pub fn snapshot(&self) -> LimitSnapshot {
         LimitSnapshot {
             name: self.rule.name.clone(),
@@ -362,6 +444,8 @@ impl Limiter {
             keys: self.rates.len(),
             max_keys: self.rates.params().capacity,
             peer_keys: self.rates.peer_len(),
+            escalate: self.episodes.as_ref().map(|e| e.counters).unwrap_or_default(),
+            episodes: self.episodes.as_ref().map_or(0, |e| e.len()),
         }
     }
 
@@ -489,6 +573,7 @@ mod tests {
             max_keys: 1024,
             idle: ms(10_000),
             scope,
+            escalate: None,
         }
     }
 

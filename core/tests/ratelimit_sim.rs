@@ -12,7 +12,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
-use shoal_core::ratelimit::{KeyKind, LimitRule, Scope};
+use shoal_core::ratelimit::{Escalate, KeyKind, LimitRule, Scope};
 use shoal_core::{ModeRules, Node, NodeParams, StateLimits};
 use shoal_wire::{Code, MacKey, MacKeys, Record, RECORD_LEN};
 
@@ -63,6 +63,7 @@ fn rule(name: &str, scope: Scope) -> LimitRule {
         max_keys: 4096,
         idle: ms(30_000),
         scope,
+        escalate: None,
     }
 }
 
@@ -95,6 +96,22 @@ fn params(id: u32) -> NodeParams {
     }
 }
 
+/// An address limit that escalates a key denied for 2 s to a 5 s block.
+fn escalating() -> LimitRule {
+    LimitRule {
+        kind: KeyKind::Addr {
+            v4_prefix: 32,
+            v6_prefix: 64,
+        },
+        escalate: Some(Escalate {
+            after: ms(2_000),
+            ttl: ms(5_000),
+            gap: ms(1_000),
+        }),
+        ..rule("esc", Scope::Cluster)
+    }
+}
+
 impl Sim {
     fn new(loss: f64, seed: u64) -> Sim {
         let t0 = Instant::now();
@@ -103,7 +120,11 @@ impl Sim {
                 let mut n = Node::new(params(id), t0, WALL, WALL);
                 n.set_limits(
                     t0,
-                    vec![rule("cluster", Scope::Cluster), rule("node", Scope::Node)],
+                    vec![
+                        rule("cluster", Scope::Cluster),
+                        rule("node", Scope::Node),
+                        escalating(),
+                    ],
                     u128::from(id),
                 )
                 .expect("distinct limits");
@@ -377,6 +398,128 @@ fn a_burst_spread_over_the_cluster_is_honoured_once() {
     sim.run_to(t);
     let again: usize = (0..N).map(|i| sim.hits(i, "cluster", KEY, per_node)).sum();
     assert!(within(again as f64, BURST, 0.15), "{again}");
+}
+
+/// Offers `factor × LIMIT` hits/s of `key` under `limit`, spread evenly,
+/// for `dur`.
+fn offer(sim: &mut Sim, limit: &str, key: u64, factor: f64, dur: Duration) {
+    let start = sim.now;
+    let per_ms = factor * LIMIT / 1000.0;
+    let mut carry = 0.0;
+    for step in 1..=dur.as_millis() as u64 {
+        if step % 100 == 0 {
+            sim.heartbeat();
+        }
+        carry += per_ms;
+        let n = carry as usize;
+        carry -= n as f64;
+        let mut counts = [0usize; N];
+        for _ in 0..n {
+            counts[(sim.rng.next() % N as u64) as usize] += 1;
+        }
+        for (i, &c) in counts.iter().enumerate() {
+            if c > 0 {
+                sim.hits(i, limit, key, c);
+            }
+        }
+        let t = start + ms(step);
+        sim.run_to(t);
+    }
+}
+
+/// Idle time with heartbeats only.
+fn idle(sim: &mut Sim, dur: Duration) {
+    let end = sim.now + dur;
+    while sim.now < end {
+        sim.heartbeat();
+        let t = (sim.now + ms(100)).min(end);
+        sim.run_to(t);
+    }
+}
+
+/// Two episodes of one key at 10x its limit; returns the BLOCKs sent in
+/// each (summed over the nodes).
+fn escalation_episodes(loss: f64, seed: u64) -> (u64, u64) {
+    let mut sim = Sim::new(loss, seed);
+    idle(&mut sim, ms(300));
+    let src: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+    let key = KeyKind::addr_key(src);
+    let prefix: shoal_wire::Prefix = "192.0.2.7/32".parse().unwrap();
+    let totals = |sim: &Sim| {
+        let mut t = shoal_core::escalate::EscalateCounters::default();
+        for n in &sim.nodes {
+            let s = n.limit_snapshots().into_iter().find(|l| l.name == "esc").unwrap();
+            t.crossed += s.escalate.crossed;
+            t.blocked += s.escalate.blocked;
+            t.already_blocked += s.escalate.already_blocked;
+            t.refused += s.escalate.refused;
+        }
+        t
+    };
+    // Under its limit for 3 s: never denied, never escalated.
+    offer(&mut sim, "esc", key, 0.5, ms(3_000));
+    assert_eq!(totals(&sim).crossed, 0);
+    // 10x its limit, spread evenly, for 1.5 s: denied, not long enough.
+    offer(&mut sim, "esc", key, 10.0, ms(1_500));
+    assert_eq!(totals(&sim).crossed, 0);
+    assert!(sim.nodes.iter().all(|n| n.blocks().get(sim.at(), &prefix).is_none()));
+    // Going on to 3 s: every node denying it crosses; one BLOCK is sent
+    // and every node holds it.
+    offer(&mut sim, "esc", key, 10.0, ms(1_500));
+    idle(&mut sim, ms(1_000));
+    let t = totals(&sim);
+    let first = t.blocked;
+    println!("loss {loss}: first episode: {t:?}");
+    assert!(t.blocked >= 1, "{t:?}");
+    assert!(t.crossed >= N as u64 / 2, "{t:?}");
+    assert_eq!(t.refused, 0);
+    assert_eq!(t.crossed, t.blocked + t.already_blocked, "{t:?}");
+    let now = sim.at();
+    for (i, n) in sim.nodes.iter().enumerate() {
+        let b = n.blocks().get(now, &prefix).unwrap_or_else(|| panic!("node {i} holds the block"));
+        assert!(b.expires > now + ms(3_000));
+    }
+    let mut events = Vec::new();
+    for n in &mut sim.nodes {
+        n.take_escalation_events(&mut events);
+    }
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e.outcome, shoal_core::escalate::Outcome::Blocked { .. }))
+            .count() as u64,
+        first
+    );
+    assert!(events.iter().all(|e| e.limit == "esc" && e.prefix == prefix));
+    // Blocked, the source reaches no filter (the kernel drops it). After
+    // the TTL it comes back as hard: a new episode, one more block.
+    idle(&mut sim, ms(4_500));
+    assert!(sim.nodes.iter().all(|n| n.blocks().get(sim.at(), &prefix).is_none()));
+    offer(&mut sim, "esc", key, 10.0, ms(3_000));
+    idle(&mut sim, ms(1_000));
+    let t = totals(&sim);
+    println!("loss {loss}: both episodes: {t:?}");
+    assert!(t.blocked > first, "{t:?}");
+    assert_eq!(t.crossed, t.blocked + t.already_blocked, "{t:?}");
+    (first, t.blocked - first)
+}
+
+#[test]
+fn a_key_over_its_limit_for_long_escalates_to_one_block_per_episode() {
+    // No loss: exactly one BLOCK per episode in the whole cluster, for
+    // every seed.
+    for seed in [11, 12, 13, 14] {
+        assert_eq!(escalation_episodes(0.0, seed), (1, 1), "seed {seed}");
+    }
+    // 5 % loss: a node that lost the first BLOCK sends its own in its
+    // slot (nothing repairs a lost datagram); a few at most.
+    let mut total = 0;
+    for seed in [11, 12, 13, 14] {
+        let (a, b) = escalation_episodes(0.05, seed);
+        total += a + b;
+    }
+    println!("5 % loss: {total} BLOCKs for 8 episodes");
+    assert!((8..=16).contains(&total), "{total}");
 }
 
 #[test]
