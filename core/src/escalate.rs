@@ -280,7 +280,7 @@ mod tests {
         e.denied(t0 + ms(6_000), 7);
         e.due(|_, _| true, &mut out);
         assert!(out.is_empty());
-        for i in 0..=10u64 {
+        for i in 0..=11u64 {
             e.denied(t0 + ms(6_000 + i * 100), 7);
         }
         e.due(|_, _| true, &mut out);
