@@ -180,6 +180,33 @@ pub struct LimitSection {
     /// For `key = "addr"`: count IPv6 sources per this prefix (0..=64).
     #[serde(default = "default_v6_prefix")]
     pub prefix_v6: u8,
+    /// Also enforce the limit on new TCP connections per source in this
+    /// node's kernel (an nftables meter in the `[enforce]` table): `addr`
+    /// keys only, needs `[enforce]`. The kernel's meter is per node.
+    #[serde(default)]
+    pub kernel: bool,
+    /// Block a source denied continuously for `after_ms` for `ttl_ms`
+    /// (`addr` keys only, needs `[enforce]`).
+    #[serde(default)]
+    pub escalate: Option<EscalateSection>,
+}
+
+/// `escalate = { after_ms = 10000, ttl_ms = 600000 }` of a `[[limits]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalateSection {
+    /// How long a key must be denied without a pause longer than
+    /// `gap_ms` before it is blocked.
+    pub after_ms: u64,
+    /// The block's TTL.
+    pub ttl_ms: u64,
+    /// The longest pause between denials that still counts as continuous.
+    #[serde(default = "default_escalate_gap_ms")]
+    pub gap_ms: u64,
+}
+
+fn default_escalate_gap_ms() -> u64 {
+    1_000
 }
 
 fn default_limit_keys() -> usize {
@@ -238,6 +265,81 @@ impl LimitSection {
         Ok(())
     }
 
+    /// The kernel and escalation keys, which need an address key and the
+    /// enforcer (`enforce`, when configured).
+    fn validate_kernel(
+        &self,
+        k: &str,
+        enforce: Option<&crate::enforce::EnforceSection>,
+    ) -> Result<(), ConfigError> {
+        let needs = |what: &str| -> Result<&crate::enforce::EnforceSection, ConfigError> {
+            if self.key != "addr" {
+                return Err(invalid(
+                    &format!("{k}.{what}"),
+                    format!(
+                        "only for key = \"addr\" (the kernel and blocks know source addresses, \
+                         not {} keys)",
+                        self.key
+                    ),
+                ));
+            }
+            enforce.ok_or_else(|| {
+                invalid(
+                    &format!("{k}.{what}"),
+                    "needs an [enforce] section (the table the meter and blocks go in)",
+                )
+            })
+        };
+        if self.kernel {
+            needs("kernel")?;
+            if crate::nft_meter::KernelLimit::rate_unit(self.rate).is_none() {
+                return Err(invalid(
+                    &format!("{k}.rate"),
+                    "with kernel = true the rate must be a whole number of packets per \
+                     second, minute, hour, day or week",
+                ));
+            }
+            if self.burst.is_some_and(|b| b > f64::from(u32::MAX)) {
+                return Err(invalid(&format!("{k}.burst"), "with kernel = true at most 4294967295"));
+            }
+        }
+        if let Some(e) = &self.escalate {
+            let enf = needs("escalate")?;
+            if !(100..=86_400_000).contains(&e.after_ms) {
+                return Err(invalid(&format!("{k}.escalate.after_ms"), "100 to 86400000"));
+            }
+            if !(1_000..=enf.max_ttl_ms).contains(&e.ttl_ms) {
+                return Err(invalid(
+                    &format!("{k}.escalate.ttl_ms"),
+                    format!("1000 to enforce.max_ttl_ms ({})", enf.max_ttl_ms),
+                ));
+            }
+            if !(100..=60_000).contains(&e.gap_ms) {
+                return Err(invalid(&format!("{k}.escalate.gap_ms"), "100 to 60000"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel meter of this limit, with `kernel = true`.
+    pub fn kernel_limit(&self) -> Option<crate::nft_meter::KernelLimit> {
+        if !self.kernel {
+            return None;
+        }
+        let (rate, unit_s) = crate::nft_meter::KernelLimit::rate_unit(self.rate)?;
+        let burst = self.burst.unwrap_or(self.rate).floor().clamp(1.0, f64::from(u32::MAX));
+        Some(crate::nft_meter::KernelLimit {
+            name: self.name.clone(),
+            rate,
+            unit_s,
+            burst: burst as u32,
+            size: u32::try_from(self.max_keys).unwrap_or(u32::MAX),
+            idle_ms: self.idle_ms,
+            v4_prefix: self.prefix_v4,
+            v6_prefix: self.prefix_v6,
+        })
+    }
+
     fn kind(&self, k: &str) -> Result<KeyKind, ConfigError> {
         match self.key.as_str() {
             "addr" => {
@@ -283,6 +385,11 @@ impl LimitSection {
             max_keys: self.max_keys,
             idle: Duration::from_millis(self.idle_ms),
             scope: self.scope("").unwrap_or(Scope::Cluster),
+            escalate: self.escalate.as_ref().map(|e| shoal_core::ratelimit::Escalate {
+                after: Duration::from_millis(e.after_ms),
+                ttl: Duration::from_millis(e.ttl_ms),
+                gap: Duration::from_millis(e.gap_ms),
+            }),
         }
     }
 }
@@ -1198,6 +1305,7 @@ impl Config {
         }
         for (i, l) in self.limits.iter().enumerate() {
             l.validate(&format!("limits[{i}]"))?;
+            l.validate_kernel(&format!("limits[{i}]"), self.enforce.as_ref())?;
         }
         for (i, a) in self.limits.iter().enumerate() {
             for b in &self.limits[..i] {

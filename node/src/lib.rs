@@ -48,6 +48,7 @@ mod incarnation;
 mod limits;
 mod metrics;
 pub mod nft;
+pub mod nft_meter;
 mod preflight;
 mod rulesfile;
 mod server;

@@ -71,7 +71,7 @@ impl HookPoint {
         }
     }
 
-    fn number(self) -> InetHookNumber {
+    pub(crate) fn number(self) -> InetHookNumber {
         match self {
             HookPoint::Prerouting => InetHookNumber::PreRouting,
             HookPoint::Input => InetHookNumber::LocalIn,
@@ -349,7 +349,10 @@ impl Nft {
     /// Sends `msgs` between BATCH_BEGIN and BATCH_END in one `send`, and
     /// waits for the kernel's verdict on the last one (any error before it
     /// means the kernel aborted the whole batch).
-    fn batch(&mut self, msgs: Vec<(&'static str, NfTablesMessage, u16)>) -> Result<(), NftError> {
+    pub(crate) fn batch(
+        &mut self,
+        msgs: Vec<(&'static str, NfTablesMessage, u16)>,
+    ) -> Result<(), NftError> {
         let mut buf = Vec::new();
         let begin = self.next_seq();
         push_msg(
@@ -421,7 +424,10 @@ impl Nft {
 
     /// Sends one dump request and collects the answers up to DONE. A
     /// missing table or set (ENOENT) reads as empty.
-    fn dump(&mut self, req: NfTablesMessage) -> Result<Vec<NfTablesMessage>, NftError> {
+    pub(crate) fn dump(
+        &mut self,
+        req: NfTablesMessage,
+    ) -> Result<Vec<NfTablesMessage>, NftError> {
         let seq = self.next_seq();
         let mut buf = Vec::new();
         push_msg(

@@ -1,0 +1,187 @@
+//! The kernel meter's netlink edge (`nft_meter`) against the real kernel,
+//! in network namespaces of the test threads' own (root): what it installs
+//! lists exactly as what `nft -f` makes of the equivalent rule text (a
+//! dynamic set per family with `limit rate over` in the rule); install
+//! twice is idempotent and a changed config replaces the sets; `nft flush
+//! chain` is seen and repaired; the drops are read back.
+#![allow(clippy::disallowed_methods)]
+
+use std::process::{Command, Stdio};
+
+use shoal_node::nft::{HookPoint, TableSpec};
+use shoal_node::nft_meter::{KernelLimit, Meter};
+
+mod common;
+
+fn nft_cli(args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let tid = unsafe { libc::gettid() };
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/proc/{}/task/{tid}/ns/net", std::process::id()))
+        .arg("nft")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nsenter nft");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("nft");
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn in_own_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: affects only this thread's network namespace.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("test thread")
+}
+
+fn spec() -> TableSpec {
+    TableSpec {
+        table: "shoal_m".into(),
+        hook: HookPoint::Prerouting,
+        priority: -300,
+    }
+}
+
+fn limits() -> Vec<KernelLimit> {
+    vec![
+        KernelLimit {
+            name: "conn".into(),
+            rate: 10,
+            unit_s: 1,
+            burst: 7,
+            size: 4096,
+            idle_ms: 60_000,
+            v4_prefix: 32,
+            v6_prefix: 64,
+        },
+        KernelLimit {
+            name: "slow.net".into(),
+            rate: 30,
+            unit_s: 60,
+            burst: 3,
+            size: 1024,
+            idle_ms: 120_000,
+            v4_prefix: 24,
+            v6_prefix: 48,
+        },
+    ]
+}
+
+/// What an operator would write for the same meters.
+const RULE_TEXT: &str = r#"table inet shoal_m {
+  chain limits { type filter hook prerouting priority -299; policy accept; }
+  set meter_v4_conn { type ipv4_addr; size 4096; flags dynamic,timeout; timeout 60s; }
+  set over_v4_conn { type ipv4_addr; size 4096; flags dynamic,timeout; timeout 2s; }
+  set meter_v6_conn { type ipv6_addr; size 4096; flags dynamic,timeout; timeout 60s; }
+  set over_v6_conn { type ipv6_addr; size 4096; flags dynamic,timeout; timeout 2s; }
+  set meter_v4_slow.net { type ipv4_addr; size 1024; flags dynamic,timeout; timeout 120s; }
+  set over_v4_slow.net { type ipv4_addr; size 1024; flags dynamic,timeout; timeout 2s; }
+  set meter_v6_slow.net { type ipv6_addr; size 1024; flags dynamic,timeout; timeout 120s; }
+  set over_v6_slow.net { type ipv6_addr; size 1024; flags dynamic,timeout; timeout 2s; }
+}
+add rule inet shoal_m limits tcp flags & (syn|ack) == syn update @meter_v4_conn { ip saddr limit rate over 10/second burst 7 packets } update @over_v4_conn { ip saddr } drop comment "shoal limit conn v4"
+add rule inet shoal_m limits tcp flags & (syn|ack) == syn update @meter_v6_conn { ip6 saddr & ffff:ffff:ffff:ffff:: limit rate over 10/second burst 7 packets } update @over_v6_conn { ip6 saddr & ffff:ffff:ffff:ffff:: } drop comment "shoal limit conn v6"
+add rule inet shoal_m limits tcp flags & (syn|ack) == syn update @meter_v4_slow.net { ip saddr & 255.255.255.0 limit rate over 30/minute burst 3 packets } update @over_v4_slow.net { ip saddr & 255.255.255.0 } drop comment "shoal limit slow.net v4"
+add rule inet shoal_m limits tcp flags & (syn|ack) == syn update @meter_v6_slow.net { ip6 saddr & ffff:ffff:ffff:: limit rate over 30/minute burst 3 packets } update @over_v6_slow.net { ip6 saddr & ffff:ffff:ffff:: } drop comment "shoal limit slow.net v6"
+"#;
+
+fn root_or_skip(test: &str) -> bool {
+    if unsafe { libc::geteuid() } != 0 {
+        common::skip(test, "needs root (network namespaces and CAP_NET_ADMIN)");
+        return false;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        common::skip(test, "`nft` missing (used to compare listings)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn the_meter_lists_as_nft_makes_the_same_rule_text() {
+    if !root_or_skip("the_meter_lists_as_nft_makes_the_same_rule_text") {
+        return;
+    }
+    let ours = in_own_netns(|| {
+        let mut m = Meter::open(spec(), limits()).expect("open");
+        m.install().expect("install");
+        nft_cli(&["list", "table", "inet", "shoal_m"], None)
+    });
+    let theirs = in_own_netns(|| {
+        nft_cli(&["-f", "-"], Some(RULE_TEXT));
+        nft_cli(&["list", "table", "inet", "shoal_m"], None)
+    });
+    println!("{ours}");
+    assert!(ours.contains("flags dynamic,timeout"), "{ours}");
+    assert!(
+        ours.contains("update @meter_v4_conn { ip saddr limit rate over 10/second burst 7 packets }"),
+        "{ours}"
+    );
+    assert_eq!(ours, theirs, "our listing (left) and nft's (right) differ");
+}
+
+#[test]
+fn install_is_idempotent_repairs_a_flushed_chain_and_replaces_changed_sets() {
+    if !root_or_skip("install_is_idempotent_repairs_a_flushed_chain_and_replaces_changed_sets") {
+        return;
+    }
+    in_own_netns(|| {
+        let mut m = Meter::open(spec(), limits()).expect("open");
+        m.install().expect("install");
+        m.install().expect("install again");
+        assert!(m.rules_ok().expect("read"));
+        let before = nft_cli(&["list", "table", "inet", "shoal_m"], None);
+        // Damage by hand: the rules go, the sets stay.
+        nft_cli(&["flush", "chain", "inet", "shoal_m", "limits"], None);
+        assert!(!m.rules_ok().expect("read"));
+        m.repair().expect("repair");
+        assert!(m.rules_ok().expect("read"));
+        assert_eq!(nft_cli(&["list", "table", "inet", "shoal_m"], None), before);
+        // The whole table flushed.
+        nft_cli(&["flush", "table", "inet", "shoal_m"], None);
+        assert!(!m.rules_ok().expect("read"));
+        m.repair().expect("repair");
+        assert!(m.rules_ok().expect("read"));
+        // A rule of someone else's in the chain is noticed.
+        nft_cli(
+            &["add", "rule", "inet", "shoal_m", "limits", "tcp", "dport", "22", "accept"],
+            None,
+        );
+        assert!(!m.rules_ok().expect("read"));
+        m.repair().expect("repair");
+        assert!(m.rules_ok().expect("read"));
+        // A new config (another rate and size): the sets are made again.
+        let mut changed = limits();
+        changed[0].rate = 20;
+        changed[0].size = 8192;
+        let mut m2 = Meter::open(spec(), changed).expect("open");
+        // A repair alone would clash with the old sets: it falls back.
+        m2.repair().expect("repair with a changed config");
+        let after = nft_cli(&["list", "table", "inet", "shoal_m"], None);
+        assert!(after.contains("limit rate over 20/second burst 7 packets"), "{after}");
+        assert!(after.contains("size 8192"), "{after}");
+        assert!(m2.rules_ok().expect("read"));
+        // Nothing dropped yet.
+        assert!(m2.dropped().expect("read drops").is_empty());
+    });
+}
