@@ -72,6 +72,8 @@ pub(crate) struct IoStats {
     pub(crate) syslog: crate::syslog::SyslogStats,
     /// The block table and the enforcer (`enforce`).
     pub(crate) enforce: std::sync::Mutex<crate::enforce::EnforceStats>,
+    /// The kernel meters of `[[limits]]` (`limits`).
+    pub(crate) meter: crate::limits::MeterStats,
 }
 
 impl IoStats {
@@ -151,6 +153,7 @@ impl IoStats {
         self.forwarder.register(reg);
         self.syslog.register(reg);
         crate::enforce::register(&self.enforce, reg);
+        crate::limits::register_meter(&self.meter, reg);
     }
 }
 

@@ -2,7 +2,7 @@
 //! for nftables meters, no decisions and no `nft` process.
 //!
 //! In the enforcer's table (`[enforce] table`) it owns one base chain,
-//! `limits`, at the enforcer's hook and priority + 1 (after the block
+//! `ratelimit`, at the enforcer's hook and priority + 1 (after the block
 //! drop: a blocked source spends no meter budget), and per limit and
 //! family two dynamic sets:
 //!
@@ -37,7 +37,7 @@ use netlink_packet_netfilter::nftables::{
 use crate::nft::{Nft, NftError, TableSpec};
 
 /// The chain this module owns in the enforcer's table.
-pub const CHAIN: &str = "limits";
+pub const CHAIN: &str = "ratelimit";
 /// How long a dropped source stays in its `over_` set after its last
 /// dropped SYN: longer than the read-back period, so none is missed.
 pub const OVER_TIMEOUT_MS: u64 = 2_000;
@@ -160,7 +160,7 @@ pub fn setup_msgs(
             NLM_F_CREATE,
         ),
         (
-            "the limits chain (is the hook or priority different from an existing chain's?)",
+            "the ratelimit chain (is the hook or priority different from an existing chain's?)",
             NfTablesMessage::NewChain(ChainMessage {
                 attributes: vec![
                     ChainAttribute::Table(t.clone()),
@@ -176,7 +176,7 @@ pub fn setup_msgs(
             NLM_F_CREATE,
         ),
         (
-            "flushing the limits chain",
+            "flushing the ratelimit chain",
             NfTablesMessage::DeleteRule(RuleMessage {
                 attributes: vec![
                     RuleAttribute::Table(t.clone()),

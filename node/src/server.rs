@@ -254,6 +254,9 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         }
         None => None,
     };
+    // The kernel meters and escalation, in the enforcer's table.
+    let limits = crate::limits::start(&cfg, Arc::clone(&shared), span.clone())
+        .map_err(ServerError::Enforce)?;
     // Bound before the node says it serves, so /metrics answers as soon as
     // the log line is out.
     let api_addr = cfg.http.api_addr(api.is_some());
@@ -334,6 +337,9 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         // Stop taking records first, then let the saver drain.
         let _ = stop_tx.send(());
         let _ = rt.block_on(saver);
+    }
+    if let Some(l) = limits {
+        let _ = l.join();
     }
     if let Some(e) = enforcer {
         e.stop();

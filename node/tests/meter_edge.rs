@@ -43,6 +43,15 @@ fn nft_cli(args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The expression lines of `nft --debug=netlink list`.
+fn exprs(debug: &str) -> Vec<String> {
+    debug
+        .lines()
+        .filter(|l| l.trim_start().starts_with('['))
+        .map(str::to_string)
+        .collect()
+}
+
 fn in_own_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
         // SAFETY: affects only this thread's network namespace.
@@ -89,7 +98,7 @@ fn limits() -> Vec<KernelLimit> {
 
 /// What an operator would write for the same meters.
 const RULE_TEXT: &str = r#"table inet shoal_m {
-  chain limits { type filter hook prerouting priority -299; policy accept; }
+  chain ratelimit { type filter hook prerouting priority -299; policy accept; }
   set meter_v4_conn { type ipv4_addr; size 4096; flags dynamic,timeout; timeout 60s; }
   set over_v4_conn { type ipv4_addr; size 4096; flags dynamic,timeout; timeout 2s; }
   set meter_v6_conn { type ipv6_addr; size 4096; flags dynamic,timeout; timeout 60s; }
@@ -99,10 +108,10 @@ const RULE_TEXT: &str = r#"table inet shoal_m {
   set meter_v6_slow.net { type ipv6_addr; size 1024; flags dynamic,timeout; timeout 120s; }
   set over_v6_slow.net { type ipv6_addr; size 1024; flags dynamic,timeout; timeout 2s; }
 }
-add rule inet shoal_m limits tcp flags & (syn|ack) == syn update @meter_v4_conn { ip saddr limit rate over 10/second burst 7 packets } update @over_v4_conn { ip saddr } drop comment "shoal limit conn v4"
-add rule inet shoal_m limits tcp flags & (syn|ack) == syn update @meter_v6_conn { ip6 saddr & ffff:ffff:ffff:ffff:: limit rate over 10/second burst 7 packets } update @over_v6_conn { ip6 saddr & ffff:ffff:ffff:ffff:: } drop comment "shoal limit conn v6"
-add rule inet shoal_m limits tcp flags & (syn|ack) == syn update @meter_v4_slow.net { ip saddr & 255.255.255.0 limit rate over 30/minute burst 3 packets } update @over_v4_slow.net { ip saddr & 255.255.255.0 } drop comment "shoal limit slow.net v4"
-add rule inet shoal_m limits tcp flags & (syn|ack) == syn update @meter_v6_slow.net { ip6 saddr & ffff:ffff:ffff:: limit rate over 30/minute burst 3 packets } update @over_v6_slow.net { ip6 saddr & ffff:ffff:ffff:: } drop comment "shoal limit slow.net v6"
+add rule inet shoal_m ratelimit tcp flags & (syn|ack) == syn update @meter_v4_conn { ip saddr limit rate over 10/second burst 7 packets } update @over_v4_conn { ip saddr } drop comment "shoal limit conn v4"
+add rule inet shoal_m ratelimit tcp flags & (syn|ack) == syn update @meter_v6_conn { ip6 saddr & ffff:ffff:ffff:ffff:: limit rate over 10/second burst 7 packets } update @over_v6_conn { ip6 saddr & ffff:ffff:ffff:ffff:: } drop comment "shoal limit conn v6"
+add rule inet shoal_m ratelimit tcp flags & (syn|ack) == syn update @meter_v4_slow.net { ip saddr & 255.255.255.0 limit rate over 30/minute burst 3 packets } update @over_v4_slow.net { ip saddr & 255.255.255.0 } drop comment "shoal limit slow.net v4"
+add rule inet shoal_m ratelimit tcp flags & (syn|ack) == syn update @meter_v6_slow.net { ip6 saddr & ffff:ffff:ffff:: limit rate over 30/minute burst 3 packets } update @over_v6_slow.net { ip6 saddr & ffff:ffff:ffff:: } drop comment "shoal limit slow.net v6"
 "#;
 
 fn root_or_skip(test: &str) -> bool {
@@ -125,12 +134,22 @@ fn the_meter_lists_as_nft_makes_the_same_rule_text() {
     let ours = in_own_netns(|| {
         let mut m = Meter::open(spec(), limits()).expect("open");
         m.install().expect("install");
-        nft_cli(&["list", "table", "inet", "shoal_m"], None)
+        (
+            nft_cli(&["list", "table", "inet", "shoal_m"], None),
+            exprs(&nft_cli(&["--debug=netlink", "list", "table", "inet", "shoal_m"], None)),
+        )
     });
     let theirs = in_own_netns(|| {
         nft_cli(&["-f", "-"], Some(RULE_TEXT));
-        nft_cli(&["list", "table", "inet", "shoal_m"], None)
+        (
+            nft_cli(&["list", "table", "inet", "shoal_m"], None),
+            exprs(&nft_cli(&["--debug=netlink", "list", "table", "inet", "shoal_m"], None)),
+        )
     });
+    let ((ours, our_exprs), (theirs, their_exprs)) = (ours, theirs);
+    // The kernel's expressions, one line each, the same to the byte.
+    assert_eq!(our_exprs.len(), 12 + 3 * 14, "{our_exprs:#?}");
+    assert_eq!(our_exprs, their_exprs);
     println!("{ours}");
     assert!(ours.contains("flags dynamic,timeout"), "{ours}");
     assert!(
@@ -152,7 +171,7 @@ fn install_is_idempotent_repairs_a_flushed_chain_and_replaces_changed_sets() {
         assert!(m.rules_ok().expect("read"));
         let before = nft_cli(&["list", "table", "inet", "shoal_m"], None);
         // Damage by hand: the rules go, the sets stay.
-        nft_cli(&["flush", "chain", "inet", "shoal_m", "limits"], None);
+        nft_cli(&["flush", "chain", "inet", "shoal_m", "ratelimit"], None);
         assert!(!m.rules_ok().expect("read"));
         m.repair().expect("repair");
         assert!(m.rules_ok().expect("read"));
@@ -164,7 +183,7 @@ fn install_is_idempotent_repairs_a_flushed_chain_and_replaces_changed_sets() {
         assert!(m.rules_ok().expect("read"));
         // A rule of someone else's in the chain is noticed.
         nft_cli(
-            &["add", "rule", "inet", "shoal_m", "limits", "tcp", "dport", "22", "accept"],
+            &["add", "rule", "inet", "shoal_m", "ratelimit", "tcp", "dport", "22", "accept"],
             None,
         );
         assert!(!m.rules_ok().expect("read"));
