@@ -523,6 +523,41 @@ fn a_key_over_its_limit_for_long_escalates_to_one_block_per_episode() {
 }
 
 #[test]
+fn an_escalation_the_block_rules_refuse_is_counted_with_its_reason() {
+    let mut sim = Sim::new(0.0, 21);
+    for n in &mut sim.nodes {
+        n.set_enforce_rules(shoal_core::enforce::EnforceRules {
+            allowlist: vec!["192.0.2.0/24".parse().unwrap()],
+            ..Default::default()
+        });
+    }
+    idle(&mut sim, ms(300));
+    let key = KeyKind::addr_key("192.0.2.9".parse().unwrap());
+    offer(&mut sim, "esc", key, 10.0, ms(3_000));
+    idle(&mut sim, ms(1_500));
+    let (mut refused, mut blocked, mut crossed) = (0, 0, 0);
+    let mut events = Vec::new();
+    for n in &mut sim.nodes {
+        let s = n.limit_snapshots().into_iter().find(|l| l.name == "esc").unwrap();
+        refused += s.escalate.refused;
+        blocked += s.escalate.blocked;
+        crossed += s.escalate.crossed;
+        n.take_escalation_events(&mut events);
+        assert!(n.blocks().is_empty());
+    }
+    println!("allowlisted: crossed {crossed}, refused {refused}, {:?}", events.first());
+    assert_eq!(blocked, 0);
+    // Every node that crossed refused once (nothing reached the others).
+    assert!(crossed >= N as u64 / 2);
+    assert_eq!(refused, crossed);
+    assert_eq!(events.len() as u64, refused);
+    assert!(events.iter().all(|e| matches!(
+        &e.outcome,
+        shoal_core::escalate::Outcome::Refused(why) if why.contains("192.0.2.0/24")
+    )));
+}
+
+#[test]
 fn bad_limit_queries_and_a_filter_s_key_rate_are_refused_with_reasons() {
     let mut sim = Sim::new(0.0, 1);
     let id = u64::from(rule("cluster", Scope::Cluster).id());

@@ -2040,6 +2040,46 @@ socket = "/tmp/shoal.sock"
     }
 
     #[test]
+    fn kernel_meters_and_escalation_need_addr_keys_and_enforce() {
+        let enforce = "[enforce]\nallow_unsigned = true\n\n";
+        let ok = format!(
+            "{MINIMAL}{enforce}[[limits]]\nname = \"conn\"\nkey = \"addr\"\nrate = 0.5\nburst = 3.7\nprefix_v4 = 24\nkernel = true\nescalate = {{ after_ms = 10000, ttl_ms = 600000 }}\n"
+        );
+        let c = Config::parse(&ok).expect("valid");
+        let k = c.limits[0].kernel_limit().expect("a kernel limit");
+        assert_eq!((k.rate, k.unit_s, k.burst, k.v4_prefix), (30, 60, 3, 24));
+        assert_eq!((k.size, k.idle_ms), (65_536, 60_000));
+        let e = c.limit_rules()[0].escalate.expect("escalates");
+        assert_eq!(
+            (e.after, e.ttl, e.gap),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(600),
+                Duration::from_secs(1)
+            )
+        );
+        let limit = |with_enforce: bool, body: &str| {
+            let e = if with_enforce { enforce } else { "" };
+            format!("{MINIMAL}{e}[[limits]]\nname = \"a\"\n{body}\n")
+        };
+        for (with_enforce, body, key, says) in [
+            (true, "key = \"session\"\nrate = 1\nkernel = true", "limits[0].kernel", "only for key = \"addr\""),
+            (false, "key = \"addr\"\nrate = 1\nkernel = true", "limits[0].kernel", "[enforce]"),
+            (true, "key = \"opaque\"\nrate = 1\nescalate = { after_ms = 1000, ttl_ms = 1000 }", "limits[0].escalate", "only for key"),
+            (false, "key = \"addr\"\nrate = 1\nescalate = { after_ms = 1000, ttl_ms = 1000 }", "limits[0].escalate", "[enforce]"),
+            (true, "key = \"addr\"\nrate = 0.0769\nkernel = true", "limits[0].rate", "whole number"),
+            (true, "key = \"addr\"\nrate = 1\nescalate = { after_ms = 10, ttl_ms = 1000 }", "limits[0].escalate.after_ms", "100 to"),
+            (true, "key = \"addr\"\nrate = 1\nescalate = { after_ms = 1000, ttl_ms = 999999999999 }", "limits[0].escalate.ttl_ms", "max_ttl_ms"),
+            (true, "key = \"addr\"\nrate = 1\nescalate = { after_ms = 1000, ttl_ms = 1000, gap_ms = 0 }", "limits[0].escalate.gap_ms", "100 to"),
+        ] {
+            let e = err(&limit(with_enforce, body));
+            assert!(e.contains(key) && e.contains(says), "{body}: {e}");
+        }
+        let typo = limit(true, "key = \"addr\"\nrate = 1\nescalate = { after = 1000, ttl_ms = 1000 }");
+        assert!(err(&typo).contains("after"), "{}", err(&typo));
+    }
+
+    #[test]
     fn limits_are_read_with_defaults_and_checked() {
         let ok = format!(
             "{MINIMAL}[[limits]]\nname = \"conn\"\nkey = \"addr\"\nrate = 50\nprefix_v4 = 24\n\n[[limits]]\nname = \"login\"\nkey = \"session\"\nrate = 2.5\nburst = 10\nscope = \"node\"\n"

@@ -927,6 +927,15 @@ mod tests {
                 keys: 821,
                 max_keys: 822,
                 peer_keys: 823,
+                escalate: shoal_core::escalate::EscalateCounters {
+                    crossed: 841,
+                    blocked: 842,
+                    already_blocked: 843,
+                    refused: 844,
+                    table_full: 845,
+                    pending_dropped: 846,
+                },
+                episodes: 847,
             }],
             key_rate_unknown_table: 830,
             backlog: Some(BacklogSnapshot {
@@ -961,6 +970,8 @@ mod tests {
         set(&io.http_timeouts, 809);
         set(&io.startup_us, 1_500_000);
         set(&io.auth_enabled, 1);
+        set(&io.meter.rules, 2);
+        *io.meter.dropping.lock().unwrap() = vec![("login".into(), 3)];
         set(&io.store.failovers, 901);
         set(&io.store.suspects, 903);
         set(&io.store.recoveries, 904);

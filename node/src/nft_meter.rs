@@ -572,7 +572,7 @@ mod tests {
         assert_eq!(KernelLimit::rate_unit(1.0 / 3600.0), Some((1, 3600)));
         assert_eq!(KernelLimit::rate_unit(0.0), None);
         assert_eq!(KernelLimit::rate_unit(f64::NAN), None);
-        assert_eq!(KernelLimit::rate_unit(1.0 / 7.0), None);
+        assert_eq!(KernelLimit::rate_unit(1.0 / 13.0), None);
     }
 
     #[test]
