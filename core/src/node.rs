@@ -1456,7 +1456,9 @@ impl Node {
             let Some(esc) = l.rule().escalate else {
                 continue;
             };
-            let wall = |t: Instant| self.wall_at_epoch_us + t.saturating_duration_since(self.epoch).as_micros() as u64;
+            let wall = |t: Instant| {
+                self.wall_at_epoch_us + t.saturating_duration_since(self.epoch).as_micros() as u64
+            };
             let wall_now = wall(now);
             l.due_escalations(|k, at| turn(k, me, &live, wall(at)) <= wall_now, &mut due);
             for p in due.drain(..) {
@@ -1483,7 +1485,11 @@ impl Node {
                     Err(e) => Outcome::Refused(format!("{e:?}")),
                 }
             };
-            if let Some(c) = self.limits.get_mut(id).and_then(|l| l.escalate_counters_mut()) {
+            if let Some(c) = self
+                .limits
+                .get_mut(id)
+                .and_then(|l| l.escalate_counters_mut())
+            {
                 match outcome {
                     Outcome::Blocked { .. } => c.blocked += 1,
                     Outcome::AlreadyBlocked => c.already_blocked += 1,

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use shoal_wire::Prefix;
 
-use crate::escalate::{EscalateCounters, Episodes};
 pub use crate::escalate::Escalate;
+use crate::escalate::{Episodes, EscalateCounters};
 use crate::hash::{Map, SeededState};
 use crate::keyrate::{
     domain, name_id, table_id, KeyRateCounters, KeyRateParams, KeyRateRecord, KeyRates, KeyView,
@@ -413,11 +413,7 @@ impl Limiter {
 
     /// Keys whose escalation is due (see `escalate`), as their prefixes;
     /// `ready(key, crossed_at)` says whether this node's turn came.
-    pub fn due_escalations(
-        &mut self,
-        ready: impl Fn(u64, Instant) -> bool,
-        out: &mut Vec<Prefix>,
-    ) {
+    pub fn due_escalations(&mut self, ready: impl Fn(u64, Instant) -> bool, out: &mut Vec<Prefix>) {
         let Some(e) = self.episodes.as_mut() else {
             return;
         };
@@ -444,7 +440,11 @@ impl Limiter {
             keys: self.rates.len(),
             max_keys: self.rates.params().capacity,
             peer_keys: self.rates.peer_len(),
-            escalate: self.episodes.as_ref().map(|e| e.counters).unwrap_or_default(),
+            escalate: self
+                .episodes
+                .as_ref()
+                .map(|e| e.counters)
+                .unwrap_or_default(),
             episodes: self.episodes.as_ref().map_or(0, |e| e.len()),
         }
     }

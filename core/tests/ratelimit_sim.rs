@@ -442,13 +442,17 @@ fn idle(sim: &mut Sim, dur: Duration) {
 fn escalation_episodes(loss: f64, seed: u64) -> (u64, u64) {
     let mut sim = Sim::new(loss, seed);
     idle(&mut sim, ms(300));
-    let src: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+    let src: std::net::IpAddr = "192.0.2.7".parse().expect("address");
     let key = KeyKind::addr_key(src);
-    let prefix: shoal_wire::Prefix = "192.0.2.7/32".parse().unwrap();
+    let prefix: shoal_wire::Prefix = "192.0.2.7/32".parse().expect("address");
     let totals = |sim: &Sim| {
         let mut t = shoal_core::escalate::EscalateCounters::default();
         for n in &sim.nodes {
-            let s = n.limit_snapshots().into_iter().find(|l| l.name == "esc").unwrap();
+            let s = n
+                .limit_snapshots()
+                .into_iter()
+                .find(|l| l.name == "esc")
+                .expect("the esc limit");
             t.crossed += s.escalate.crossed;
             t.blocked += s.escalate.blocked;
             t.already_blocked += s.escalate.already_blocked;
@@ -462,7 +466,10 @@ fn escalation_episodes(loss: f64, seed: u64) -> (u64, u64) {
     // 10x its limit, spread evenly, for 1.5 s: denied, not long enough.
     offer(&mut sim, "esc", key, 10.0, ms(1_500));
     assert_eq!(totals(&sim).crossed, 0);
-    assert!(sim.nodes.iter().all(|n| n.blocks().get(sim.at(), &prefix).is_none()));
+    assert!(sim
+        .nodes
+        .iter()
+        .all(|n| n.blocks().get(sim.at(), &prefix).is_none()));
     // Going on to 3 s: every node denying it crosses; one BLOCK is sent
     // and every node holds it.
     offer(&mut sim, "esc", key, 10.0, ms(1_500));
@@ -476,7 +483,10 @@ fn escalation_episodes(loss: f64, seed: u64) -> (u64, u64) {
     assert_eq!(t.crossed, t.blocked + t.already_blocked, "{t:?}");
     let now = sim.at();
     for (i, n) in sim.nodes.iter().enumerate() {
-        let b = n.blocks().get(now, &prefix).unwrap_or_else(|| panic!("node {i} holds the block"));
+        let b = n
+            .blocks()
+            .get(now, &prefix)
+            .unwrap_or_else(|| panic!("node {i} holds the block"));
         assert!(b.expires > now + ms(3_000));
     }
     let mut events = Vec::new();
@@ -490,11 +500,16 @@ fn escalation_episodes(loss: f64, seed: u64) -> (u64, u64) {
             .count() as u64,
         first
     );
-    assert!(events.iter().all(|e| e.limit == "esc" && e.prefix == prefix));
+    assert!(events
+        .iter()
+        .all(|e| e.limit == "esc" && e.prefix == prefix));
     // Blocked, the source reaches no filter (the kernel drops it). After
     // the TTL it comes back as hard: a new episode, one more block.
     idle(&mut sim, ms(4_500));
-    assert!(sim.nodes.iter().all(|n| n.blocks().get(sim.at(), &prefix).is_none()));
+    assert!(sim
+        .nodes
+        .iter()
+        .all(|n| n.blocks().get(sim.at(), &prefix).is_none()));
     offer(&mut sim, "esc", key, 10.0, ms(3_000));
     idle(&mut sim, ms(1_000));
     let t = totals(&sim);
@@ -527,25 +542,32 @@ fn an_escalation_the_block_rules_refuse_is_counted_with_its_reason() {
     let mut sim = Sim::new(0.0, 21);
     for n in &mut sim.nodes {
         n.set_enforce_rules(shoal_core::enforce::EnforceRules {
-            allowlist: vec!["192.0.2.0/24".parse().unwrap()],
+            allowlist: vec!["192.0.2.0/24".parse().expect("address")],
             ..Default::default()
         });
     }
     idle(&mut sim, ms(300));
-    let key = KeyKind::addr_key("192.0.2.9".parse().unwrap());
+    let key = KeyKind::addr_key("192.0.2.9".parse().expect("address"));
     offer(&mut sim, "esc", key, 10.0, ms(3_000));
     idle(&mut sim, ms(1_500));
     let (mut refused, mut blocked, mut crossed) = (0, 0, 0);
     let mut events = Vec::new();
     for n in &mut sim.nodes {
-        let s = n.limit_snapshots().into_iter().find(|l| l.name == "esc").unwrap();
+        let s = n
+            .limit_snapshots()
+            .into_iter()
+            .find(|l| l.name == "esc")
+            .expect("the esc limit");
         refused += s.escalate.refused;
         blocked += s.escalate.blocked;
         crossed += s.escalate.crossed;
         n.take_escalation_events(&mut events);
         assert!(n.blocks().is_empty());
     }
-    println!("allowlisted: crossed {crossed}, refused {refused}, {:?}", events.first());
+    println!(
+        "allowlisted: crossed {crossed}, refused {refused}, {:?}",
+        events.first()
+    );
     assert_eq!(blocked, 0);
     // Every node that crossed refused once (nothing reached the others).
     assert!(crossed >= N as u64 / 2);

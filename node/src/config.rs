@@ -300,13 +300,19 @@ impl LimitSection {
                 ));
             }
             if self.burst.is_some_and(|b| b > f64::from(u32::MAX)) {
-                return Err(invalid(&format!("{k}.burst"), "with kernel = true at most 4294967295"));
+                return Err(invalid(
+                    &format!("{k}.burst"),
+                    "with kernel = true at most 4294967295",
+                ));
             }
         }
         if let Some(e) = &self.escalate {
             let enf = needs("escalate")?;
             if !(100..=86_400_000).contains(&e.after_ms) {
-                return Err(invalid(&format!("{k}.escalate.after_ms"), "100 to 86400000"));
+                return Err(invalid(
+                    &format!("{k}.escalate.after_ms"),
+                    "100 to 86400000",
+                ));
             }
             if !(1_000..=enf.max_ttl_ms).contains(&e.ttl_ms) {
                 return Err(invalid(
@@ -327,7 +333,11 @@ impl LimitSection {
             return None;
         }
         let (rate, unit_s) = crate::nft_meter::KernelLimit::rate_unit(self.rate)?;
-        let burst = self.burst.unwrap_or(self.rate).floor().clamp(1.0, f64::from(u32::MAX));
+        let burst = self
+            .burst
+            .unwrap_or(self.rate)
+            .floor()
+            .clamp(1.0, f64::from(u32::MAX));
         Some(crate::nft_meter::KernelLimit {
             name: self.name.clone(),
             rate,
@@ -385,11 +395,14 @@ impl LimitSection {
             max_keys: self.max_keys,
             idle: Duration::from_millis(self.idle_ms),
             scope: self.scope("").unwrap_or(Scope::Cluster),
-            escalate: self.escalate.as_ref().map(|e| shoal_core::ratelimit::Escalate {
-                after: Duration::from_millis(e.after_ms),
-                ttl: Duration::from_millis(e.ttl_ms),
-                gap: Duration::from_millis(e.gap_ms),
-            }),
+            escalate: self
+                .escalate
+                .as_ref()
+                .map(|e| shoal_core::ratelimit::Escalate {
+                    after: Duration::from_millis(e.after_ms),
+                    ttl: Duration::from_millis(e.ttl_ms),
+                    gap: Duration::from_millis(e.gap_ms),
+                }),
         }
     }
 }
@@ -2075,7 +2088,10 @@ socket = "/tmp/shoal.sock"
             let e = err(&limit(with_enforce, body));
             assert!(e.contains(key) && e.contains(says), "{body}: {e}");
         }
-        let typo = limit(true, "key = \"addr\"\nrate = 1\nescalate = { after = 1000, ttl_ms = 1000 }");
+        let typo = limit(
+            true,
+            "key = \"addr\"\nrate = 1\nescalate = { after = 1000, ttl_ms = 1000 }",
+        );
         assert!(err(&typo).contains("after"), "{}", err(&typo));
     }
 

@@ -69,7 +69,10 @@ pub(crate) fn start(
         .collect();
     let mut meter = if kernel.is_empty() || enf.dry_run {
         if !kernel.is_empty() {
-            info!(limits = kernel.len(), "enforce dry run: kernel meters not installed");
+            info!(
+                limits = kernel.len(),
+                "enforce dry run: kernel meters not installed"
+            );
         }
         None
     } else {
@@ -107,7 +110,12 @@ pub(crate) fn start(
     Ok(Some(t))
 }
 
-fn run(mut meter: Option<&mut Meter>, feed: &[(String, u32)], shared: &Shared, reconcile: Duration) {
+fn run(
+    mut meter: Option<&mut Meter>,
+    feed: &[(String, u32)],
+    shared: &Shared,
+    reconcile: Duration,
+) {
     let stats = &shared.io.meter;
     let mut next_check = Instant::now() + reconcile;
     let mut events = Vec::new();
@@ -134,7 +142,9 @@ fn run(mut meter: Option<&mut Meter>, feed: &[(String, u32)], shared: &Shared, r
                         node.limit_kernel_denied(id, at, KeyKind::addr_key(d.addr));
                     }
                     drop(node);
-                    stats.denials.fetch_add(list.len() as u64, Ordering::Relaxed);
+                    stats
+                        .denials
+                        .fetch_add(list.len() as u64, Ordering::Relaxed);
                     *stats.dropping.lock().unwrap_or_else(|p| p.into_inner()) = per;
                 }
                 Err(e) => {

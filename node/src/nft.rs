@@ -424,10 +424,7 @@ impl Nft {
 
     /// Sends one dump request and collects the answers up to DONE. A
     /// missing table or set (ENOENT) reads as empty.
-    pub(crate) fn dump(
-        &mut self,
-        req: NfTablesMessage,
-    ) -> Result<Vec<NfTablesMessage>, NftError> {
+    pub(crate) fn dump(&mut self, req: NfTablesMessage) -> Result<Vec<NfTablesMessage>, NftError> {
         let seq = self.next_seq();
         let mut buf = Vec::new();
         push_msg(

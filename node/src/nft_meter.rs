@@ -100,11 +100,14 @@ impl KernelLimit {
         if !(per_s.is_finite() && per_s > 0.0) {
             return None;
         }
-        [1u64, 60, 3_600, 86_400, 604_800].into_iter().find_map(|u| {
-            let n = per_s * u as f64;
-            let r = n.round();
-            ((n - r).abs() < 1e-6 * n.max(1.0) && r >= 1.0 && r < 1e15).then_some((r as u64, u))
-        })
+        [1u64, 60, 3_600, 86_400, 604_800]
+            .into_iter()
+            .find_map(|u| {
+                let n = per_s * u as f64;
+                let r = n.round();
+                ((n - r).abs() < 1e-6 * n.max(1.0) && (1.0..1e15).contains(&r))
+                    .then_some((r as u64, u))
+            })
     }
 
     pub fn set(&self, meter: bool, v4: bool) -> String {
@@ -232,8 +235,19 @@ fn set_id(i: usize, meter: bool, v4: bool) -> u32 {
     SET_ID_BASE + 4 * i as u32 + if v4 { 0 } else { 2 } + u32::from(!meter)
 }
 
-fn new_set(table: &str, name: &str, v4: bool, size: u32, timeout_ms: u64, id: u32) -> NfTablesMessage {
-    let (ty, len) = if v4 { (TYPE_IPADDR, 4) } else { (TYPE_IP6ADDR, 16) };
+fn new_set(
+    table: &str,
+    name: &str,
+    v4: bool,
+    size: u32,
+    timeout_ms: u64,
+    id: u32,
+) -> NfTablesMessage {
+    let (ty, len) = if v4 {
+        (TYPE_IPADDR, 4)
+    } else {
+        (TYPE_IP6ADDR, 16)
+    };
     NfTablesMessage::NewSet(SetMessage {
         attributes: vec![
             SetAttribute::Table(table.into()),
@@ -321,7 +335,10 @@ fn dynset(set: &str, id: u32, limit: Option<&KernelLimit>) -> ListAttribute<Expr
                 attributes: data,
             }),
         ];
-        attrs.push(DefaultNla::new(DYNSET_EXPR | NLA_F_NESTED, nested(&limit_expr)));
+        attrs.push(DefaultNla::new(
+            DYNSET_EXPR | NLA_F_NESTED,
+            nested(&limit_expr),
+        ));
     }
     expr(Expressions::Other {
         expression_type: "dynset".into(),
@@ -591,7 +608,14 @@ mod tests {
         let mut v6 = vec![0xff; 8];
         v6.extend([0; 8]);
         assert_eq!(l.mask(false), Some(v6));
-        assert_eq!(KernelLimit { v4_prefix: 32, ..l.clone() }.mask(true), None);
+        assert_eq!(
+            KernelLimit {
+                v4_prefix: 32,
+                ..l.clone()
+            }
+            .mask(true),
+            None
+        );
         let NfTablesMessage::NewRule(r) = rule("t", &l, true, 1) else {
             panic!()
         };
@@ -602,7 +626,7 @@ mod tests {
                 RuleAttribute::UserData(u) => Some(u.clone()),
                 _ => None,
             })
-            .unwrap();
+            .expect("user data");
         assert_eq!(comment_of(&udata).as_deref(), Some("shoal limit conn v4"));
         assert_eq!(comment_of(b"shoal:v4"), None);
     }

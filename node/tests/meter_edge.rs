@@ -17,7 +17,10 @@ fn nft_cli(args: &[&str], stdin: Option<&str>) -> String {
     use std::io::Write;
     let tid = unsafe { libc::gettid() };
     let mut child = Command::new("nsenter")
-        .arg(format!("--net=/proc/{}/task/{tid}/ns/net", std::process::id()))
+        .arg(format!(
+            "--net=/proc/{}/task/{tid}/ns/net",
+            std::process::id()
+        ))
         .arg("nft")
         .args(args)
         .stdin(Stdio::piped())
@@ -136,14 +139,20 @@ fn the_meter_lists_as_nft_makes_the_same_rule_text() {
         m.install().expect("install");
         (
             nft_cli(&["list", "table", "inet", "shoal_m"], None),
-            exprs(&nft_cli(&["--debug=netlink", "list", "table", "inet", "shoal_m"], None)),
+            exprs(&nft_cli(
+                &["--debug=netlink", "list", "table", "inet", "shoal_m"],
+                None,
+            )),
         )
     });
     let theirs = in_own_netns(|| {
         nft_cli(&["-f", "-"], Some(RULE_TEXT));
         (
             nft_cli(&["list", "table", "inet", "shoal_m"], None),
-            exprs(&nft_cli(&["--debug=netlink", "list", "table", "inet", "shoal_m"], None)),
+            exprs(&nft_cli(
+                &["--debug=netlink", "list", "table", "inet", "shoal_m"],
+                None,
+            )),
         )
     });
     let ((ours, our_exprs), (theirs, their_exprs)) = (ours, theirs);
@@ -153,7 +162,9 @@ fn the_meter_lists_as_nft_makes_the_same_rule_text() {
     println!("{ours}");
     assert!(ours.contains("flags dynamic,timeout"), "{ours}");
     assert!(
-        ours.contains("update @meter_v4_conn { ip saddr limit rate over 10/second burst 7 packets }"),
+        ours.contains(
+            "update @meter_v4_conn { ip saddr limit rate over 10/second burst 7 packets }"
+        ),
         "{ours}"
     );
     assert_eq!(ours, theirs, "our listing (left) and nft's (right) differ");
@@ -183,7 +194,17 @@ fn install_is_idempotent_repairs_a_flushed_chain_and_replaces_changed_sets() {
         assert!(m.rules_ok().expect("read"));
         // A rule of someone else's in the chain is noticed.
         nft_cli(
-            &["add", "rule", "inet", "shoal_m", "ratelimit", "tcp", "dport", "22", "accept"],
+            &[
+                "add",
+                "rule",
+                "inet",
+                "shoal_m",
+                "ratelimit",
+                "tcp",
+                "dport",
+                "22",
+                "accept",
+            ],
             None,
         );
         assert!(!m.rules_ok().expect("read"));
@@ -197,7 +218,10 @@ fn install_is_idempotent_repairs_a_flushed_chain_and_replaces_changed_sets() {
         // A repair alone would clash with the old sets: it falls back.
         m2.repair().expect("repair with a changed config");
         let after = nft_cli(&["list", "table", "inet", "shoal_m"], None);
-        assert!(after.contains("limit rate over 20/second burst 7 packets"), "{after}");
+        assert!(
+            after.contains("limit rate over 20/second burst 7 packets"),
+            "{after}"
+        );
         assert!(after.contains("size 8192"), "{after}");
         assert!(m2.rules_ok().expect("read"));
         // Nothing dropped yet.

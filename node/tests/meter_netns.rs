@@ -92,7 +92,9 @@ fn acceptor(ns: &str, addr: Ipv4Addr) -> Accepted {
     std::thread::spawn(move || {
         while let Ok((s, from)) = l.accept() {
             if let SocketAddr::V4(a) = from {
-                out.lock().unwrap().push((*a.ip(), Instant::now()));
+                out.lock()
+                    .expect("accept log")
+                    .push((*a.ip(), Instant::now()));
             }
             drop(s);
         }
@@ -102,7 +104,7 @@ fn acceptor(ns: &str, addr: Ipv4Addr) -> Accepted {
 
 fn count(log: &Accepted, src: Ipv4Addr, from: Instant, to: Instant) -> usize {
     log.lock()
-        .unwrap()
+        .expect("accept log")
         .iter()
         .filter(|(a, t)| *a == src && *t >= from && *t <= to)
         .count()
@@ -214,10 +216,13 @@ fn kernel_meter_admits_rate_plus_burst_per_source_then_escalates_to_a_block() {
         AFTER.as_millis(),
         TTL.as_millis()
     );
-    let node = NodeProcess::spawn(Path::new(BIN), &node_spec(&lan, &dir, extra)).expect("node starts");
+    let node =
+        NodeProcess::spawn(Path::new(BIN), &node_spec(&lan, &dir, extra)).expect("node starts");
     let table = nft_list(&lan.ns(1), "table inet shoal");
     assert!(
-        table.contains("update @meter_v4_conn { ip saddr limit rate over 20/second burst 10 packets }"),
+        table.contains(
+            "update @meter_v4_conn { ip saddr limit rate over 20/second burst 10 packets }"
+        ),
         "{table}"
     );
     let accepted = acceptor(&lan.ns(1), lan.addr(1));
@@ -246,14 +251,18 @@ fn kernel_meter_admits_rate_plus_burst_per_source_then_escalates_to_a_block() {
         "offered {offered_a} / {offered_b} in {WINDOW:?}; admitted {got_a} / {got_b}; configured rate {RATE}/s burst {BURST}: {want}"
     );
     for (got, offered) in [(got_a, offered_a), (got_b, offered_b)] {
-        assert!(offered as f64 >= 4.0 * RATE * WINDOW.as_secs_f64(), "{offered}");
+        assert!(
+            offered as f64 >= 4.0 * RATE * WINDOW.as_secs_f64(),
+            "{offered}"
+        );
         assert!(
             (got as f64 - want).abs() <= 0.25 * want,
             "admitted {got}, want about {want}"
         );
     }
     assert!(
-        node.metric("shoal_limit_kernel_rules").is_some_and(|v| v == 2.0),
+        node.metric("shoal_limit_kernel_rules")
+            .is_some_and(|v| v == 2.0),
         "{:?}",
         node.metric("shoal_limit_kernel_rules")
     );
@@ -285,9 +294,16 @@ fn kernel_meter_admits_rate_plus_burst_per_source_then_escalates_to_a_block() {
             std::fs::read_to_string(&node.log).unwrap_or_default()
         );
     };
-    println!("A blocked {:?} after phase 2 began ({:?} after it went over)", after, start.elapsed());
+    println!(
+        "A blocked {:?} after phase 2 began ({:?} after it went over)",
+        after,
+        start.elapsed()
+    );
     let set = nft_list(&lan.ns(1), "set inet shoal v4");
-    assert!(!set.contains(&b.to_string()), "B was not over long enough: {set}");
+    assert!(
+        !set.contains(&b.to_string()),
+        "B was not over long enough: {set}"
+    );
     let w0 = Instant::now();
     let offered = offer(&ns_a, to, 5.0 * RATE, Duration::from_secs(1));
     std::thread::sleep(ABANDON);
@@ -317,7 +333,17 @@ fn kernel_meter_admits_rate_plus_burst_per_source_then_escalates_to_a_block() {
 
     // 4. The meter's chain flushed by hand comes back within the period.
     let out = Command::new("ip")
-        .args(["netns", "exec", &lan.ns(1), "nft", "flush", "chain", "inet", "shoal", "ratelimit"])
+        .args([
+            "netns",
+            "exec",
+            &lan.ns(1),
+            "nft",
+            "flush",
+            "chain",
+            "inet",
+            "shoal",
+            "ratelimit",
+        ])
         .output()
         .expect("nft flush");
     assert!(out.status.success());
@@ -330,7 +356,10 @@ fn kernel_meter_admits_rate_plus_burst_per_source_then_escalates_to_a_block() {
         .contains("update @meter_v4_conn")),
         "the meter rules are put back"
     );
-    println!("meter chain repaired after {:?} (reconcile {RECONCILE:?})", flushed.elapsed());
+    println!(
+        "meter chain repaired after {:?} (reconcile {RECONCILE:?})",
+        flushed.elapsed()
+    );
     assert!(wait_until(Duration::from_secs(2), || node
         .metric("shoal_limit_kernel_repaired_total")
         .is_some_and(|v| v >= 1.0)));
@@ -363,7 +392,9 @@ fn figure_kernel_meter_admitted_vs_configured() {
         );
         let node =
             NodeProcess::spawn(Path::new(BIN), &node_spec(&lan, &dir, extra)).expect("node starts");
-        let acc = accepted.get_or_insert_with(|| acceptor(&lan.ns(1), lan.addr(1))).clone();
+        let acc = accepted
+            .get_or_insert_with(|| acceptor(&lan.ns(1), lan.addr(1)))
+            .clone();
         let to = SocketAddrV4::new(lan.addr(1), PORT);
         let mut per_s = Vec::new();
         for _ in 0..runs {
@@ -387,7 +418,11 @@ fn figure_kernel_meter_admitted_vs_configured() {
         println!(
             "{rate:>6}  {burst:>5}  {:>9}  {med:>8.1}  (all: {})  {:.3}",
             4.0 * rate,
-            per_s.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(" "),
+            per_s
+                .iter()
+                .map(|v| format!("{v:.1}"))
+                .collect::<Vec<_>>()
+                .join(" "),
             med / rate
         );
         drop(node);
