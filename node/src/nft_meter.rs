@@ -9,9 +9,19 @@
 //! - `meter_v4_NAME` / `meter_v6_NAME` (`flags dynamic,timeout`, `size`
 //!   the limit's `max_keys`, `timeout` its `idle_ms`): one `limit` state
 //!   per source, what `hashlimit` keeps per hash entry;
-//! - `over_v4_NAME` / `over_v6_NAME` (`flags dynamic,timeout`, timeout
-//!   [`OVER_TIMEOUT_MS`]): the sources the rule dropped lately, read back
-//!   for escalation (an element's expiration says when it last dropped).
+//! - `over_v4_NAME` / `over_v6_NAME` (`flags dynamic,timeout`, the same
+//!   size, timeout [`OVER_TIMEOUT_MS`] or `idle_ms` if shorter): the
+//!   sources the rule dropped lately, read back for escalation (an
+//!   element's expiration says when it last dropped).
+//!
+//! A `dynset` that cannot add to a full set ends the rule (`NFT_BREAK`)
+//! before the `drop`. So the `over_` set is as large as the meter and
+//! lives no longer: each of its elements was refreshed together with a
+//! meter element that expires no sooner, so it is never fuller than the
+//! meter and never lets a metered source through. A full *meter* does:
+//! a source new to a meter holding `max_keys` sources is not metered
+//! (nftables' semantics; `hashlimit` dropped it), so `max_keys` must
+//! exceed the sources expected within `idle_ms`.
 //!
 //! and one rule per family, the same as `nft` makes of
 //!
@@ -41,8 +51,6 @@ pub const CHAIN: &str = "ratelimit";
 /// How long a dropped source stays in its `over_` set after its last
 /// dropped SYN: longer than the read-back period, so none is missed.
 pub const OVER_TIMEOUT_MS: u64 = 2_000;
-/// Sources an `over_` set holds.
-const OVER_SIZE: u32 = 65_536;
 
 const NLA_F_NESTED: u16 = 0x8000;
 const TYPE_IPADDR: u32 = 7;
@@ -114,6 +122,11 @@ impl KernelLimit {
         let kind = if meter { "meter" } else { "over" };
         let fam = if v4 { "v4" } else { "v6" };
         format!("{kind}_{fam}_{}", self.name)
+    }
+
+    /// The `over_` set's timeout: never longer than the meter's.
+    pub fn over_timeout_ms(&self) -> u64 {
+        OVER_TIMEOUT_MS.min(self.idle_ms).max(1)
     }
 
     /// The rule's comment: what a read-back recognizes it by.
@@ -208,7 +221,7 @@ pub fn setup_msgs(
                 let (size, timeout) = if meter {
                     (l.size, l.idle_ms)
                 } else {
-                    (OVER_SIZE.min(l.size.max(1)), OVER_TIMEOUT_MS)
+                    (l.size, l.over_timeout_ms())
                 };
                 msgs.push((
                     "a meter set (one with this name and other parameters exists?)",
@@ -544,8 +557,10 @@ impl Meter {
                             out.push(Dropped {
                                 limit: self.limits[i].name.clone(),
                                 addr,
-                                ago_ms: OVER_TIMEOUT_MS
-                                    .saturating_sub(left.unwrap_or(OVER_TIMEOUT_MS)),
+                                ago_ms: {
+                                    let t = self.limits[i].over_timeout_ms();
+                                    t.saturating_sub(left.unwrap_or(t))
+                                },
                             });
                         }
                     }

@@ -14,6 +14,11 @@ use shoal_node::nft_meter::{KernelLimit, Meter};
 mod common;
 
 fn nft_cli(args: &[&str], stdin: Option<&str>) -> String {
+    tool("nft", args, stdin)
+}
+
+/// `cmd args` run in this thread's network namespace.
+fn tool(cmd: &str, args: &[&str], stdin: Option<&str>) -> String {
     use std::io::Write;
     let tid = unsafe { libc::gettid() };
     let mut child = Command::new("nsenter")
@@ -21,13 +26,13 @@ fn nft_cli(args: &[&str], stdin: Option<&str>) -> String {
             "--net=/proc/{}/task/{tid}/ns/net",
             std::process::id()
         ))
-        .arg("nft")
+        .arg(cmd)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("nsenter nft");
+        .expect("nsenter");
     if let Some(text) = stdin {
         child
             .stdin
@@ -37,10 +42,10 @@ fn nft_cli(args: &[&str], stdin: Option<&str>) -> String {
             .expect("write");
     }
     drop(child.stdin.take());
-    let out = child.wait_with_output().expect("nft");
+    let out = child.wait_with_output().expect("wait");
     assert!(
         out.status.success(),
-        "nft {args:?}: {}",
+        "{cmd} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -226,5 +231,69 @@ fn install_is_idempotent_repairs_a_flushed_chain_and_replaces_changed_sets() {
         assert!(m2.rules_ok().expect("read"));
         // Nothing dropped yet.
         assert!(m2.dropped().expect("read drops").is_empty());
+    });
+}
+
+/// Many sources over their limit at once, on loopback (which passes the
+/// prerouting hook): each gets its burst and nothing more, and every one
+/// is in the `over_` set. A `dynset` that cannot add to a full set ends
+/// the rule before its `drop`, so an `over_` set smaller than the meter
+/// would let the sources beyond its size through.
+#[test]
+fn every_source_over_its_limit_is_dropped_and_read_back() {
+    if !root_or_skip("every_source_over_its_limit_is_dropped_and_read_back") {
+        return;
+    }
+    in_own_netns(|| {
+        tool("ip", &["link", "set", "lo", "up"], None);
+        let limit = KernelLimit {
+            name: "few".into(),
+            rate: 1,
+            unit_s: 60, // no refill within the test
+            burst: 1,
+            size: 8,
+            idle_ms: 60_000,
+            v4_prefix: 32,
+            v6_prefix: 64,
+        };
+        let mut m = Meter::open(spec(), vec![limit]).expect("open");
+        m.install().expect("install");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let to = listener.local_addr().expect("addr");
+        let sources: Vec<std::net::Ipv4Addr> = (2..=7)
+            .map(|k| std::net::Ipv4Addr::new(127, 0, 0, k))
+            .collect();
+        // Round-robin, so every source's last drop is within the last
+        // round (the `over_` set forgets a source 2 s after its last).
+        let mut admitted = vec![0; sources.len()];
+        for _ in 0..4 {
+            for (i, src) in sources.iter().enumerate() {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .expect("socket");
+                s.bind(&std::net::SocketAddr::from((*src, 0)).into())
+                    .expect("bind source");
+                // Shorter than the SYN resend (1 s): a dropped SYN fails.
+                if s.connect_timeout(&to.into(), std::time::Duration::from_millis(150))
+                    .is_ok()
+                {
+                    admitted[i] += 1;
+                }
+            }
+        }
+        assert_eq!(
+            admitted,
+            vec![1; sources.len()],
+            "burst 1 per source, then dropped"
+        );
+        let mut seen: Vec<std::net::IpAddr> = m
+            .dropped()
+            .expect("read drops")
+            .into_iter()
+            .inspect(|d| assert!(d.limit == "few" && d.ago_ms < 2_000, "{d:?}"))
+            .map(|d| d.addr)
+            .collect();
+        seen.sort();
+        let want: Vec<std::net::IpAddr> = sources.iter().map(|a| (*a).into()).collect();
+        assert_eq!(seen, want);
     });
 }
