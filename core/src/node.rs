@@ -1441,6 +1441,9 @@ impl Node {
     /// so its rules (allowlist, minimum length, unsigned cluster) apply.
     fn escalate(&mut self, now: Instant) {
         use crate::escalate::{turn, Event, Outcome, EVENTS_MAX};
+        if !self.limits.iter().any(|l| l.rule().escalate.is_some()) {
+            return;
+        }
         let recent = Duration::from_secs(1);
         let mut live: Vec<u32> = self
             .peers

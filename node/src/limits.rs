@@ -425,6 +425,14 @@ pub(crate) fn format_status(
             l.max_keys,
             l.rates.evictions
         );
+        let e = &l.escalate;
+        if e.crossed + e.refused + l.episodes as u64 > 0 {
+            let _ = writeln!(
+                o,
+                "  escalation: episodes {}  crossed {}  blocked {}  already blocked {}  refused {}",
+                l.episodes, e.crossed, e.blocked, e.already_blocked, e.refused
+            );
+        }
         let Some((_, keys)) = top.iter().find(|(n, _)| *n == l.name) else {
             continue;
         };

@@ -319,6 +319,8 @@ fn kernel_meter_admits_rate_plus_burst_per_source_then_escalates_to_a_block() {
     );
     let log = std::fs::read_to_string(&node.log).unwrap_or_default();
     assert!(log.contains("rate limit escalated: blocked"), "{log}");
+    let status = shoal_node::http_get(&node.admin, "/status").expect("status");
+    assert!(status.contains("blocked 1  already blocked 0  refused 0"), "{status}");
 
     // 3. Released after the TTL (the block was made up to one poll before
     //    it was seen in the set).
@@ -331,7 +333,8 @@ fn kernel_meter_admits_rate_plus_burst_per_source_then_escalates_to_a_block() {
     println!("A released {released:?} after the block was seen (ttl {TTL:?})");
     assert!(released + Duration::from_secs(1) >= TTL, "{released:?}");
 
-    // 4. The meter's chain flushed by hand comes back within the period.
+    // 4. `nft flush table` by hand (the enforcer's rules and sets too):
+    //    the meter rules come back within the period, counted.
     let out = Command::new("ip")
         .args([
             "netns",
@@ -339,15 +342,18 @@ fn kernel_meter_admits_rate_plus_burst_per_source_then_escalates_to_a_block() {
             &lan.ns(1),
             "nft",
             "flush",
-            "chain",
+            "table",
             "inet",
             "shoal",
-            "ratelimit",
         ])
         .output()
         .expect("nft flush");
     assert!(out.status.success());
     let flushed = Instant::now();
+    assert!(
+        !nft_list(&lan.ns(1), "chain inet shoal ratelimit").contains("update @meter_v4_conn"),
+        "flushed"
+    );
     assert!(
         wait_until(RECONCILE + Duration::from_secs(2), || nft_list(
             &lan.ns(1),
@@ -357,7 +363,7 @@ fn kernel_meter_admits_rate_plus_burst_per_source_then_escalates_to_a_block() {
         "the meter rules are put back"
     );
     println!(
-        "meter chain repaired after {:?} (reconcile {RECONCILE:?})",
+        "meter rules repaired after {:?} (reconcile {RECONCILE:?})",
         flushed.elapsed()
     );
     assert!(wait_until(Duration::from_secs(2), || node
