@@ -16,11 +16,11 @@
 //!   about the same time (within a few hundred ms). Each acts only in its
 //!   own slot of a wall-clock round (see [`turn`]): its rank among the
 //!   live nodes, ordered by an unkeyed mix of (key, node id) that every
-//!   node computes alike; and only if no block of that prefix arrived
-//!   meanwhile. Views of the live nodes that agree, clocks within a few
-//!   ms and a multicast delay under `SLOT` give exactly one `BLOCK`; a
-//!   lost datagram or a split view can give a second (the block table
-//!   holds one block per prefix all the same).
+//!   node computes alike; and only if no block of that prefix (or a
+//!   broader one) arrived meanwhile. Views of the live nodes that agree,
+//!   clocks within a few ms and a multicast delay under `SLOT` give
+//!   exactly one `BLOCK`; a lost datagram or a split view can give a
+//!   second (the block table holds one block per prefix all the same).
 //! - **Bounded**: at most `capacity` episodes; when full, stale episodes
 //!   are swept (at most once per `gap`) and a new key is otherwise not
 //!   tracked (counted): a live episode is never evicted, so a flood of new

@@ -1469,7 +1469,12 @@ impl Node {
             }
         }
         for (id, name, ttl, prefix) in work {
-            let outcome = if self.blocks.get(now, &prefix).is_some() {
+            // Held already, as itself or inside a broader block (a block
+            // by hand, or another node's first).
+            let covered = (0..=prefix.prefix_len()).rev().any(|len| {
+                Prefix::masked(prefix.ip(), len).is_ok_and(|p| self.blocks.get(now, &p).is_some())
+            });
+            let outcome = if covered {
                 Outcome::AlreadyBlocked
             } else if let Some(Err(e)) = self.enforce_rules.as_ref().map(|r| r.check(&prefix)) {
                 Outcome::Refused(e.to_string())

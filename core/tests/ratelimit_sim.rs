@@ -580,6 +580,42 @@ fn an_escalation_the_block_rules_refuse_is_counted_with_its_reason() {
 }
 
 #[test]
+fn a_key_inside_a_broader_block_is_not_blocked_again() {
+    let mut sim = Sim::new(0.0, 31);
+    idle(&mut sim, ms(300));
+    // A /24 blocked by hand on node 0 (as `shoal block` would), held by
+    // every node.
+    let p: shoal_wire::Prefix = "192.0.2.0/24".parse().expect("prefix");
+    let [f0, f1, f2] = p.to_fields(0);
+    let mut r = Record::new(Code::BLOCK, [f0, f1, f2, 0]);
+    r.ttl_ms = 60_000;
+    r.op = shoal_wire::Op::SEND_SAVE;
+    let now = sim.at();
+    sim.nodes[0].inject(now, r).expect("block taken");
+    sim.nodes[0].flush();
+    sim.transmit(0);
+    idle(&mut sim, ms(100));
+    // The filters still see the source (say, a node without [enforce]).
+    let key = KeyKind::addr_key("192.0.2.9".parse().expect("address"));
+    offer(&mut sim, "esc", key, 10.0, ms(3_000));
+    idle(&mut sim, ms(1_500));
+    let (mut crossed, mut blocked, mut already) = (0, 0, 0);
+    for n in &sim.nodes {
+        let s = n
+            .limit_snapshots()
+            .into_iter()
+            .find(|l| l.name == "esc")
+            .expect("the esc limit");
+        crossed += s.escalate.crossed;
+        blocked += s.escalate.blocked;
+        already += s.escalate.already_blocked;
+        assert_eq!(n.blocks().len(), 1, "only the /24");
+    }
+    assert!(crossed >= N as u64 / 2);
+    assert_eq!((blocked, already), (0, crossed));
+}
+
+#[test]
 fn bad_limit_queries_and_a_filter_s_key_rate_are_refused_with_reasons() {
     let mut sim = Sim::new(0.0, 1);
     let id = u64::from(rule("cluster", Scope::Cluster).id());

@@ -320,7 +320,10 @@ fn kernel_meter_admits_rate_plus_burst_per_source_then_escalates_to_a_block() {
     let log = std::fs::read_to_string(&node.log).unwrap_or_default();
     assert!(log.contains("rate limit escalated: blocked"), "{log}");
     let status = shoal_node::http_get(&node.admin, "/status").expect("status");
-    assert!(status.contains("blocked 1  already blocked 0  refused 0"), "{status}");
+    assert!(
+        status.contains("blocked 1  already blocked 0  refused 0"),
+        "{status}"
+    );
 
     // 3. Released after the TTL (the block was made up to one poll before
     //    it was seen in the set).
