@@ -687,6 +687,27 @@ mod tests {
     }
 
     #[test]
+    fn an_address_key_blocks_its_counted_prefix() {
+        let k = KeyKind::Addr {
+            v4_prefix: 24,
+            v6_prefix: 48,
+        };
+        let v4 = KeyKind::addr_key("192.0.2.77".parse().expect("v4"));
+        assert_eq!(v4, 0x0000_ffff_c000_024d);
+        assert_eq!(
+            k.prefix(v4).map(|p| p.to_string()).as_deref(),
+            Some("192.0.2.0/24")
+        );
+        let v6 = KeyKind::addr_key("2001:db8:1:2:3::9".parse().expect("v6"));
+        assert_eq!(v6, 0x2001_0db8_0001_0002);
+        assert_eq!(
+            k.prefix(v6).map(|p| p.to_string()).as_deref(),
+            Some("2001:db8:1::/48")
+        );
+        assert_eq!(KeyKind::Opaque.prefix(v4), None);
+    }
+
+    #[test]
     fn limits_route_by_id_and_refuse_duplicates() {
         let t0 = t0();
         let mut a = rule(Scope::Cluster);

@@ -3,7 +3,9 @@
 //! lists exactly as what `nft -f` makes of the equivalent rule text (a
 //! dynamic set per family with `limit rate over` in the rule); install
 //! twice is idempotent and a changed config replaces the sets; `nft flush
-//! chain` is seen and repaired; the drops are read back.
+//! chain` and `flush table` are seen and repaired; on loopback, every one
+//! of many sources over its limit at once gets its burst only and is read
+//! back as dropped, and IPv6 sources share a budget per /64.
 #![allow(clippy::disallowed_methods)]
 
 use std::process::{Command, Stdio};
@@ -295,5 +297,75 @@ fn every_source_over_its_limit_is_dropped_and_read_back() {
         seen.sort();
         let want: Vec<std::net::IpAddr> = sources.iter().map(|a| (*a).into()).collect();
         assert_eq!(seen, want);
+    });
+}
+
+/// IPv6 sources are metered per `/prefix_v6` (here /64): two addresses of
+/// one /64 share a budget, another /64 has its own, and the drops read
+/// back as the masked prefix.
+#[test]
+fn ipv6_sources_share_a_budget_per_prefix() {
+    if !root_or_skip("ipv6_sources_share_a_budget_per_prefix") {
+        return;
+    }
+    in_own_netns(|| {
+        tool("ip", &["link", "set", "lo", "up"], None);
+        let srcs = ["fd00:0:0:1::2", "fd00:0:0:1::3", "fd00:0:0:2::2"];
+        for a in srcs {
+            tool(
+                "ip",
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{a}/128"),
+                    "dev",
+                    "lo",
+                    "nodad",
+                ],
+                None,
+            );
+        }
+        let limit = KernelLimit {
+            name: "v6".into(),
+            rate: 1,
+            unit_s: 60,
+            burst: 2,
+            size: 64,
+            idle_ms: 60_000,
+            v4_prefix: 32,
+            v6_prefix: 64,
+        };
+        let mut m = Meter::open(spec(), vec![limit]).expect("open");
+        m.install().expect("install");
+        let listener = std::net::TcpListener::bind("[::1]:0").expect("listen");
+        let to = listener.local_addr().expect("addr");
+        let mut admitted = [0; 3];
+        for _ in 0..3 {
+            for (i, a) in srcs.iter().enumerate() {
+                let ip: std::net::Ipv6Addr = a.parse().expect("address");
+                let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
+                    .expect("socket");
+                s.bind(&std::net::SocketAddr::from((ip, 0)).into())
+                    .expect("bind source");
+                if s.connect_timeout(&to.into(), std::time::Duration::from_millis(150))
+                    .is_ok()
+                {
+                    admitted[i] += 1;
+                }
+            }
+        }
+        // The first /64's two addresses: 2 in all (its burst); the other
+        // /64: 2 of its own.
+        assert_eq!(admitted[0] + admitted[1], 2, "{admitted:?}");
+        assert_eq!(admitted[2], 2, "{admitted:?}");
+        let mut seen: Vec<String> = m
+            .dropped()
+            .expect("read drops")
+            .into_iter()
+            .map(|d| d.addr.to_string())
+            .collect();
+        seen.sort();
+        assert_eq!(seen, ["fd00:0:0:1::", "fd00:0:0:2::"]);
     });
 }
