@@ -18,6 +18,12 @@
 //!   than `ttl_tolerance` is re-asserted (deleted and added in the same
 //!   batch: no gap), the CrowdSec failure mode of a kernel TTL drifting
 //!   from the store's.
+//! - Which kernel set holds an element is decided here too
+//!   ([`SetKind::of`]): a full-length address (/32, /128), almost every
+//!   block, goes in a hash set (one element, O(1) to add); a shorter prefix
+//!   in an interval set (two elements, a tree). An element found in the
+//!   other set of its family (a table from an older layout, a hand edit) is
+//!   deleted there and added where it belongs in the same batch.
 //! - A batch is outstanding until the driver reports it: on success the
 //!   belief of what the kernel holds moves; on failure it stays (the
 //!   kernel rolled the whole batch back) and a retry is due after
@@ -94,12 +100,51 @@ impl EnforceRules {
     }
 }
 
+/// The kernel set an element lives in: per family, a hash set of full
+/// addresses and an interval set of shorter prefixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SetKind {
+    /// IPv4 /32.
+    Addr4,
+    /// IPv4 shorter than /32.
+    Net4,
+    /// IPv6 /128.
+    Addr6,
+    /// IPv6 shorter than /128.
+    Net6,
+}
+
+impl SetKind {
+    pub const ALL: [SetKind; 4] = [SetKind::Addr4, SetKind::Net4, SetKind::Addr6, SetKind::Net6];
+
+    /// The set `p` belongs in.
+    pub fn of(p: &Prefix) -> SetKind {
+        match (p.is_v4(), p.prefix_len()) {
+            (true, 32) => SetKind::Addr4,
+            (true, _) => SetKind::Net4,
+            (false, 128) => SetKind::Addr6,
+            (false, _) => SetKind::Net6,
+        }
+    }
+
+    pub fn is_v4(self) -> bool {
+        matches!(self, SetKind::Addr4 | SetKind::Net4)
+    }
+
+    /// An interval set (prefixes as ranges) rather than a hash set.
+    pub fn is_interval(self) -> bool {
+        matches!(self, SetKind::Net4 | SetKind::Net6)
+    }
+}
+
 /// One element as read back from the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Observed {
     pub prefix: Prefix,
     /// Time left before the kernel expires it; `None`: no timeout.
     pub remaining: Option<Duration>,
+    /// The set it was found in.
+    pub set: SetKind,
 }
 
 /// The set the kernel should hold, with what was left out and why.
@@ -124,9 +169,12 @@ pub struct Desired {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
     pub id: u64,
-    pub deletes: Vec<Prefix>,
+    /// Prefix and the set to delete it from (an element found in the
+    /// wrong set is deleted from where it is).
+    pub deletes: Vec<(Prefix, SetKind)>,
     /// Prefix, kernel timeout (the block's remaining lifetime), and the
-    /// instant it ends (kept for the belief).
+    /// instant it ends (kept for the belief); it goes in
+    /// [`SetKind::of`] the prefix.
     pub adds: Vec<(Prefix, Duration, Instant)>,
     /// How many of the adds are re-asserts and repairs (for the counters).
     pub reasserts: usize,
@@ -310,16 +358,26 @@ impl Enforcer {
         let mut b = Batch::default();
         let tol = self.rules.ttl_tolerance;
         let remaining = |end: Instant| end.saturating_duration_since(now);
-        let held: BTreeMap<Prefix, Option<Instant>> = match observed {
-            Some(obs) => obs
-                .iter()
-                .map(|o| (o.prefix, o.remaining.map(|r| now + r)))
-                .collect(),
-            None => self.applied.iter().map(|(p, e)| (*p, Some(*e))).collect(),
-        };
+        let mut held: BTreeMap<Prefix, Option<Instant>> = BTreeMap::new();
+        match observed {
+            Some(obs) => {
+                for o in obs {
+                    if o.set != SetKind::of(&o.prefix) {
+                        // In the other set of its family (an older layout,
+                        // a hand edit): nobody put it there. Deleted from
+                        // there; added where it belongs below, if desired.
+                        b.deletes.push((o.prefix, o.set));
+                        b.repaired_extra += 1;
+                        continue;
+                    }
+                    held.insert(o.prefix, o.remaining.map(|r| now + r));
+                }
+            }
+            None => held.extend(self.applied.iter().map(|(p, e)| (*p, Some(*e)))),
+        }
         for p in held.keys() {
             if !desired.elements.contains_key(p) {
-                b.deletes.push(*p);
+                b.deletes.push((*p, SetKind::of(p)));
                 if observed.is_some() && !self.applied.contains_key(p) {
                     b.repaired_extra += 1;
                 }
@@ -339,7 +397,7 @@ impl Enforcer {
                         Some(k) => k.max(end).saturating_duration_since(*k.min(end)) > tol,
                     };
                     if drift {
-                        b.deletes.push(*p);
+                        b.deletes.push((*p, SetKind::of(p)));
                         b.adds.push((*p, remaining(*end), *end));
                         b.reasserts += 1;
                         b.repaired_ttl += observed.is_some() as usize;
@@ -366,8 +424,10 @@ impl Enforcer {
             return;
         }
         self.outstanding = None;
-        for p in &b.deletes {
-            self.applied.remove(p);
+        for (p, set) in &b.deletes {
+            if *set == SetKind::of(p) {
+                self.applied.remove(p);
+            }
         }
         for (p, _, end) in &b.adds {
             self.applied.insert(*p, *end);
@@ -438,6 +498,21 @@ mod tests {
 
     fn adds(b: &Batch) -> Vec<String> {
         names(&b.adds.iter().map(|a| a.0).collect::<Vec<_>>())
+    }
+
+    /// Deletes, each checked to be from the prefix's own set.
+    fn dels(b: &Batch) -> Vec<String> {
+        assert!(b.deletes.iter().all(|(p, s)| *s == SetKind::of(p)));
+        names(&b.deletes.iter().map(|d| d.0).collect::<Vec<_>>())
+    }
+
+    fn obs(s: &str, remaining: Option<Duration>) -> Observed {
+        let prefix = p(s);
+        Observed {
+            prefix,
+            remaining,
+            set: SetKind::of(&prefix),
+        }
     }
 
     #[test]
@@ -546,12 +621,12 @@ mod tests {
         );
         let b = e.plan(t0 + 2 * S, &d, None).expect("extend");
         assert_eq!(b.reasserts, 1);
-        assert_eq!(names(&b.deletes), ["192.0.2.0/24"]);
+        assert_eq!(dels(&b), ["192.0.2.0/24"]);
         assert_eq!(adds(&b), ["192.0.2.0/24", "2001:db8::/48"]);
         e.batch_ok(&b);
         let d = e.desired(t0 + 3 * S, [(p("2001:db8::/48"), t0 + 9 * S)]);
         let b = e.plan(t0 + 3 * S, &d, None).expect("lift");
-        assert_eq!(names(&b.deletes), ["192.0.2.0/24"]);
+        assert_eq!(dels(&b), ["192.0.2.0/24"]);
         assert!(b.adds.is_empty());
         e.batch_ok(&b);
         assert_eq!(
@@ -588,21 +663,12 @@ mod tests {
         // Read back: one element lost (hand flush of an element), one
         // foreign element, one timeout drifted, one correct.
         let observed = [
-            Observed {
-                prefix: p("198.51.100.0/24"),
-                remaining: Some(40 * S),
-            },
-            Observed {
-                prefix: p("203.0.113.0/24"),
-                remaining: Some(100 * S),
-            },
-            Observed {
-                prefix: p("100.64.0.0/10"),
-                remaining: None,
-            },
+            obs("198.51.100.0/24", Some(40 * S)),
+            obs("203.0.113.0/24", Some(100 * S)),
+            obs("100.64.0.0/10", None),
         ];
         let b = e.plan(t0, &d, Some(&observed)).expect("repair");
-        assert_eq!(names(&b.deletes), ["100.64.0.0/10", "198.51.100.0/24"]);
+        assert_eq!(dels(&b), ["100.64.0.0/10", "198.51.100.0/24"]);
         assert_eq!(adds(&b), ["192.0.2.0/24", "198.51.100.0/24"]);
         assert_eq!(
             (b.repaired_missing, b.repaired_extra, b.reasserts),
@@ -617,12 +683,72 @@ mod tests {
         // kernel are left alone (no gap), only the wrong ones change.
         let mut fresh = Enforcer::new(rules(), false);
         let d = fresh.desired(t0, [(p("192.0.2.0/24"), t0 + 100 * S)]);
-        let kernel = [Observed {
-            prefix: p("192.0.2.0/24"),
-            remaining: Some(100 * S - Duration::from_millis(300)),
-        }];
+        let kernel = [obs(
+            "192.0.2.0/24",
+            Some(100 * S - Duration::from_millis(300)),
+        )];
         assert!(fresh.plan(t0, &d, Some(&kernel)).is_none());
         assert_eq!(fresh.applied().len(), 1, "believes the kernel now");
+    }
+
+    #[test]
+    fn full_addresses_go_in_the_hash_sets_and_strays_are_moved() {
+        assert_eq!(SetKind::of(&p("192.0.2.7")), SetKind::Addr4);
+        assert_eq!(SetKind::of(&p("192.0.2.0/31")), SetKind::Net4);
+        assert_eq!(SetKind::of(&p("2001:db8::1")), SetKind::Addr6);
+        assert_eq!(SetKind::of(&p("2001:db8::/127")), SetKind::Net6);
+        assert!(SetKind::Net6.is_interval() && !SetKind::Addr4.is_interval());
+        assert!(SetKind::Net4.is_v4() && !SetKind::Addr6.is_v4());
+
+        let t0 = Instant::now();
+        let mut e = Enforcer::new(rules(), false);
+        let d = e.desired(
+            t0,
+            [
+                (p("192.0.2.7"), t0 + 100 * S),
+                (p("2001:db8::1"), t0 + 100 * S),
+            ],
+        );
+        // A restart onto a table of the older layout: the /32 sits in the
+        // interval set, with the right timeout; a stale /128 is in the
+        // IPv6 interval set and nobody wants it. The /32 moves to the hash
+        // set in the same batch (no gap); the /128 is deleted from where
+        // it is; the IPv6 address goes in.
+        let kernel = [
+            Observed {
+                prefix: p("192.0.2.7"),
+                remaining: Some(100 * S),
+                set: SetKind::Net4,
+            },
+            Observed {
+                prefix: p("2001:db8::9"),
+                remaining: Some(100 * S),
+                set: SetKind::Net6,
+            },
+        ];
+        let b = e.plan(t0, &d, Some(&kernel)).expect("move");
+        let mut deletes = b.deletes.clone();
+        deletes.sort();
+        assert_eq!(
+            deletes,
+            [
+                (p("192.0.2.7"), SetKind::Net4),
+                (p("2001:db8::9"), SetKind::Net6)
+            ]
+        );
+        assert_eq!(adds(&b), ["192.0.2.7/32", "2001:db8::1/128"]);
+        assert!(b.adds.iter().all(|a| a.1 == 100 * S));
+        assert_eq!(b.repaired_extra, 2);
+        e.batch_ok(&b);
+        assert_eq!(e.applied().len(), 2);
+        assert_eq!(e.counters.elements_added, 2);
+        assert_eq!(e.counters.elements_deleted, 2);
+        // Both now read back where they belong: nothing to do.
+        let kernel = [
+            obs("192.0.2.7", Some(100 * S)),
+            obs("2001:db8::1", Some(100 * S)),
+        ];
+        assert!(e.plan(t0, &d, Some(&kernel)).is_none());
     }
 
     #[test]

@@ -1,12 +1,19 @@
 //! The nftables edge of the enforcer: netlink messages, no decisions and
-//! no `nft` process. It owns one `inet` table holding two interval sets
-//! with timeouts (`v4`, `v6`) and one base chain whose two rules drop
-//! packets whose source is in either set. Everything it sends goes in one
-//! nfnetlink batch, which the kernel applies whole or not at all.
+//! no `nft` process. It owns one `inet` table holding four sets with
+//! timeouts — per family a hash set of full addresses (`v4addr`,
+//! `v6addr`: /32 and /128, one element each, O(1) to add) and an interval
+//! set of shorter prefixes (`v4`, `v6`) — and one base chain whose four
+//! rules drop packets whose source is in any of them. Everything it sends
+//! goes in one nfnetlink batch, which the kernel applies whole or not at
+//! all.
 //!
 //! Messages are built with `netlink-packet-netfilter` and sent over a
 //! `netlink-sys` socket; it needs `CAP_NET_ADMIN` in the node's network
-//! namespace. What to put in the sets is decided by
+//! namespace. Set-element dumps (the read-back) are parsed here with a
+//! small bounds-checked attribute walker instead: the crate's list parser
+//! formats the whole message with `Debug` for every element it parses
+//! (an error context built eagerly), which made reading back 100 k
+//! elements take minutes. What to put in the sets is decided by
 //! `shoal_core::enforce`.
 
 use std::io;
@@ -28,10 +35,26 @@ use netlink_packet_netfilter::{
     NetfilterProtoFamily,
 };
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
-use shoal_core::enforce::{Batch, Observed};
+use shoal_core::enforce::{Batch, Observed, SetKind};
 use shoal_wire::Prefix;
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+/// The nftables subsystem id in nfnetlink message types.
+pub(crate) const NFNL_SUBSYS_NFTABLES: u16 = 10;
+/// `NFT_MSG_NEWSETELEM`, the type of a set-element dump message.
+const NFT_MSG_NEWSETELEM: u16 = 12;
+/// `NLMSG_ERROR`, `NLMSG_DONE`.
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+/// Set-element attributes (`NFTA_SET_ELEM_LIST_ELEMENTS`, `NFTA_LIST_ELEM`,
+/// `NFTA_SET_ELEM_*`, `NFTA_DATA_VALUE`).
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_FLAGS: u16 = 3;
+const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
+const NFTA_DATA_VALUE: u16 = 1;
+/// `NFT_SET_ELEM_INTERVAL_END`.
+const ELEM_INTERVAL_END: u32 = 1;
 /// `NFPROTO_IPV4` / `NFPROTO_IPV6`, what `meta nfproto` compares with.
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
@@ -42,16 +65,18 @@ const TYPE_IP6ADDR: u32 = 8;
 const NF_DROP: u32 = 0;
 /// `NFT_PAYLOAD_NETWORK_HEADER`.
 const NETWORK_HEADER: u32 = 1;
-/// Elements per netlink message inside a batch (each message stays well
-/// under a page-sized kernel allocation per element list).
-const ELEMENTS_PER_MESSAGE: usize = 512;
-/// Bytes read per `recv` (the kernel's dump messages are at most 32 KiB).
+/// `NLM_F_APPEND`: a new rule goes at the chain's end.
+const NLM_F_APPEND: u16 = 0x800;
+/// Bytes of element attributes per NEWSETELEM/DELSETELEM message: the
+/// element list is one attribute, whose length is a `u16`. Fewer, fuller
+/// messages cost the kernel less per element.
+const ELEMENT_LIST_BYTES: usize = 60_000;
+/// Bytes read per `recv`. The kernel sizes dump messages by the largest
+/// read it has seen but never above 32 KiB; a bigger buffer takes several
+/// queued messages per call.
 const RECV_BUF: usize = 256 << 10;
 /// Longest wait for one read from the kernel.
 const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// Rule tags (rule user data) that mark the rules as this node's.
-const TAG_V4: &[u8] = b"shoal:v4";
-const TAG_V6: &[u8] = b"shoal:v6";
 
 /// Where the drop chain hooks in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,16 +135,34 @@ pub struct Readback {
     /// Intervals that are not one prefix (made by hand): deleted by the
     /// next batch.
     pub foreign: Vec<RawInterval>,
-    /// The chain holds exactly this node's two rules.
+    /// The chain holds exactly this node's four rules.
     pub rules_ok: bool,
 }
 
-/// An interval as keys, for deleting what is not a prefix.
+/// An interval of an interval set as keys, for deleting what is not a
+/// prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawInterval {
     v4: bool,
-    start: Vec<u8>,
-    end: Option<Vec<u8>>,
+    start: u128,
+    /// The first address after the interval (`None`: it runs to the end of
+    /// the address space).
+    end: Option<u128>,
+}
+
+/// The set's name in the table.
+pub fn set_name(k: SetKind) -> &'static str {
+    match k {
+        SetKind::Addr4 => "v4addr",
+        SetKind::Net4 => "v4",
+        SetKind::Addr6 => "v6addr",
+        SetKind::Net6 => "v6",
+    }
+}
+
+/// The tag (rule user data) marking the rule that matches set `k`.
+fn rule_tag(k: SetKind) -> Vec<u8> {
+    format!("shoal:{}", set_name(k)).into_bytes()
 }
 
 /// One netlink socket and the table's names.
@@ -128,10 +171,7 @@ pub struct Nft {
     seq: u32,
     spec: TableSpec,
     sndbuf: usize,
-    /// Receive buffer, reused. Its size matters: the kernel sizes dump
-    /// messages by the largest read it has seen (up to 32 KiB), and each
-    /// dump message walks the set from its start, so small reads make a
-    /// large set's read-back much slower.
+    /// Receive buffer, reused.
     rbuf: Vec<u8>,
 }
 
@@ -161,60 +201,54 @@ impl Nft {
     }
 
     /// Creates the table, sets, chain and rules if missing and replaces
-    /// the chain's rules with this node's two, in one batch: elements
-    /// already in the sets are kept, so a restart leaves no gap.
+    /// the chain's rules with this node's four, in one batch: elements
+    /// already in the sets are kept, so a restart leaves no gap (a table
+    /// of the older two-set layout gets its hash sets added here; the
+    /// read-back then moves its full addresses over).
     pub fn setup(&mut self) -> Result<(), NftError> {
         let t = &self.spec.table;
-        let mut msgs = vec![
-            (
-                "the table",
-                NfTablesMessage::NewTable(TableMessage {
-                    attributes: vec![
-                        TableAttribute::Name(t.clone()),
-                        TableAttribute::Flags(TableFlags::default()),
-                    ],
-                }),
-                NLM_F_CREATE,
-            ),
-            (
-                "the IPv4 set",
-                new_set(t, "v4", TYPE_IPADDR, 4),
-                NLM_F_CREATE,
-            ),
-            (
-                "the IPv6 set",
-                new_set(t, "v6", TYPE_IP6ADDR, 16),
-                NLM_F_CREATE,
-            ),
-            (
-                "the chain (is the hook or priority different from an existing chain's?)",
-                NfTablesMessage::NewChain(ChainMessage {
-                    attributes: vec![
-                        ChainAttribute::Table(t.clone()),
-                        ChainAttribute::Name("drop".into()),
-                        ChainAttribute::Type("filter".into()),
-                        ChainAttribute::Hook(vec![
-                            Hook::Number(HookNumber::Inet(self.spec.hook.number())),
-                            Hook::Priority(self.spec.priority as u32),
-                        ]),
-                        ChainAttribute::Policy(1), // accept
-                    ],
-                }),
-                NLM_F_CREATE,
-            ),
-            (
-                "flushing the chain",
-                NfTablesMessage::DeleteRule(RuleMessage {
-                    attributes: vec![
-                        RuleAttribute::Table(t.clone()),
-                        RuleAttribute::Chain("drop".into()),
-                    ],
-                }),
-                0,
-            ),
-        ];
-        msgs.push(("the IPv4 rule", drop_rule(t, true), NLM_F_CREATE | 0x800));
-        msgs.push(("the IPv6 rule", drop_rule(t, false), NLM_F_CREATE | 0x800));
+        let mut msgs = vec![(
+            "the table",
+            NfTablesMessage::NewTable(TableMessage {
+                attributes: vec![
+                    TableAttribute::Name(t.clone()),
+                    TableAttribute::Flags(TableFlags::default()),
+                ],
+            }),
+            NLM_F_CREATE,
+        )];
+        for (i, k) in SetKind::ALL.into_iter().enumerate() {
+            msgs.push(("a set", new_set(t, k, i as u32 + 1), NLM_F_CREATE));
+        }
+        msgs.push((
+            "the chain (is the hook or priority different from an existing chain's?)",
+            NfTablesMessage::NewChain(ChainMessage {
+                attributes: vec![
+                    ChainAttribute::Table(t.clone()),
+                    ChainAttribute::Name("drop".into()),
+                    ChainAttribute::Type("filter".into()),
+                    ChainAttribute::Hook(vec![
+                        Hook::Number(HookNumber::Inet(self.spec.hook.number())),
+                        Hook::Priority(self.spec.priority as u32),
+                    ]),
+                    ChainAttribute::Policy(1), // accept
+                ],
+            }),
+            NLM_F_CREATE,
+        ));
+        msgs.push((
+            "flushing the chain",
+            NfTablesMessage::DeleteRule(RuleMessage {
+                attributes: vec![
+                    RuleAttribute::Table(t.clone()),
+                    RuleAttribute::Chain("drop".into()),
+                ],
+            }),
+            0,
+        ));
+        for k in SetKind::ALL {
+            msgs.push(("a drop rule", drop_rule(t, k), NLM_F_CREATE | NLM_F_APPEND));
+        }
         self.batch(msgs)
     }
 
@@ -227,37 +261,39 @@ impl Nft {
     }
 
     /// Applies one planned batch (and deletes `foreign` intervals) as one
-    /// kernel transaction: deletes first, then adds.
+    /// kernel transaction: deletes first, then adds, each set's elements
+    /// packed into as few messages as fit.
     pub fn apply(&mut self, b: &Batch, foreign: &[RawInterval]) -> Result<(), NftError> {
         let t = self.spec.table.clone();
         let mut msgs = Vec::new();
-        for v4 in [true, false] {
-            let mut elems: Vec<Vec<SetElementAttribute>> = foreign
-                .iter()
-                .filter(|r| r.v4 == v4)
-                .flat_map(raw_elements)
-                .collect();
-            for p in b.deletes.iter().filter(|p| p.is_v4() == v4) {
-                elems.extend(prefix_elements(p, None));
+        for k in SetKind::ALL {
+            let mut elems: Vec<Vec<SetElementAttribute>> = Vec::new();
+            if k.is_interval() {
+                for r in foreign.iter().filter(|r| r.v4 == k.is_v4()) {
+                    elems.extend(raw_elements(r));
+                }
             }
-            for chunk in elems.chunks(ELEMENTS_PER_MESSAGE * 2) {
+            for (p, _) in b.deletes.iter().filter(|d| d.1 == k) {
+                elems.extend(prefix_elements(p, k, None));
+            }
+            for chunk in elems.chunks(elements_per_message(k)) {
                 msgs.push((
                     "deleting elements (one is not in the set)",
-                    elem_msg(&t, v4, chunk.to_vec(), true),
+                    elem_msg(&t, k, chunk.to_vec(), true),
                     0,
                 ));
             }
         }
-        for v4 in [true, false] {
+        for k in SetKind::ALL {
             let mut elems = Vec::new();
-            for (p, timeout, _) in b.adds.iter().filter(|a| a.0.is_v4() == v4) {
+            for (p, timeout, _) in b.adds.iter().filter(|a| SetKind::of(&a.0) == k) {
                 let ms = (timeout.as_millis() as u64).max(1);
-                elems.extend(prefix_elements(p, Some(ms)));
+                elems.extend(prefix_elements(p, k, Some(ms)));
             }
-            for chunk in elems.chunks(ELEMENTS_PER_MESSAGE * 2) {
+            for chunk in elems.chunks(elements_per_message(k)) {
                 msgs.push((
                     "adding elements (one overlaps an element already there)",
-                    elem_msg(&t, v4, chunk.to_vec(), false),
+                    elem_msg(&t, k, chunk.to_vec(), false),
                     NLM_F_CREATE,
                 ));
             }
@@ -268,49 +304,26 @@ impl Nft {
         self.batch(msgs)
     }
 
-    /// Reads both sets and the chain's rules back.
+    /// Reads the four sets and the chain's rules back.
     pub fn read(&mut self) -> Result<Readback, NftError> {
         let mut out = Readback::default();
-        for v4 in [true, false] {
-            let req = NfTablesMessage::GetSetElement(SetElementMessage {
-                attributes: vec![
-                    SetElementList::Table(self.spec.table.clone()),
-                    SetElementList::Set(set_name(v4).into()),
-                ],
-            });
-            let mut keys: Vec<(Vec<u8>, bool, Option<u64>)> = Vec::new();
-            for m in self.dump(req)? {
-                let NfTablesMessage::NewSetElement(m) = m else {
-                    continue;
-                };
-                for a in m.attributes {
-                    let SetElementList::Elements(list) = a else {
-                        continue;
-                    };
-                    for e in list {
-                        let ListAttribute::Element(attrs) = e else {
-                            continue;
-                        };
-                        let mut key = None;
-                        let mut end = false;
-                        let mut expiration = None;
-                        for a in attrs {
-                            match a {
-                                SetElementAttribute::Key(DataAttribute::Value(v)) => key = Some(v),
-                                SetElementAttribute::Flags(f) => {
-                                    end = f.contains(SetElementFlags::IntervalEnd)
-                                }
-                                SetElementAttribute::Expiration(ms) => expiration = Some(ms),
-                                _ => {}
-                            }
-                        }
-                        if let Some(k) = key {
-                            keys.push((k, end, expiration));
-                        }
+        let mut keys = Vec::new();
+        for k in SetKind::ALL {
+            keys.clear();
+            self.dump_elements(k, &mut keys)?;
+            if k.is_interval() {
+                intervals(k, &mut keys, &mut out);
+            } else {
+                for e in &keys {
+                    if let Some(prefix) = address(k.is_v4(), e.key) {
+                        out.elements.push(Observed {
+                            prefix,
+                            remaining: e.expiration.map(std::time::Duration::from_millis),
+                            set: k,
+                        });
                     }
                 }
             }
-            intervals(v4, keys, &mut out);
         }
         let req = NfTablesMessage::GetRule(RuleMessage {
             attributes: vec![
@@ -329,7 +342,9 @@ impl Nft {
             }
         }
         tags.sort();
-        out.rules_ok = tags == [TAG_V4.to_vec(), TAG_V6.to_vec()];
+        let mut want: Vec<Vec<u8>> = SetKind::ALL.into_iter().map(rule_tag).collect();
+        want.sort();
+        out.rules_ok = tags == want;
         Ok(out)
     }
 
@@ -346,9 +361,11 @@ impl Nft {
         self.seq
     }
 
-    /// Sends `msgs` between BATCH_BEGIN and BATCH_END in one `send`, and
-    /// waits for the kernel's verdict on the last one (any error before it
-    /// means the kernel aborted the whole batch).
+    /// Sends `msgs` (nftables messages of family `inet`, each with what it
+    /// is for the error text and its extra flags) between BATCH_BEGIN and
+    /// BATCH_END in one `send`, and waits for the kernel's verdict on the
+    /// last one (any error before it means the kernel aborted the whole
+    /// batch). Usable by other edges on the same socket kind (the meter).
     pub(crate) fn batch(
         &mut self,
         msgs: Vec<(&'static str, NfTablesMessage, u16)>,
@@ -422,18 +439,11 @@ impl Nft {
         }
     }
 
-    /// Sends one dump request and collects the answers up to DONE. A
-    /// missing table or set (ENOENT) reads as empty.
+    /// Sends one dump request and collects the answers up to DONE, parsed
+    /// by the crate (for small dumps: rules, sets). A missing table or set
+    /// (ENOENT) reads as empty.
     pub(crate) fn dump(&mut self, req: NfTablesMessage) -> Result<Vec<NfTablesMessage>, NftError> {
-        let seq = self.next_seq();
-        let mut buf = Vec::new();
-        push_msg(
-            &mut buf,
-            NetfilterMessage::new(NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0), req),
-            NLM_F_REQUEST | NLM_F_DUMP | NLM_F_ACK,
-            seq,
-        );
-        self.sock.send(&buf, 0).map_err(NftError::Socket)?;
+        let seq = self.send_dump(req)?;
         let mut out = Vec::new();
         loop {
             self.recv()?;
@@ -462,6 +472,155 @@ impl Nft {
             }
         }
     }
+
+    fn send_dump(&mut self, req: NfTablesMessage) -> Result<u32, NftError> {
+        let seq = self.next_seq();
+        let mut buf = Vec::new();
+        push_msg(
+            &mut buf,
+            NetfilterMessage::new(NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0), req),
+            NLM_F_REQUEST | NLM_F_DUMP | NLM_F_ACK,
+            seq,
+        );
+        self.sock.send(&buf, 0).map_err(NftError::Socket)?;
+        Ok(seq)
+    }
+
+    /// Dumps one set's elements into `out`, parsing the messages here (see
+    /// the module docs for why not with the crate). A missing table or
+    /// set reads as empty.
+    fn dump_elements(&mut self, k: SetKind, out: &mut Vec<DumpElem>) -> Result<(), NftError> {
+        let req = NfTablesMessage::GetSetElement(SetElementMessage {
+            attributes: vec![
+                SetElementList::Table(self.spec.table.clone()),
+                SetElementList::Set(set_name(k).into()),
+            ],
+        });
+        let seq = self.send_dump(req)?;
+        loop {
+            self.recv()?;
+            let mut at = 0;
+            let data = &self.rbuf;
+            while at + 16 <= data.len() {
+                let len = u32::from_ne_bytes(bytes4(&data[at..])) as usize;
+                if len < 16 || at + len > data.len() {
+                    return Err(NftError::Reply(format!("message length {len}")));
+                }
+                let msg = &data[at..at + len];
+                at += (len + 3) & !3;
+                let kind = u16::from_ne_bytes([msg[4], msg[5]]);
+                if u32::from_ne_bytes(bytes4(&msg[8..])) != seq {
+                    continue;
+                }
+                match kind {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        let code = i32::from_ne_bytes(bytes4(msg.get(16..).unwrap_or(&[])));
+                        return match code {
+                            0 => Ok(()),
+                            c if c == -libc::ENOENT => {
+                                out.clear();
+                                Ok(())
+                            }
+                            c => Err(NftError::Refused {
+                                what: "a read-back".into(),
+                                source: io::Error::from_raw_os_error(-c),
+                            }),
+                        };
+                    }
+                    t if t == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM => {
+                        // After the netlink header, the 4-byte nfgenmsg.
+                        let attrs = msg.get(20..).unwrap_or(&[]);
+                        parse_element_list(attrs, out)?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// One element of a set dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DumpElem {
+    /// The key, as a number (IPv4 in the low 32 bits).
+    key: u128,
+    /// An interval set's end element.
+    end: bool,
+    /// Milliseconds left before the kernel expires it.
+    expiration: Option<u64>,
+}
+
+fn bytes4(b: &[u8]) -> [u8; 4] {
+    let mut out = [0; 4];
+    let n = b.len().min(4);
+    out[..n].copy_from_slice(&b[..n]);
+    out
+}
+
+/// Calls `f(type, payload)` for each netlink attribute in `b` (type
+/// without the nested / byte-order flags). A length running past the
+/// buffer is an error, not a panic.
+fn walk_attrs<'a>(
+    mut b: &'a [u8],
+    mut f: impl FnMut(u16, &'a [u8]) -> Result<(), NftError>,
+) -> Result<(), NftError> {
+    while b.len() >= 4 {
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        let kind = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
+        if len < 4 || len > b.len() {
+            return Err(NftError::Reply(format!("attribute length {len}")));
+        }
+        f(kind, &b[4..len])?;
+        b = b.get((len + 3) & !3..).unwrap_or(&[]);
+    }
+    Ok(())
+}
+
+/// Parses a NEWSETELEM message's attributes (after the nfgenmsg) into
+/// elements. Keys that are not 4 or 16 bytes are skipped.
+fn parse_element_list(attrs: &[u8], out: &mut Vec<DumpElem>) -> Result<(), NftError> {
+    walk_attrs(attrs, |kind, list| {
+        if kind != NFTA_SET_ELEM_LIST_ELEMENTS {
+            return Ok(());
+        }
+        walk_attrs(list, |kind, elem| {
+            if kind != NFTA_LIST_ELEM {
+                return Ok(());
+            }
+            let mut key = None;
+            let mut end = false;
+            let mut expiration = None;
+            walk_attrs(elem, |kind, v| {
+                match kind {
+                    NFTA_SET_ELEM_KEY => walk_attrs(v, |kind, data| {
+                        if kind == NFTA_DATA_VALUE {
+                            key = key_value(data);
+                        }
+                        Ok(())
+                    })?,
+                    NFTA_SET_ELEM_FLAGS if v.len() == 4 => {
+                        end = u32::from_be_bytes(bytes4(v)) & ELEM_INTERVAL_END != 0
+                    }
+                    NFTA_SET_ELEM_EXPIRATION if v.len() == 8 => {
+                        let mut b = [0; 8];
+                        b.copy_from_slice(v);
+                        expiration = Some(u64::from_be_bytes(b));
+                    }
+                    _ => {}
+                }
+                Ok(())
+            })?;
+            if let Some(key) = key {
+                out.push(DumpElem {
+                    key,
+                    end,
+                    expiration,
+                });
+            }
+            Ok(())
+        })
+    })
 }
 
 fn set_buf(sock: &Socket, opt: libc::c_int, bytes: usize) {
@@ -499,7 +658,8 @@ fn set_timeout(sock: &Socket, d: std::time::Duration) {
     }
 }
 
-fn push_msg(buf: &mut Vec<u8>, m: NetfilterMessage, flags: u16, seq: u32) {
+/// Appends one netlink message with these flags and sequence number.
+pub(crate) fn push_msg(buf: &mut Vec<u8>, m: NetfilterMessage, flags: u16, seq: u32) {
     let mut msg = NetlinkMessage::from(m);
     msg.header.flags = flags;
     msg.header.sequence_number = seq;
@@ -527,32 +687,35 @@ fn split(data: &[u8]) -> Result<Vec<NetlinkMessage<NetfilterMessage>>, NftError>
     Ok(out)
 }
 
-fn set_name(v4: bool) -> &'static str {
-    if v4 {
-        "v4"
+fn new_set(table: &str, k: SetKind, id: u32) -> NfTablesMessage {
+    let (key_type, key_len) = if k.is_v4() {
+        (TYPE_IPADDR, 4)
     } else {
-        "v6"
-    }
-}
-
-fn new_set(table: &str, name: &str, key_type: u32, key_len: u32) -> NfTablesMessage {
+        (TYPE_IP6ADDR, 16)
+    };
+    let flags = if k.is_interval() {
+        SetFlags::Interval | SetFlags::Timeout
+    } else {
+        // A hash set (the kernel picks its rhash type for a timeout set).
+        SetFlags::Timeout
+    };
     NfTablesMessage::NewSet(SetMessage {
         attributes: vec![
             SetAttribute::Table(table.into()),
-            SetAttribute::Name(name.into()),
-            SetAttribute::Flags(SetFlags::Interval | SetFlags::Timeout),
+            SetAttribute::Name(set_name(k).into()),
+            SetAttribute::Flags(flags),
             SetAttribute::KeyType(key_type),
             SetAttribute::KeyLen(key_len),
-            SetAttribute::Id(if key_len == 4 { 1 } else { 2 }),
+            SetAttribute::Id(id),
         ],
     })
 }
 
-fn drop_rule(table: &str, v4: bool) -> NfTablesMessage {
-    let (proto, offset, len, tag) = if v4 {
-        (NFPROTO_IPV4, 12, 4, TAG_V4)
+fn drop_rule(table: &str, k: SetKind) -> NfTablesMessage {
+    let (proto, offset, len) = if k.is_v4() {
+        (NFPROTO_IPV4, 12, 4)
     } else {
-        (NFPROTO_IPV6, 8, 16, TAG_V6)
+        (NFPROTO_IPV6, 8, 16)
     };
     NfTablesMessage::NewRule(RuleMessage {
         attributes: vec![
@@ -579,7 +742,7 @@ fn drop_rule(table: &str, v4: bool) -> NfTablesMessage {
                 .into(),
                 Expressions::Lookup(vec![
                     Lookup::SourceRegister(Register::Reg1),
-                    Lookup::Set(set_name(v4).into()),
+                    Lookup::Set(set_name(k).into()),
                 ])
                 .into(),
                 Expressions::Immediate(vec![
@@ -590,21 +753,33 @@ fn drop_rule(table: &str, v4: bool) -> NfTablesMessage {
                 ])
                 .into(),
             ]),
-            RuleAttribute::UserData(tag.to_vec()),
+            RuleAttribute::UserData(rule_tag(k)),
         ],
     })
 }
 
+/// The most bytes one element of set `k` takes in an element list: the
+/// list-element header, the nested key with its value, and the larger of
+/// a timeout (start) or flags (interval end).
+fn element_bytes(k: SetKind) -> usize {
+    let key = if k.is_v4() { 4 } else { 16 };
+    4 + (4 + 4 + key) + 12
+}
+
+fn elements_per_message(k: SetKind) -> usize {
+    ELEMENT_LIST_BYTES / element_bytes(k)
+}
+
 fn elem_msg(
     table: &str,
-    v4: bool,
+    k: SetKind,
     elems: Vec<Vec<SetElementAttribute>>,
     delete: bool,
 ) -> NfTablesMessage {
     let m = SetElementMessage {
         attributes: vec![
             SetElementList::Table(table.into()),
-            SetElementList::Set(set_name(v4).into()),
+            SetElementList::Set(set_name(k).into()),
             SetElementList::Elements(elems.into_iter().map(ListAttribute::Element).collect()),
         ],
     };
@@ -615,34 +790,40 @@ fn elem_msg(
     }
 }
 
-/// A prefix as interval-set elements: its first address (with the
-/// timeout) and, unless it runs to the end of the address space, the
-/// address after its last with the interval-end flag.
-fn prefix_elements(p: &Prefix, timeout_ms: Option<u64>) -> Vec<Vec<SetElementAttribute>> {
-    let (lo, hi) = p.range();
-    let key = |v: u128| -> Vec<u8> {
-        if p.is_v4() {
-            (v as u32).to_be_bytes().to_vec()
-        } else {
-            v.to_be_bytes().to_vec()
-        }
-    };
-    let max = if p.is_v4() {
-        u32::MAX as u128
+fn key_bytes(v4: bool, v: u128) -> Vec<u8> {
+    if v4 {
+        (v as u32).to_be_bytes().to_vec()
     } else {
-        u128::MAX
+        v.to_be_bytes().to_vec()
+    }
+}
+
+/// A prefix as elements of set `k`: in a hash set its address (with the
+/// timeout); in an interval set its first address (with the timeout) and,
+/// unless it runs to the end of the address space, the address after its
+/// last with the interval-end flag.
+fn prefix_elements(
+    p: &Prefix,
+    k: SetKind,
+    timeout_ms: Option<u64>,
+) -> Vec<Vec<SetElementAttribute>> {
+    let v4 = p.is_v4();
+    let (lo, hi) = p.range();
+    let (lo, hi, max) = if v4 {
+        (lo & 0xffff_ffff, hi & 0xffff_ffff, u32::MAX as u128)
+    } else {
+        (lo, hi, u128::MAX)
     };
-    let mut start = vec![SetElementAttribute::Key(DataAttribute::Value(key(
-        if p.is_v4() { lo & 0xffff_ffff } else { lo },
+    let mut start = vec![SetElementAttribute::Key(DataAttribute::Value(key_bytes(
+        v4, lo,
     )))];
     if let Some(ms) = timeout_ms {
         start.push(SetElementAttribute::Timeout(ms));
     }
     let mut out = vec![start];
-    let hi = if p.is_v4() { hi & 0xffff_ffff } else { hi };
-    if hi < max {
+    if k.is_interval() && hi < max {
         out.push(vec![
-            SetElementAttribute::Key(DataAttribute::Value(key(hi + 1))),
+            SetElementAttribute::Key(DataAttribute::Value(key_bytes(v4, hi + 1))),
             SetElementAttribute::Flags(SetElementFlags::IntervalEnd),
         ]);
     }
@@ -651,11 +832,11 @@ fn prefix_elements(p: &Prefix, timeout_ms: Option<u64>) -> Vec<Vec<SetElementAtt
 
 fn raw_elements(r: &RawInterval) -> Vec<Vec<SetElementAttribute>> {
     let mut out = vec![vec![SetElementAttribute::Key(DataAttribute::Value(
-        r.start.clone(),
+        key_bytes(r.v4, r.start),
     ))]];
-    if let Some(e) = &r.end {
+    if let Some(e) = r.end {
         out.push(vec![
-            SetElementAttribute::Key(DataAttribute::Value(e.clone())),
+            SetElementAttribute::Key(DataAttribute::Value(key_bytes(r.v4, e))),
             SetElementAttribute::Flags(SetElementFlags::IntervalEnd),
         ]);
     }
@@ -670,39 +851,61 @@ fn key_value(k: &[u8]) -> Option<u128> {
     }
 }
 
+/// A full-length address as a prefix; `None` if the key is of the other
+/// family's size.
+fn address(v4: bool, key: u128) -> Option<Prefix> {
+    let ip = if v4 {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::try_from(key).ok()?))
+    } else {
+        std::net::IpAddr::V6(std::net::Ipv6Addr::from(key))
+    };
+    Prefix::new(ip, if v4 { 32 } else { 128 }).ok()
+}
+
 /// Pairs an interval set's elements (start, then its end) back into
 /// prefixes; intervals that are not exactly one prefix are `foreign`.
-fn intervals(v4: bool, mut keys: Vec<(Vec<u8>, bool, Option<u64>)>, out: &mut Readback) {
-    keys.sort_by(|a, b| key_value(&a.0).cmp(&key_value(&b.0)).then(b.1.cmp(&a.1)));
+/// O(n log n): one sort, one pass.
+fn intervals(k: SetKind, keys: &mut [DumpElem], out: &mut Readback) {
+    let v4 = k.is_v4();
+    // By key; at one key an end (of the interval before) sorts first.
+    keys.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(b.end.cmp(&a.end)));
     let max = if v4 { u32::MAX as u128 } else { u128::MAX };
+    let bits = if v4 { 32 } else { 128 };
     let mut i = 0;
     while i < keys.len() {
-        let (k, is_end, expiration) = &keys[i];
+        let e = keys[i];
         i += 1;
-        if *is_end {
+        if e.end {
             // An end with no start before it (nft's leading 0 end).
             continue;
         }
-        let Some(start) = key_value(k) else { continue };
-        let (end_excl, end_key) = match keys.get(i) {
-            Some((ek, true, _)) => {
+        let start = e.key;
+        let end_excl = match keys.get(i) {
+            Some(n) if n.end => {
                 i += 1;
-                (key_value(ek), Some(ek.clone()))
+                Some(n.key)
             }
-            _ => (None, None),
+            _ => None,
         };
         let last = match end_excl {
             Some(e) if e > 0 => e - 1,
             Some(_) => continue,
             None => max,
         };
+        if last < start || last > max {
+            out.foreign.push(RawInterval {
+                v4,
+                start,
+                end: end_excl,
+            });
+            continue;
+        }
         let size = last - start;
         // A prefix: size + 1 is a power of two and start is aligned.
         let is_prefix = size
             .checked_add(1)
             .map_or(start == 0, |n| n.is_power_of_two())
             && start & size == 0;
-        let bits = if v4 { 32 } else { 128 };
         let host_bits = 128 - size.leading_zeros();
         let prefix = is_prefix.then(|| {
             let ip = if v4 {
@@ -715,12 +918,13 @@ fn intervals(v4: bool, mut keys: Vec<(Vec<u8>, bool, Option<u64>)>, out: &mut Re
         match prefix.flatten() {
             Some(p) => out.elements.push(Observed {
                 prefix: p,
-                remaining: expiration.map(std::time::Duration::from_millis),
+                remaining: e.expiration.map(std::time::Duration::from_millis),
+                set: k,
             }),
             None => out.foreign.push(RawInterval {
                 v4,
-                start: k.clone(),
-                end: end_key,
+                start,
+                end: end_excl,
             }),
         }
     }
@@ -729,28 +933,43 @@ fn intervals(v4: bool, mut keys: Vec<(Vec<u8>, bool, Option<u64>)>, out: &mut Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::Emitable;
 
     fn p(s: &str) -> Prefix {
         s.parse().expect("prefix")
     }
 
-    fn keys_of(prefixes: &[&str]) -> Vec<(Vec<u8>, bool, Option<u64>)> {
-        let mut keys = Vec::new();
+    /// The dump elements a kernel would give for these prefixes in set
+    /// `k` (each start with 4000 ms left), built as attributes.
+    fn elems_of(k: SetKind, prefixes: &[&str]) -> Vec<Vec<SetElementAttribute>> {
+        let mut out = Vec::new();
         for s in prefixes {
-            for e in prefix_elements(&p(s), Some(5000)) {
-                let mut key = None;
-                let mut end = false;
-                for a in e {
-                    match a {
-                        SetElementAttribute::Key(DataAttribute::Value(v)) => key = Some(v),
-                        SetElementAttribute::Flags(_) => end = true,
-                        _ => {}
-                    }
+            for mut e in prefix_elements(&p(s), k, None) {
+                if !e.iter().any(|a| matches!(a, SetElementAttribute::Flags(_))) {
+                    e.push(SetElementAttribute::Timeout(5000));
+                    e.push(SetElementAttribute::Expiration(4000));
                 }
-                keys.push((key.expect("key"), end, (!end).then_some(4000)));
+                out.push(e);
             }
         }
-        keys
+        out
+    }
+
+    /// The attributes of a NEWSETELEM message, as the crate emits them
+    /// (the same layout as the kernel's dump).
+    fn wire(k: SetKind, elems: Vec<Vec<SetElementAttribute>>) -> Vec<u8> {
+        let NfTablesMessage::NewSetElement(m) = elem_msg("t", k, elems, false) else {
+            unreachable!()
+        };
+        let mut buf = vec![0; m.attributes.as_slice().buffer_len()];
+        m.attributes.as_slice().emit(&mut buf);
+        buf
+    }
+
+    fn parsed(k: SetKind, prefixes: &[&str]) -> Vec<DumpElem> {
+        let mut out = Vec::new();
+        parse_element_list(&wire(k, elems_of(k, prefixes)), &mut out).expect("parse");
+        out
     }
 
     #[test]
@@ -759,17 +978,23 @@ mod tests {
             "0.0.0.0/1",
             "192.0.2.0/24",
             "192.0.3.0/24",
+            "198.51.100.7/32",
             "255.255.255.255/32",
         ];
-        let mut keys = keys_of(&v4);
+        let mut keys = parsed(SetKind::Net4, &v4);
         // nft's leading end element at 0 is not an interval.
-        keys.push((vec![0, 0, 0, 0], true, None));
+        keys.push(DumpElem {
+            key: 0,
+            end: true,
+            expiration: None,
+        });
         keys.reverse(); // the kernel dumps in reverse order
         let mut out = Readback::default();
-        intervals(true, keys, &mut out);
+        intervals(SetKind::Net4, &mut keys, &mut out);
         let got: Vec<String> = out.elements.iter().map(|o| o.prefix.to_string()).collect();
         assert_eq!(got, v4);
         assert!(out.foreign.is_empty());
+        assert!(out.elements.iter().all(|o| o.set == SetKind::Net4));
         assert_eq!(
             out.elements[1].remaining,
             Some(std::time::Duration::from_millis(4000))
@@ -777,7 +1002,7 @@ mod tests {
 
         let v6 = ["2001:db8::/32", "::1/128", "ff00::/8"];
         let mut out = Readback::default();
-        intervals(false, keys_of(&v6), &mut out);
+        intervals(SetKind::Net6, &mut parsed(SetKind::Net6, &v6), &mut out);
         let mut got: Vec<String> = out.elements.iter().map(|o| o.prefix.to_string()).collect();
         got.sort();
         let mut want: Vec<String> = v6.iter().map(|s| s.to_string()).collect();
@@ -786,14 +1011,117 @@ mod tests {
     }
 
     #[test]
+    fn hash_set_elements_are_one_key_each() {
+        assert_eq!(
+            prefix_elements(&p("192.0.2.7"), SetKind::Addr4, Some(1)).len(),
+            1
+        );
+        assert_eq!(
+            prefix_elements(&p("192.0.2.7"), SetKind::Net4, Some(1)).len(),
+            2
+        );
+        let got = parsed(SetKind::Addr6, &["2001:db8::1", "2001:db8::2"]);
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            address(false, got[0].key).map(|p| p.to_string()),
+            Some("2001:db8::1/128".into())
+        );
+        assert_eq!(got[0].expiration, Some(4000));
+        assert!(!got[0].end);
+        let got = parsed(SetKind::Addr4, &["198.51.100.7"]);
+        assert_eq!(
+            address(true, got[0].key).map(|p| p.to_string()),
+            Some("198.51.100.7/32".into())
+        );
+        assert_eq!(
+            address(true, 1 << 40),
+            None,
+            "an IPv6-sized key in a v4 set"
+        );
+    }
+
+    #[test]
+    fn a_full_message_fits_the_element_list_length() {
+        for k in SetKind::ALL {
+            let n = elements_per_message(k);
+            let (base, len) = if k.is_v4() {
+                ("10.0.0.0", 32)
+            } else {
+                ("2001:db8::", 128)
+            };
+            let base: std::net::IpAddr = base.parse().expect("ip");
+            let prefixes: Vec<Prefix> = (0..n as u32)
+                .map(|i| {
+                    let ip = match base {
+                        std::net::IpAddr::V4(a) => {
+                            std::net::IpAddr::V4((u32::from(a) + 2 * i).into())
+                        }
+                        std::net::IpAddr::V6(a) => {
+                            std::net::IpAddr::V6((u128::from(a) + 2 * i as u128).into())
+                        }
+                    };
+                    Prefix::new(ip, len - k.is_interval() as u8).expect("prefix")
+                })
+                .collect();
+            // Interval sets: half as many prefixes (two elements each).
+            let elems: Vec<_> = prefixes
+                .iter()
+                .take(if k.is_interval() { n / 2 } else { n })
+                .flat_map(|p| prefix_elements(p, k, Some(u32::MAX as u64)))
+                .collect();
+            assert!(
+                elems.len() <= n && elems.len() + 2 >= n,
+                "{k:?} {}",
+                elems.len()
+            );
+            let list =
+                SetElementList::Elements(elems.into_iter().map(ListAttribute::Element).collect());
+            assert!(list.buffer_len() <= 65_535, "{k:?}: {}", list.buffer_len());
+            assert!(
+                list.buffer_len() > 50_000,
+                "{k:?}: messages are packed full"
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_dump_is_an_error_not_a_panic() {
+        let good = wire(SetKind::Addr4, elems_of(SetKind::Addr4, &["192.0.2.1"]));
+        // Every truncation, and every length byte bent, of a good message.
+        for cut in 0..good.len() {
+            let mut out = Vec::new();
+            let _ = parse_element_list(&good[..cut], &mut out);
+        }
+        for at in 0..good.len() {
+            for v in [0u8, 1, 3, 0xff] {
+                let mut bad = good.clone();
+                bad[at] = v;
+                let mut out = Vec::new();
+                let _ = parse_element_list(&bad, &mut out);
+                assert!(out.len() <= 1);
+            }
+        }
+        let mut out = Vec::new();
+        assert!(parse_element_list(&[0xff, 0xff, 3, 0, 0, 0], &mut out).is_err());
+    }
+
+    #[test]
     fn a_range_that_is_no_prefix_is_foreign() {
         // 10.0.0.1 - 10.0.0.5 (end 10.0.0.6), made by hand.
-        let keys = vec![
-            (vec![10, 0, 0, 1], false, None),
-            (vec![10, 0, 0, 6], true, None),
+        let mut keys = vec![
+            DumpElem {
+                key: 0x0a00_0001,
+                end: false,
+                expiration: None,
+            },
+            DumpElem {
+                key: 0x0a00_0006,
+                end: true,
+                expiration: None,
+            },
         ];
         let mut out = Readback::default();
-        intervals(true, keys, &mut out);
+        intervals(SetKind::Net4, &mut keys, &mut out);
         assert!(out.elements.is_empty());
         assert_eq!(out.foreign.len(), 1);
         assert_eq!(raw_elements(&out.foreign[0]).len(), 2);

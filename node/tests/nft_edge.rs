@@ -11,7 +11,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use shoal_core::enforce::Batch;
+use shoal_core::enforce::{Batch, EnforceRules, Enforcer, SetKind};
 use shoal_node::nft::{HookPoint, Nft, NftError, TableSpec};
 use shoal_wire::Prefix;
 
@@ -101,6 +101,8 @@ fn edge_applies_reads_back_and_rolls_back_in_the_kernel() {
         let listing = nft_cli("list table inet shoal_t");
         assert!(listing.contains("ip saddr @v4 drop"), "{listing}");
         assert!(listing.contains("ip6 saddr @v6 drop"), "{listing}");
+        assert!(listing.contains("ip saddr @v4addr drop"), "{listing}");
+        assert!(listing.contains("ip6 saddr @v6addr drop"), "{listing}");
         assert!(
             listing.contains("hook prerouting priority raw"),
             "{listing}"
@@ -111,14 +113,48 @@ fn edge_applies_reads_back_and_rolls_back_in_the_kernel() {
                 ("192.0.2.0/24", 30_000),
                 ("198.51.100.7", 30_000),
                 ("2001:db8::/32", 30_000),
+                ("2001:db8:1::9", 30_000),
             ]),
             &[],
         )
         .expect("apply");
         assert_eq!(
             held(&mut nft),
-            ["192.0.2.0/24", "198.51.100.7/32", "2001:db8::/32"]
+            [
+                "192.0.2.0/24",
+                "198.51.100.7/32",
+                "2001:db8:1::9/128",
+                "2001:db8::/32"
+            ]
         );
+        // Full addresses are in the hash sets, prefixes in the interval
+        // sets.
+        assert!(nft_cli("list set inet shoal_t v4addr").contains("198.51.100.7"));
+        assert!(!nft_cli("list set inet shoal_t v4").contains("198.51.100.7"));
+        assert!(nft_cli("list set inet shoal_t v6addr").contains("2001:db8:1::9"));
+        let kinds: Vec<SetKind> = {
+            let mut v: Vec<_> = nft
+                .read()
+                .expect("read")
+                .elements
+                .iter()
+                .map(|o| o.set)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            kinds,
+            [SetKind::Addr4, SetKind::Net4, SetKind::Addr6, SetKind::Net6]
+        );
+        nft.apply(
+            &Batch {
+                deletes: vec![(p("2001:db8:1::9"), SetKind::Addr6)],
+                ..Batch::default()
+            },
+            &[],
+        )
+        .expect("delete");
         let rb = nft.read().expect("read");
         for o in &rb.elements {
             let left = o.remaining.expect("timeout");
@@ -133,7 +169,7 @@ fn edge_applies_reads_back_and_rolls_back_in_the_kernel() {
         // A batch the kernel refuses (an element overlapping one already
         // there): nothing of it applies, the previous set stays.
         let bad = Batch {
-            deletes: vec![p("198.51.100.7")],
+            deletes: vec![(p("198.51.100.7"), SetKind::Addr4)],
             ..adds(&[("203.0.113.0/24", 30_000), ("192.0.2.128/25", 30_000)])
         };
         match nft.apply(&bad, &[]) {
@@ -170,5 +206,68 @@ fn edge_applies_reads_back_and_rolls_back_in_the_kernel() {
 
         nft.remove_table().expect("remove");
         assert!(nft.read().expect("read").elements.is_empty());
+    });
+}
+
+/// A table of the older layout (two interval sets, a /32 in the interval
+/// set; its chain is left out: nft 1.0.6 cannot name a chain `drop`, and
+/// setup replacing a chain's rules is tested above) is taken over without
+/// a gap: setup adds the hash sets, the chain and the four rules, the read-back finds the /32 in the interval set,
+/// and the planned batch moves it to the hash set in one transaction.
+#[test]
+fn an_older_two_set_table_is_taken_over_in_place() {
+    in_own_netns(|| {
+        nft_cli("add table inet shoal_o");
+        nft_cli("add set inet shoal_o v4 { type ipv4_addr; flags interval, timeout; }");
+        nft_cli("add set inet shoal_o v6 { type ipv6_addr; flags interval, timeout; }");
+        nft_cli(
+            "add element inet shoal_o v4 { 198.51.100.7 timeout 60s, 192.0.2.0/24 timeout 60s }",
+        );
+        let mut nft = Nft::open(TableSpec {
+            table: "shoal_o".into(),
+            hook: HookPoint::Prerouting,
+            priority: -300,
+        })
+        .expect("open");
+        nft.setup().expect("setup over the older table");
+        let rb = nft.read().expect("read");
+        assert!(rb.rules_ok, "four rules after setup");
+        let stray = rb
+            .elements
+            .iter()
+            .find(|o| o.prefix == p("198.51.100.7"))
+            .expect("the /32 is still there");
+        assert_eq!(stray.set, SetKind::Net4);
+
+        let now = Instant::now();
+        let mut enf = Enforcer::new(EnforceRules::default(), false);
+        let d = enf.desired(
+            now,
+            [
+                (p("198.51.100.7"), now + Duration::from_secs(60)),
+                (p("192.0.2.0/24"), now + Duration::from_secs(60)),
+            ],
+        );
+        let b = enf.plan(now, &d, Some(&rb.elements)).expect("a move");
+        assert_eq!(b.deletes, [(p("198.51.100.7"), SetKind::Net4)]);
+        assert_eq!(b.adds.len(), 1);
+        nft.apply(&b, &rb.foreign).expect("apply the move");
+        enf.batch_ok(&b);
+        let rb = nft.read().expect("read");
+        let mut got: Vec<(String, SetKind)> = rb
+            .elements
+            .iter()
+            .map(|o| (o.prefix.to_string(), o.set))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("192.0.2.0/24".to_string(), SetKind::Net4),
+                ("198.51.100.7/32".to_string(), SetKind::Addr4)
+            ]
+        );
+        assert!(enf.plan(now, &d, Some(&rb.elements)).is_none(), "settled");
+        nft.remove_table().expect("remove");
     });
 }
