@@ -2,10 +2,12 @@
 //! asserted: run as root in release,
 //! `cargo test --release -p shoal-node --test enforce_figures -- --ignored --nocapture --test-threads 1`.
 //!
-//! - `kernel_load`: 1 M IPv4 /32 elements through the netlink edge in
-//!   batches (one transaction each), the read-back of 1 M, the kernel
-//!   memory they take (`SUnreclaim` before and after), the same elements
-//!   loaded with `nft -f` and with `ipset restore` in the same run, and the
+//! - `kernel_load`: 1 M IPv4 /32 elements (`SHOAL_FIG_N`) through the
+//!   netlink edge in batches of 50 k (one transaction each) and as one
+//!   transaction, the read-back of 1 M, the kernel memory they take
+//!   (`SUnreclaim` delta at load and at removal), the same elements loaded
+//!   with `nft -f` and with `ipset restore` in the same run; several runs
+//!   (`SHOAL_FIG_RUNS`, default 3), medians and same-run ratios; and the
 //!   sans-IO plan for 1 M blocks.
 //! - `block_to_drop`: three nodes in namespaces; the time from a BLOCK on
 //!   node 1's local socket to the element in every node's kernel.
@@ -72,6 +74,74 @@ fn timed(what: &str, cmd: &mut Command) -> Option<Duration> {
     }
 }
 
+/// One run's figures.
+#[derive(Debug, Clone, Copy)]
+struct LoadRun {
+    load: Duration,
+    one_batch: Duration,
+    read: Duration,
+    mem_kb: u64,
+    freed_kb: u64,
+    nft: Option<Duration>,
+    ipset: Option<Duration>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// Loads `plan` through the netlink edge in a fresh table of namespace
+/// `ns`: in batches of `BATCH`, read back, removed (memory freed), then
+/// loaded again as one transaction (what the enforcer does at start).
+fn edge_run(ns: &str, plan: &Batch) -> (Duration, Duration, Duration, u64, u64) {
+    let ns = ns.to_string();
+    let plan = plan.clone();
+    std::thread::spawn(move || {
+        let f = File::open(format!("/run/netns/{ns}")).expect("netns");
+        // SAFETY: joins this thread to the namespace of a valid fd.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let mut nft = Nft::open(TableSpec {
+            table: "shoal".into(),
+            hook: HookPoint::Prerouting,
+            priority: -300,
+        })
+        .expect("open");
+        nft.setup().expect("setup");
+        let before = sunreclaim_kb();
+        let t = Instant::now();
+        for chunk in plan.adds.chunks(BATCH) {
+            let b = Batch {
+                adds: chunk.to_vec(),
+                ..Batch::default()
+            };
+            nft.apply(&b, &[]).expect("apply");
+        }
+        let load = t.elapsed();
+        let mem = sunreclaim_kb().saturating_sub(before);
+        let t = Instant::now();
+        let rb = nft.read().expect("read");
+        let read = t.elapsed();
+        assert_eq!(rb.elements.len(), plan.adds.len());
+        let full = sunreclaim_kb();
+        nft.remove_table().expect("remove");
+        // Elements are freed after an RCU grace period.
+        std::thread::sleep(Duration::from_secs(2));
+        let freed = full.saturating_sub(sunreclaim_kb());
+        nft.setup().expect("setup");
+        let t = Instant::now();
+        nft.apply(&plan, &[]).expect("apply as one transaction");
+        let one = t.elapsed();
+        nft.remove_table().expect("remove");
+        (load, one, read, mem, freed)
+    })
+    .join()
+    .expect("thread")
+}
+
 #[test]
 #[ignore = "prints figures; run as root in release"]
 fn kernel_load() {
@@ -79,9 +149,13 @@ fn kernel_load() {
         println!("SKIPPED kernel_load: needs root");
         return;
     }
-    // The sans-IO plan for N live blocks.
     #[allow(non_snake_case)]
     let N = n();
+    let runs: usize = std::env::var("SHOAL_FIG_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    // The sans-IO plan for N live blocks (IPv4 /32: the hash set).
     let now = Instant::now();
     let blocks: Vec<(Prefix, Instant)> = (0..N)
         .map(|i| (Prefix::from(addr(i)), now + Duration::from_secs(600)))
@@ -102,69 +176,18 @@ fn kernel_load() {
         t.elapsed()
     );
 
-    let ns = format!("shoalfig{}", std::process::id());
-    assert!(Command::new("ip")
-        .args(["netns", "add", &ns])
-        .status()
-        .expect("ip")
-        .success());
-    let ns2 = ns.clone();
-    let (load, read, mem_kb) = std::thread::spawn(move || {
-        let f = File::open(format!("/run/netns/{ns2}")).expect("netns");
-        // SAFETY: joins this thread to the namespace of a valid fd.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let mut nft = Nft::open(TableSpec {
-            table: "shoal".into(),
-            hook: HookPoint::Prerouting,
-            priority: -300,
-        })
-        .expect("open");
-        nft.setup().expect("setup");
-        let before = sunreclaim_kb();
-        let t = Instant::now();
-        for (i, chunk) in plan.adds.chunks(BATCH).enumerate() {
-            let b = Batch {
-                adds: chunk.to_vec(),
-                ..Batch::default()
-            };
-            let c = Instant::now();
-            nft.apply(&b, &[]).expect("apply");
-            if i % 4 == 0 {
-                println!("  batch {i}: {} elements in {:?}", chunk.len(), c.elapsed());
-            }
-        }
-        let load = t.elapsed();
-        let mem = sunreclaim_kb().saturating_sub(before);
-        let t = Instant::now();
-        let rb = nft.read().expect("read");
-        let read = t.elapsed();
-        assert_eq!(rb.elements.len(), N as usize);
-        nft.remove_table().expect("remove");
-        (load, read, mem)
-    })
-    .join()
-    .expect("thread");
-    println!(
-        "netlink edge: {N} elements in batches of {BATCH}: {load:?} ({:.0} elements/s); read-back of {N}: {read:?}; kernel memory (SUnreclaim delta) {} MiB = {:.0} bytes/element",
-        N as f64 / load.as_secs_f64(),
-        mem_kb / 1024,
-        mem_kb as f64 * 1024.0 / N as f64
-    );
-
-    // The same elements with nft -f (one file, statements of BATCH).
+    // The same elements for nft -f (one file: one transaction, into a
+    // timeout hash set like the edge's) and ipset restore (hash:ip with
+    // timeouts).
     let dir = std::env::temp_dir().join(format!("shoal-fig-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let nft_file = dir.join("load.nft");
     {
         let mut f = std::io::BufWriter::new(File::create(&nft_file).expect("file"));
         writeln!(f, "add table inet t").ok();
-        writeln!(
-            f,
-            "add set inet t v4 {{ type ipv4_addr; flags interval, timeout; }}"
-        )
-        .ok();
+        writeln!(f, "add set inet t a {{ type ipv4_addr; flags timeout; }}").ok();
         for c in (0..N).collect::<Vec<_>>().chunks(BATCH) {
-            write!(f, "add element inet t v4 {{ ").ok();
+            write!(f, "add element inet t a {{ ").ok();
             for (k, i) in c.iter().enumerate() {
                 let sep = if k == 0 { "" } else { ", " };
                 write!(f, "{sep}{} timeout 600s", addr(*i)).ok();
@@ -172,46 +195,113 @@ fn kernel_load() {
             writeln!(f, " }}").ok();
         }
     }
-    let nft_took = timed(
-        "nft -f",
-        Command::new("ip")
-            .args(["netns", "exec", &ns, "nft", "-f"])
-            .arg(&nft_file),
-    );
-    // And with ipset restore (hash:net with timeouts).
     let ipset_file = dir.join("load.ipset");
     {
         let mut f = std::io::BufWriter::new(File::create(&ipset_file).expect("file"));
         writeln!(
             f,
-            "create s hash:net family inet maxelem 2000000 timeout 600"
+            "create s hash:ip family inet maxelem {} timeout 600",
+            2 * N
         )
         .ok();
         for i in 0..N {
             writeln!(f, "add s {}", addr(i)).ok();
         }
     }
-    let ipset_took = timed(
-        "ipset restore",
-        Command::new("sh").arg("-c").arg(format!(
-            "ip netns exec {ns} ipset restore < {}",
-            ipset_file.display()
-        )),
-    );
-    let _ = Command::new("ip")
-        .args(["netns", "exec", &ns, "ipset", "destroy", "s"])
-        .output();
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-    let _ = std::fs::remove_dir_all(&dir);
-    for (what, took) in [("nft -f", nft_took), ("ipset restore", ipset_took)] {
-        if let Some(d) = took {
-            println!(
-                "{what}: {N} elements: {d:?} ({:.0} elements/s), {:.2}x the netlink edge's time",
-                N as f64 / d.as_secs_f64(),
-                d.as_secs_f64() / load.as_secs_f64()
-            );
-        }
+
+    let mut rows = Vec::new();
+    for run in 0..runs {
+        let ns = format!("shoalfig{}r{run}", std::process::id());
+        assert!(Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .expect("ip")
+            .success());
+        let (load, one_batch, read, mem_kb, freed_kb) = edge_run(&ns, &plan);
+        let nft = timed(
+            "nft -f",
+            Command::new("ip")
+                .args(["netns", "exec", &ns, "nft", "-f"])
+                .arg(&nft_file),
+        );
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &ns, "nft", "delete", "table", "inet", "t"])
+            .output();
+        let ipset = timed(
+            "ipset restore",
+            Command::new("sh").arg("-c").arg(format!(
+                "ip netns exec {ns} ipset restore < {}",
+                ipset_file.display()
+            )),
+        );
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &ns, "ipset", "destroy", "s"])
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        let r = LoadRun {
+            load,
+            one_batch,
+            read,
+            mem_kb,
+            freed_kb,
+            nft,
+            ipset,
+        };
+        println!(
+            "run {run}: edge {N} in batches of {BATCH}: {:.2} s ({:.0}/s); one transaction {:.2} s; \
+             read-back {:.2} s; SUnreclaim +{} MiB at load, -{} MiB at removal; nft -f {:?}; ipset restore {:?}",
+            load.as_secs_f64(),
+            N as f64 / load.as_secs_f64(),
+            one_batch.as_secs_f64(),
+            read.as_secs_f64(),
+            mem_kb / 1024,
+            freed_kb / 1024,
+            nft.map(|d| d.as_secs_f64()),
+            ipset.map(|d| d.as_secs_f64()),
+        );
+        rows.push(r);
     }
+    let _ = std::fs::remove_dir_all(&dir);
+    let med = |f: &dyn Fn(&LoadRun) -> Option<f64>| median(rows.iter().filter_map(f).collect());
+    println!(
+        "medians of {runs} runs, {N} IPv4 addresses, load average {}",
+        loadavg()
+    );
+    println!(
+        "  netlink edge, batches of {BATCH}: {:.2} s = {:.0} elements/s",
+        med(&|r| Some(r.load.as_secs_f64())),
+        med(&|r| Some(N as f64 / r.load.as_secs_f64()))
+    );
+    println!(
+        "  netlink edge, one transaction: {:.2} s = {:.0} elements/s",
+        med(&|r| Some(r.one_batch.as_secs_f64())),
+        med(&|r| Some(N as f64 / r.one_batch.as_secs_f64()))
+    );
+    println!(
+        "  read-back of {N}: {:.2} s",
+        med(&|r| Some(r.read.as_secs_f64()))
+    );
+    println!(
+        "  kernel memory (SUnreclaim): +{:.0} bytes/element at load, {:.0} bytes/element freed at removal",
+        med(&|r| Some(r.mem_kb as f64 * 1024.0 / N as f64)),
+        med(&|r| Some(r.freed_kb as f64 * 1024.0 / N as f64))
+    );
+    println!(
+        "  nft -f: {:.2} s, {:.2}x the edge's batched time (same-run ratio)",
+        med(&|r| r.nft.map(|d| d.as_secs_f64())),
+        med(&|r| r.nft.map(|d| d.as_secs_f64() / r.load.as_secs_f64()))
+    );
+    println!(
+        "  ipset restore: {:.2} s, {:.2}x the edge's batched time (same-run ratio)",
+        med(&|r| r.ipset.map(|d| d.as_secs_f64())),
+        med(&|r| r.ipset.map(|d| d.as_secs_f64() / r.load.as_secs_f64()))
+    );
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
