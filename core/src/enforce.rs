@@ -229,6 +229,9 @@ pub struct Enforcer {
     outstanding: Option<u64>,
     next_id: u64,
     retry_at: Option<Instant>,
+    /// While a read-back is under way: the prefixes batches changed since
+    /// it started (the read may have seen them before or after).
+    touched: Option<std::collections::BTreeSet<Prefix>>,
     pub counters: EnforceCounters,
     /// From the last [`Enforcer::desired`] call, for the metrics.
     pub last_desired: DesiredStats,
@@ -254,6 +257,7 @@ impl Enforcer {
             outstanding: None,
             next_id: 1,
             retry_at: None,
+            touched: None,
             counters: EnforceCounters::default(),
             last_desired: DesiredStats::default(),
         }
@@ -329,6 +333,14 @@ impl Enforcer {
         d
     }
 
+    /// A read-back of the kernel starts; batches may go on while it runs
+    /// (a large set's read takes seconds). Until its result is planned
+    /// with, every prefix a successful batch changes is remembered, and
+    /// for those the belief wins over what the read saw.
+    pub fn readback_started(&mut self) {
+        self.touched = Some(Default::default());
+    }
+
     /// Whether a batch may be planned now (none outstanding, no retry
     /// pending).
     pub fn ready(&self, now: Instant) -> bool {
@@ -361,7 +373,8 @@ impl Enforcer {
         let mut held: BTreeMap<Prefix, Option<Instant>> = BTreeMap::new();
         match observed {
             Some(obs) => {
-                for o in obs {
+                let touched = self.touched.take().unwrap_or_default();
+                for o in obs.iter().filter(|o| !touched.contains(&o.prefix)) {
                     if o.set != SetKind::of(&o.prefix) {
                         // In the other set of its family (an older layout,
                         // a hand edit): nobody put it there. Deleted from
@@ -371,6 +384,12 @@ impl Enforcer {
                         continue;
                     }
                     held.insert(o.prefix, o.remaining.map(|r| now + r));
+                }
+                // Changed by a batch while the read ran: the belief.
+                for p in &touched {
+                    if let Some(end) = self.applied.get(p) {
+                        held.insert(*p, Some(*end));
+                    }
                 }
             }
             None => held.extend(self.applied.iter().map(|(p, e)| (*p, Some(*e)))),
@@ -424,6 +443,10 @@ impl Enforcer {
             return;
         }
         self.outstanding = None;
+        if let Some(t) = &mut self.touched {
+            t.extend(b.deletes.iter().map(|d| d.0));
+            t.extend(b.adds.iter().map(|a| a.0));
+        }
         for (p, set) in &b.deletes {
             if *set == SetKind::of(p) {
                 self.applied.remove(p);
@@ -749,6 +772,49 @@ mod tests {
             obs("2001:db8::1", Some(100 * S)),
         ];
         assert!(e.plan(t0, &d, Some(&kernel)).is_none());
+    }
+
+    #[test]
+    fn batches_during_a_read_back_are_not_taken_for_drift() {
+        let t0 = Instant::now();
+        let mut e = Enforcer::new(rules(), false);
+        let d = e.desired(
+            t0,
+            [
+                (p("192.0.2.1"), t0 + 100 * S),
+                (p("192.0.2.2"), t0 + 100 * S),
+            ],
+        );
+        let b = e.plan(t0, &d, None).expect("load");
+        e.batch_ok(&b);
+        // A read starts; meanwhile .3 is blocked and .2 lifted, applied.
+        e.readback_started();
+        let d = e.desired(
+            t0,
+            [
+                (p("192.0.2.1"), t0 + 100 * S),
+                (p("192.0.2.3"), t0 + 100 * S),
+            ],
+        );
+        let b = e.plan(t0, &d, None).expect("change");
+        assert_eq!(
+            (adds(&b), dels(&b)),
+            (vec!["192.0.2.3/32".into()], vec!["192.0.2.2/32".into()])
+        );
+        e.batch_ok(&b);
+        // The read saw the kernel before that batch (.2 there, .3 not)
+        // and, independently, lost .1 (a hand delete): only .1 is a repair.
+        let seen = [obs("192.0.2.2", Some(100 * S))];
+        let b = e.plan(t0, &d, Some(&seen)).expect("repair .1");
+        assert_eq!(adds(&b), ["192.0.2.1/32"]);
+        assert!(b.deletes.is_empty());
+        assert_eq!((b.repaired_missing, b.repaired_extra), (1, 0));
+        e.batch_ok(&b);
+        // Without a read under way, the same stale view would be drift.
+        let b = e
+            .plan(t0, &d, Some(&seen))
+            .expect("stale read, no read-back marked");
+        assert_eq!(b.repaired_extra, 1);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use shoal_wire::Prefix;
 use tracing::{info, warn};
 
 use crate::config::ConfigError;
-use crate::nft::{HookPoint, Nft, NftError, RawInterval, TableSpec};
+use crate::nft::{HookPoint, Nft, NftError, RawInterval, Readback, TableSpec};
 use crate::server::Shared;
 
 /// How often the thread looks at the blocks' generation: the bound on the
@@ -314,13 +314,17 @@ pub(crate) fn start(
     let remove = cfg.on_exit == "remove";
     let reconcile = Duration::from_millis(cfg.reconcile_ms);
     let enforcer = Enforcer::new(rules.clone(), cfg.dry_run);
+    let reader = match nft.as_ref() {
+        Some(n) => Some(Reader::start(n.spec().clone(), span.clone())?),
+        None => None,
+    };
     let thread = {
         let stop = Arc::clone(&stop);
         std::thread::Builder::new()
             .name("shoal-enforce".into())
             .spawn(move || {
                 let _e = span.enter();
-                run(enforcer, nft.as_mut(), &shared, &stop, reconcile);
+                run(enforcer, nft.as_mut(), reader, &shared, &stop, reconcile);
                 if let (Some(n), true) = (nft.as_mut(), remove) {
                     match n.remove_table() {
                         Ok(()) => info!("enforce: table removed (on_exit = remove)"),
@@ -344,9 +348,40 @@ pub(crate) fn start(
     })
 }
 
+/// The read-back's own thread and netlink socket: a large set's read takes
+/// seconds (the kernel restarts its walk of the set for every dump
+/// message), and batches go on meanwhile; the core keeps the prefixes
+/// they change out of the read's verdict.
+struct Reader {
+    ask: std::sync::mpsc::Sender<()>,
+    answers: std::sync::mpsc::Receiver<Result<Readback, NftError>>,
+}
+
+impl Reader {
+    fn start(spec: TableSpec, span: tracing::Span) -> Result<Reader, NftError> {
+        let mut nft = Nft::open(spec)?;
+        let (ask, asked) = std::sync::mpsc::channel::<()>();
+        let (answer, answers) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("shoal-enforce-read".into())
+            .spawn(move || {
+                let _e = span.enter();
+                // Ends when the enforcer thread drops its sender.
+                while asked.recv().is_ok() {
+                    if answer.send(nft.read()).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(NftError::Socket)?;
+        Ok(Reader { ask, answers })
+    }
+}
+
 fn run(
     mut enf: Enforcer,
     mut nft: Option<&mut Nft>,
+    reader: Option<Reader>,
     shared: &Shared,
     stop: &AtomicBool,
     reconcile: Duration,
@@ -357,12 +392,26 @@ fn run(
     let mut next_change: Option<Instant> = None;
     let mut foreign: Vec<RawInterval> = Vec::new();
     let mut blocks = Vec::new();
+    let mut reading = false;
+    let mut read: Option<Result<Readback, NftError>> = None;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
+        if let Some(r) = &reader {
+            if !reading && read.is_none() && now >= next_readback {
+                enf.readback_started();
+                reading = r.ask.send(()).is_ok();
+                next_readback = now + reconcile;
+            }
+            if reading {
+                if let Ok(answer) = r.answers.try_recv() {
+                    read = Some(answer);
+                    reading = false;
+                }
+            }
+        }
         let gen = shared.lock().blocks().generation();
-        let readback = now >= next_readback;
         let due = last_gen != Some(gen)
-            || readback
+            || read.is_some()
             || next_change.is_some_and(|t| now >= t)
             || enf.retry_at().is_some_and(|t| now >= t);
         if !due || !enf.ready(now) {
@@ -378,27 +427,24 @@ fn run(
         let desired = enf.desired(now, blocks.drain(..));
         next_change = desired.next_change;
         let mut observed = None;
-        if readback {
-            next_readback = now + reconcile;
-            if let Some(n) = nft.as_deref_mut() {
-                match n.read() {
-                    Ok(rb) => {
-                        let mut s = lock(stats);
-                        s.reconciles += 1;
-                        s.kernel_elements = rb.elements.len() as u64;
-                        drop(s);
-                        if !rb.rules_ok {
-                            warn!("enforce: the drop rules were missing or changed; putting them back");
-                            match n.setup() {
-                                Ok(()) => lock(stats).rules_repaired += 1,
-                                Err(e) => warn!(error = %e, "enforce: cannot put the rules back"),
-                            }
+        if let (Some(answer), Some(n)) = (read.take(), nft.as_deref_mut()) {
+            match answer {
+                Ok(rb) => {
+                    let mut s = lock(stats);
+                    s.reconciles += 1;
+                    s.kernel_elements = rb.elements.len() as u64;
+                    drop(s);
+                    if !rb.rules_ok {
+                        warn!("enforce: the drop rules were missing or changed; putting them back");
+                        match n.setup() {
+                            Ok(()) => lock(stats).rules_repaired += 1,
+                            Err(e) => warn!(error = %e, "enforce: cannot put the rules back"),
                         }
-                        foreign = rb.foreign;
-                        observed = Some(rb.elements);
                     }
-                    Err(e) => warn!(error = %e, "enforce: read-back failed"),
+                    foreign = rb.foreign;
+                    observed = Some(rb.elements);
                 }
+                Err(e) => warn!(error = %e, "enforce: read-back failed"),
             }
         }
         let Some(batch) = enf.plan(now, &desired, observed.as_deref()) else {
