@@ -84,6 +84,8 @@ struct LoadRun {
     freed_kb: u64,
     nft: Option<Duration>,
     ipset: Option<Duration>,
+    during_p50: Duration,
+    during_max: Duration,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -94,10 +96,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+struct EdgeRun {
+    load: Duration,
+    one: Duration,
+    read: Duration,
+    mem: u64,
+    freed: u64,
+    /// Single-element batches applied while the read ran: count, p50, max.
+    during: (usize, Duration, Duration),
+}
+
 /// Loads `plan` through the netlink edge in a fresh table of namespace
 /// `ns`: in batches of `BATCH`, read back, removed (memory freed), then
 /// loaded again as one transaction (what the enforcer does at start).
-fn edge_run(ns: &str, plan: &Batch) -> (Duration, Duration, Duration, u64, u64) {
+fn edge_run(ns: &str, plan: &Batch) -> EdgeRun {
     let ns = ns.to_string();
     let plan = plan.clone();
     std::thread::spawn(move || {
@@ -122,10 +134,46 @@ fn edge_run(ns: &str, plan: &Batch) -> (Duration, Duration, Duration, u64, u64) 
         }
         let load = t.elapsed();
         let mem = sunreclaim_kb().saturating_sub(before);
-        let t = Instant::now();
-        let rb = nft.read().expect("read");
-        let read = t.elapsed();
-        assert_eq!(rb.elements.len(), plan.adds.len());
+        // The read-back on a second socket (as the enforcer's reader thread
+        // does) while single-element batches go in on the first: how long
+        // one takes while a large read runs.
+        let reader_ns = File::open(format!("/run/netns/{ns}")).expect("netns");
+        let reading = std::thread::spawn(move || {
+            // SAFETY: joins this thread to the namespace of a valid fd.
+            assert_eq!(
+                unsafe { libc::setns(reader_ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let mut r = Nft::open(TableSpec {
+                table: "shoal".into(),
+                hook: HookPoint::Prerouting,
+                priority: -300,
+            })
+            .expect("open");
+            let t = Instant::now();
+            let rb = r.read().expect("read");
+            (t.elapsed(), rb.elements.len())
+        });
+        let mut during = Vec::new();
+        let extra = Instant::now() + Duration::from_secs(600);
+        let mut k = 0u32;
+        while !reading.is_finished() {
+            let p = Prefix::from(Ipv4Addr::new(100, 64, (k >> 8) as u8, k as u8));
+            k += 1;
+            let b = Batch {
+                adds: vec![(p, Duration::from_secs(600), extra)],
+                ..Batch::default()
+            };
+            let t = Instant::now();
+            nft.apply(&b, &[]).expect("apply during the read");
+            during.push(t.elapsed());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (read, seen) = reading.join().expect("reader");
+        assert!(seen >= plan.adds.len(), "{seen} of {}", plan.adds.len());
+        during.sort();
+        let during_p50 = during.get(during.len() / 2).copied().unwrap_or_default();
+        let during_max = during.last().copied().unwrap_or_default();
         let full = sunreclaim_kb();
         nft.remove_table().expect("remove");
         // Elements are freed after an RCU grace period.
@@ -136,7 +184,14 @@ fn edge_run(ns: &str, plan: &Batch) -> (Duration, Duration, Duration, u64, u64) 
         nft.apply(&plan, &[]).expect("apply as one transaction");
         let one = t.elapsed();
         nft.remove_table().expect("remove");
-        (load, one, read, mem, freed)
+        EdgeRun {
+            load,
+            one,
+            read,
+            mem,
+            freed,
+            during: (during.len(), during_p50, during_max),
+        }
     })
     .join()
     .expect("thread")
@@ -217,7 +272,8 @@ fn kernel_load() {
             .status()
             .expect("ip")
             .success());
-        let (load, one_batch, read, mem_kb, freed_kb) = edge_run(&ns, &plan);
+        let e = edge_run(&ns, &plan);
+        let (load, one_batch, read, mem_kb, freed_kb) = (e.load, e.one, e.read, e.mem, e.freed);
         let nft = timed(
             "nft -f",
             Command::new("ip")
@@ -246,14 +302,19 @@ fn kernel_load() {
             freed_kb,
             nft,
             ipset,
+            during_p50: e.during.1,
+            during_max: e.during.2,
         };
         println!(
             "run {run}: edge {N} in batches of {BATCH}: {:.2} s ({:.0}/s); one transaction {:.2} s; \
-             read-back {:.2} s; SUnreclaim +{} MiB at load, -{} MiB at removal; nft -f {:?}; ipset restore {:?}",
+             read-back {:.2} s ({} one-element batches meanwhile: p50 {:?} max {:?}); SUnreclaim +{} MiB at load, -{} MiB at removal; nft -f {:?}; ipset restore {:?}",
             load.as_secs_f64(),
             N as f64 / load.as_secs_f64(),
             one_batch.as_secs_f64(),
             read.as_secs_f64(),
+            e.during.0,
+            e.during.1,
+            e.during.2,
             mem_kb / 1024,
             freed_kb / 1024,
             nft.map(|d| d.as_secs_f64()),
@@ -280,6 +341,11 @@ fn kernel_load() {
     println!(
         "  read-back of {N}: {:.2} s",
         med(&|r| Some(r.read.as_secs_f64()))
+    );
+    println!(
+        "  a one-element batch while the read-back runs (another socket): p50 {:.1} ms, max {:.1} ms",
+        med(&|r| Some(r.during_p50.as_secs_f64() * 1e3)),
+        med(&|r| Some(r.during_max.as_secs_f64() * 1e3))
     );
     println!(
         "  kernel memory (SUnreclaim): +{:.0} bytes/element at load, {:.0} bytes/element freed at removal",
