@@ -193,9 +193,7 @@ fn all_nodes(lan: &Lan, nodes: &[NodeProcess], a: &Attacker, through: bool) -> b
 
 fn set_has(ns: &str, prefix: &str) -> bool {
     let out = Command::new("ip")
-        .args([
-            "netns", "exec", ns, "nft", "list", "table", "inet", "shoal",
-        ])
+        .args(["netns", "exec", ns, "nft", "list", "table", "inet", "shoal"])
         .output()
         .expect("nft list");
     String::from_utf8_lossy(&out.stdout).contains(prefix)
