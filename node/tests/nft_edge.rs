@@ -103,6 +103,7 @@ fn edge_applies_reads_back_and_rolls_back_in_the_kernel() {
         assert!(listing.contains("ip6 saddr @v6 drop"), "{listing}");
         assert!(listing.contains("ip saddr @v4addr drop"), "{listing}");
         assert!(listing.contains("ip6 saddr @v6addr drop"), "{listing}");
+        assert_eq!(listing.matches("gc-interval 10s").count(), 2, "{listing}");
         assert!(
             listing.contains("hook prerouting priority raw"),
             "{listing}"
