@@ -7,9 +7,12 @@
 //!   wrong changes (no gap in enforcement across a restart).
 //! - On every change of the blocks (the table's generation) and when the
 //!   desired set's `next_change` passes: a batch from the last good state.
-//! - Every `reconcile_ms`: a read-back; missing elements are added, foreign
-//!   ones removed, drifted timeouts re-asserted, missing rules put back,
-//!   each repair counted.
+//! - Every `reconcile_ms`: a read-back, on a reader thread with its own
+//!   netlink socket so that batches go on while a large set is dumped
+//!   (1 M elements take tens of seconds in the kernel); missing elements
+//!   are added, foreign ones removed, drifted timeouts re-asserted,
+//!   missing rules put back, each repair counted. Prefixes a batch changed
+//!   while the read ran are judged by the belief, not the read.
 //! - A refused batch leaves the kernel as it was (it rolls the whole batch
 //!   back) and the enforcer's belief too; it is retried after `retry_ms`.
 //! - `dry_run`: no kernel at all; batches are logged and counted.
