@@ -34,6 +34,10 @@ use crate::config::ConfigError;
 use crate::nft::{HookPoint, Nft, NftError, RawInterval, Readback, TableSpec};
 use crate::server::Shared;
 
+/// The wait after a read-back, in multiples of its duration, when that is
+/// longer than `reconcile_ms` (reads then take a tenth of the time).
+const READ_SHARE: u32 = 9;
+
 /// How often the thread looks at the blocks' generation: the bound on the
 /// delay from a block applied in the node to its batch being sent.
 const POLL: Duration = Duration::from_millis(5);
@@ -247,6 +251,8 @@ pub struct EnforceStats {
     pub blocks: shoal_core::blocks::BlockCounters,
     pub blocks_held: usize,
     pub reconciles: u64,
+    /// How long the last read-back took.
+    pub readback_seconds: f64,
     pub dry_run: bool,
     /// The last batch was refused and not retried with success yet.
     pub failing: bool,
@@ -396,6 +402,7 @@ fn run(
     let mut foreign: Vec<RawInterval> = Vec::new();
     let mut blocks = Vec::new();
     let mut reading = false;
+    let mut asked_at = Instant::now();
     let mut read: Option<Result<Readback, NftError>> = None;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -403,10 +410,17 @@ fn run(
             if !reading && read.is_none() && now >= next_readback {
                 enf.readback_started();
                 reading = r.ask.send(()).is_ok();
+                asked_at = now;
                 next_readback = now + reconcile;
             }
             if reading {
                 if let Ok(answer) = r.answers.try_recv() {
+                    // A read of a large set costs the kernel seconds
+                    // (quadratic in its size): reads take at most a tenth
+                    // of the time, stretching the period if need be.
+                    let took = now.saturating_duration_since(asked_at);
+                    next_readback = next_readback.max(now + took * READ_SHARE);
+                    lock(stats).readback_seconds = took.as_secs_f64();
                     read = Some(answer);
                     reading = false;
                 }
@@ -616,6 +630,7 @@ pub(crate) fn register(
             .map(|(k, v)| ([("kind", k)], v)),
         )?;
         o.counter("enforce_reconciles", "Kernel read-backs.", s.reconciles)?;
+        o.gauge("enforce_readback_seconds", "How long the last kernel read-back took (the next one waits at least 9 times that).", s.readback_seconds)?;
         o.counters(
             "enforce_dry_run",
             "Elements a dry run would have added or deleted.",
@@ -669,7 +684,7 @@ pub(crate) fn status_text(stats: &Mutex<EnforceStats>, enforcing: bool) -> Strin
     ));
     o.push_str(&format!(
         "  not enforced: allowlist {} too short {} covered {} over capacity {}\n  \
-         repaired: missing {} extra {} ttl {} rules {} foreign {}  read-backs {}\n",
+         repaired: missing {} extra {} ttl {} rules {} foreign {}  read-backs {} (last {:.2} s)\n",
         d.refused_allowlist,
         d.refused_short,
         d.covered,
@@ -679,7 +694,8 @@ pub(crate) fn status_text(stats: &Mutex<EnforceStats>, enforcing: bool) -> Strin
         c.repaired_ttl,
         s.rules_repaired,
         s.foreign_removed,
-        s.reconciles
+        s.reconciles,
+        s.readback_seconds
     ));
     if let Some(e) = &s.last_error {
         o.push_str(&format!("  last error: {e}\n"));

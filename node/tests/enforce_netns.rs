@@ -328,6 +328,10 @@ fn a_block_drops_the_attacker_on_every_node_and_survives_what_goes_wrong() {
     assert!(wait_until(RECONCILE * 2, || nodes[0]
         .metric("shoal_enforce_reconciles_total")
         .is_some_and(|r| r > reads)));
+    let read_s = nodes[0]
+        .metric("shoal_enforce_readback_seconds")
+        .expect("the last read-back's time is exported");
+    assert!(read_s > 0.0 && read_s < 5.0, "{read_s}");
     nft_in(&lan.ns(1), "add element inet shoal v4 { 192.0.2.0/24 }");
     let out = shoal_in(
         &lan.ns(1),
