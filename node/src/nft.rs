@@ -316,7 +316,7 @@ impl Nft {
         let mut keys = Vec::new();
         for k in SetKind::ALL {
             keys.clear();
-            self.dump_elements(k, &mut keys)?;
+            self.dump_elements(set_name(k), &mut keys)?;
             if k.is_interval() {
                 intervals(k, &mut keys, &mut out);
             } else {
@@ -492,14 +492,19 @@ impl Nft {
         Ok(seq)
     }
 
-    /// Dumps one set's elements into `out`, parsing the messages here (see
-    /// the module docs for why not with the crate). A missing table or
-    /// set reads as empty.
-    fn dump_elements(&mut self, k: SetKind, out: &mut Vec<DumpElem>) -> Result<(), NftError> {
+    /// Dumps the elements of set `set` (of this table) into `out`, parsing
+    /// the messages here: linear in the set's size on our side (see the
+    /// module docs for why not with the crate). A missing table or set
+    /// reads as empty. Keys of 4 or 16 bytes only.
+    pub(crate) fn dump_elements(
+        &mut self,
+        set: &str,
+        out: &mut Vec<DumpElem>,
+    ) -> Result<(), NftError> {
         let req = NfTablesMessage::GetSetElement(SetElementMessage {
             attributes: vec![
                 SetElementList::Table(self.spec.table.clone()),
-                SetElementList::Set(set_name(k).into()),
+                SetElementList::Set(set.into()),
             ],
         });
         let seq = self.send_dump(req)?;
@@ -548,13 +553,13 @@ impl Nft {
 
 /// One element of a set dump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct DumpElem {
+pub(crate) struct DumpElem {
     /// The key, as a number (IPv4 in the low 32 bits).
-    key: u128,
+    pub(crate) key: u128,
     /// An interval set's end element.
-    end: bool,
+    pub(crate) end: bool,
     /// Milliseconds left before the kernel expires it.
-    expiration: Option<u64>,
+    pub(crate) expiration: Option<u64>,
 }
 
 fn bytes4(b: &[u8]) -> [u8; 4] {
