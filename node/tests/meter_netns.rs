@@ -278,7 +278,7 @@ fn kernel_meter_admits_rate_plus_burst_per_source_then_escalates_to_a_block() {
             let t = Instant::now();
             while t.elapsed() < AFTER + Duration::from_secs(4) {
                 offer(&ns_a, to, 5.0 * RATE, Duration::from_millis(500));
-                if nft_list(&ns1, "set inet shoal v4").contains(&a_text) {
+                if nft_list(&ns1, "set inet shoal v4addr").contains(&a_text) {
                     return Some(t.elapsed());
                 }
             }
@@ -299,7 +299,7 @@ fn kernel_meter_admits_rate_plus_burst_per_source_then_escalates_to_a_block() {
         after,
         start.elapsed()
     );
-    let set = nft_list(&lan.ns(1), "set inet shoal v4");
+    let set = nft_list(&lan.ns(1), "set inet shoal v4addr");
     assert!(
         !set.contains(&b.to_string()),
         "B was not over long enough: {set}"
