@@ -591,7 +591,7 @@ pub(crate) fn register(
         let d = &s.desired;
         o.gauges(
             "enforce_elements",
-            "Prefixes the kernel set of each family should hold.",
+            "Prefixes the kernel sets of each family should hold (address and interval sets together).",
             [("v4", d.elements_v4 as u64), ("v6", d.elements_v6 as u64)]
                 .map(|(f, v)| ([("family", f)], v)),
         )?;
