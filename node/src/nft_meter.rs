@@ -39,9 +39,8 @@ use netlink_packet_core::{DefaultNla, Emitable, NLM_F_CREATE};
 use netlink_packet_netfilter::nftables::{
     Bitwise, ChainAttribute, ChainMessage, Cmp, DataAttribute, ExpressionAttribute, Expressions,
     Hook, HookNumber, Immediate, ListAttribute, Meta, MetaKey, NfTablesMessage, Operator, Payload,
-    Register, RuleAttribute, RuleMessage, SetAttribute, SetDescription, SetElementAttribute,
-    SetElementList, SetElementMessage, SetFlags, SetMessage, TableAttribute, TableFlags,
-    TableMessage, Verdict, VerdictAttribute,
+    Register, RuleAttribute, RuleMessage, SetAttribute, SetDescription, SetFlags, SetMessage,
+    TableAttribute, TableFlags, TableMessage, Verdict, VerdictAttribute,
 };
 
 use crate::nft::{Nft, NftError, TableSpec};
@@ -508,62 +507,32 @@ impl Meter {
             .collect())
     }
 
-    /// The sources the rules dropped lately, per limit.
+    /// The sources the rules dropped lately, per limit. Read with the
+    /// edge's own element walker: under attack these sets hold many
+    /// sources and are read every few hundred milliseconds.
     pub fn dropped(&mut self) -> Result<Vec<Dropped>, NftError> {
         let mut out = Vec::new();
+        let mut elems = Vec::new();
         for i in 0..self.limits.len() {
             for v4 in [true, false] {
                 let name = self.limits[i].set(false, v4);
-                let req = NfTablesMessage::GetSetElement(SetElementMessage {
-                    attributes: vec![
-                        SetElementList::Table(self.nft.spec().table.clone()),
-                        SetElementList::Set(name),
-                    ],
-                });
-                for m in self.nft.dump(req)? {
-                    let NfTablesMessage::NewSetElement(m) = m else {
-                        continue;
-                    };
-                    for a in m.attributes {
-                        let SetElementList::Elements(list) = a else {
-                            continue;
-                        };
-                        for e in list {
-                            let ListAttribute::Element(attrs) = e else {
-                                continue;
-                            };
-                            let mut key = None;
-                            let mut left = None;
-                            for a in attrs {
-                                match a {
-                                    SetElementAttribute::Key(DataAttribute::Value(v)) => {
-                                        key = Some(v)
-                                    }
-                                    SetElementAttribute::Expiration(ms) => left = Some(ms),
-                                    _ => {}
-                                }
-                            }
-                            let addr = match key.as_deref() {
-                                Some(k) if k.len() == 4 => {
-                                    let b: [u8; 4] = k.try_into().unwrap_or_default();
-                                    std::net::IpAddr::from(b)
-                                }
-                                Some(k) if k.len() == 16 => {
-                                    let b: [u8; 16] = k.try_into().unwrap_or_default();
-                                    std::net::IpAddr::from(b)
-                                }
-                                _ => continue,
-                            };
-                            out.push(Dropped {
-                                limit: self.limits[i].name.clone(),
-                                addr,
-                                ago_ms: {
-                                    let t = self.limits[i].over_timeout_ms();
-                                    t.saturating_sub(left.unwrap_or(t))
-                                },
-                            });
+                elems.clear();
+                self.nft.dump_elements(&name, &mut elems)?;
+                let t = self.limits[i].over_timeout_ms();
+                for e in elems.iter().filter(|e| !e.end) {
+                    let addr = if v4 {
+                        match u32::try_from(e.key) {
+                            Ok(k) => std::net::IpAddr::from(std::net::Ipv4Addr::from(k)),
+                            Err(_) => continue,
                         }
-                    }
+                    } else {
+                        std::net::IpAddr::from(std::net::Ipv6Addr::from(e.key))
+                    };
+                    out.push(Dropped {
+                        limit: self.limits[i].name.clone(),
+                        addr,
+                        ago_ms: t.saturating_sub(e.expiration.unwrap_or(t)),
+                    });
                 }
             }
         }
