@@ -360,3 +360,61 @@ fn blocks_cross_clusters_through_the_relay_like_modes() {
     // An expired block does not cross.
     assert!(queued(0, 3).to_record(WALL + 61_000_000).is_none());
 }
+
+/// Red team: a block asking for more than `max_ttl` is held for
+/// `max_ttl` everywhere, but its row was saved with the TTL asked for; a
+/// node restarted after `max_ttl` replays the row and drops the prefix
+/// again for up to another `max_ttl`, alone in its cluster.
+#[test]
+fn a_block_longer_than_max_ttl_does_not_come_back_after_a_restart() {
+    let t0 = Instant::now();
+    let mut a = Node::new(params(1, true), t0, WALL, WALL);
+    let max = Duration::from_secs(60);
+    let rules = BlockRules {
+        max_ttl: max,
+        ..BlockRules::default()
+    };
+    a.set_block_rules(rules.clone());
+    let r = block(Code::BLOCK, "192.0.2.0/24", u32::MAX, "long");
+    assert!(send_local(&mut a, t0, &r).is_empty());
+    assert_eq!(held(&a, t0), [("192.0.2.0/24".to_string(), 60_000)]);
+    let saved = rows(&mut a);
+    assert_eq!(saved.len(), 1);
+    // Ten minutes later the block has ended on every node.
+    let t1 = t0 + Duration::from_secs(600);
+    assert!(held(&a, t1).is_empty());
+    let wall1 = WALL + 600_000_000;
+    let mut a2 = Node::new(params(1, true), t1, wall1, wall1);
+    a2.set_block_rules(rules);
+    a2.replay(t1, "n1", saved.iter().map(|r| ("n1", *r)));
+    assert!(
+        held(&a2, t1).is_empty(),
+        "a block past its max_ttl came back after a restart: {:?} (saved to expire {} s after it was made)",
+        held(&a2, t1),
+        (saved[0][0] - WALL) / 1_000_000
+    );
+}
+
+/// Red team: an unblock whose own TTL is shorter than what is left of the
+/// block is forgotten by the store first; a node restarted after that
+/// replays the block alone and drops the prefix the cluster lifted.
+#[test]
+fn a_short_lived_unblock_does_not_let_the_block_come_back_after_a_restart() {
+    let t0 = Instant::now();
+    let mut a = Node::new(params(1, true), t0, WALL, WALL);
+    assert!(send_local(&mut a, t0, &block(Code::BLOCK, "192.0.2.0/24", 600_000, "")).is_empty());
+    let t1 = t0 + Duration::from_secs(1);
+    assert!(send_local(&mut a, t1, &block(Code::UNBLOCK, "192.0.2.0/24", 1_000, "")).is_empty());
+    assert!(held(&a, t1).is_empty());
+    let saved = rows(&mut a);
+    assert_eq!(saved.len(), 2);
+    let t2 = t0 + Duration::from_secs(60);
+    let wall2 = WALL + 60_000_000;
+    let mut a2 = Node::new(params(1, true), t2, wall2, wall2);
+    a2.replay(t2, "n1", saved.iter().map(|r| ("n1", *r)));
+    assert!(
+        held(&a2, t2).is_empty(),
+        "the lifted block came back after a restart: {:?}",
+        held(&a2, t2)
+    );
+}
