@@ -123,6 +123,12 @@ pub struct Hit<'a, V> {
     pub value: &'a mut V,
 }
 
+/// Longest a peer's rate is held, whatever `ttl_ms` its record asks:
+/// conforming senders ask for a few announce intervals (250 ms, 1 s), so a
+/// longer hold only keeps a stale rate (a peer that restarted or went
+/// silent) pushing a key over its cluster limit on every node.
+pub const MAX_PEER_HOLD: Duration = Duration::from_secs(10);
+
 /// One key's numbers, read without counting a hit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KeyView {
@@ -419,7 +425,8 @@ impl<V: Default> KeyRates<V> {
         }
     }
 
-    /// Takes a peer's rate for `key` (hits/s), held until `until`. The
+    /// Takes a peer's rate for `key` (hits/s), held until `until` (at
+    /// most [`MAX_PEER_HOLD`] from `now`). The
     /// caller passes only other nodes' announcements (origin = the
     /// datagram's sender). Returns false when it was not held.
     pub fn absorb(
@@ -431,6 +438,7 @@ impl<V: Default> KeyRates<V> {
         until: Instant,
     ) -> bool {
         let rate = if rate.is_finite() { rate.max(0.0) } else { 0.0 };
+        let until = until.min(now + MAX_PEER_HOLD);
         let slot = match self.peer_index.get(&key) {
             Some(&s) => s as usize,
             None => match self.peer_slot(now) {
@@ -757,6 +765,24 @@ mod tests {
             t.hit(now, key, 1);
         }
         now
+    }
+
+    /// Red team: a peer's rate is held for the `ttl_ms` its record asks,
+    /// and nothing bounded it. One record from a broken or restarted peer
+    /// (a huge rate, `ttl_ms` u32::MAX) kept a key over its cluster limit
+    /// on every node for 49 days, long after the peer went silent.
+    #[test]
+    fn a_peer_rate_is_held_no_longer_than_max_peer_hold() {
+        let (mut t, t0) = table(16);
+        let forever = t0 + Duration::from_millis(u32::MAX.into());
+        assert!(t.absorb(t0, 2, 9, 1e12, forever));
+        assert_eq!(t.view(t0, 9).peers, 1e12);
+        let later = t0 + MAX_PEER_HOLD + ms(1);
+        let v = t.view(later, 9);
+        assert_eq!((v.peers, v.origins), (0.0, 0), "{v:?}");
+        // A newer announcement from the same origin is held again.
+        assert!(t.absorb(later, 2, 9, 5.0, forever));
+        assert_eq!(t.view(later, 9).peers, 5.0);
     }
 
     #[test]
