@@ -13,8 +13,9 @@
 //!     REMOTE_BLOCK: queue sequence (> 0)
 //! ```
 //!
-//! Bits below the prefix length must be zero: every prefix has exactly
-//! one encoding.
+//! Bits below the prefix length must be zero, and an IPv4-mapped IPv6
+//! prefix (inside `::ffff:0:0/96`) is carried as IPv4 (family 4), never
+//! family 6: every prefix has exactly one encoding.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -41,6 +42,8 @@ pub enum PrefixError {
     Length { len: u8, max: u8 },
     #[error("an IPv4 prefix must be carried as ::ffff:a.b.c.d")]
     NotMapped,
+    #[error("an IPv4-mapped IPv6 prefix is carried as IPv4 (family 4)")]
+    Mapped,
     #[error("address has bits set below the /{0} prefix")]
     HostBits(u8),
     #[error("reserved bits of f2 are set")]
@@ -145,6 +148,7 @@ impl Prefix {
         let ip = match family {
             4 if addr >> 32 == V4_MAPPED >> 32 => IpAddr::V4(Ipv4Addr::from(addr as u32)),
             4 => return Err(PrefixError::NotMapped),
+            6 if len >= 96 && addr >> 32 == V4_MAPPED >> 32 => return Err(PrefixError::Mapped),
             6 => IpAddr::V6(Ipv6Addr::from(addr)),
             f => return Err(PrefixError::Family(f)),
         };
@@ -176,7 +180,9 @@ impl From<std::net::Ipv4Addr> for Prefix {
     }
 }
 
-/// `ADDR` (a host: /32 or /128) or `ADDR/LEN`, host bits required zero.
+/// `ADDR` (a host: /32 or /128) or `ADDR/LEN`, host bits required zero;
+/// an IPv4-mapped IPv6 prefix (`::ffff:a.b.c.d`, /96 or longer) reads as
+/// the IPv4 prefix it is.
 impl FromStr for Prefix {
     type Err = PrefixError;
 
@@ -195,7 +201,16 @@ impl FromStr for Prefix {
             None if ip.is_ipv4() => 32,
             None => 128,
         };
-        Prefix::new(ip, len)
+        // `::ffff:a.b.c.d/96+n` is the IPv4 prefix `a.b.c.d/n`: the kernel
+        // sees those packets as IPv4, so that is the set and the allowlist
+        // it belongs to.
+        match ip {
+            IpAddr::V6(v6) if len >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => Prefix::new(IpAddr::V4(v4), len - 96),
+                None => Prefix::new(ip, len),
+            },
+            _ => Prefix::new(ip, len),
+        }
     }
 }
 
@@ -282,11 +297,45 @@ mod tests {
         );
     }
 
+    /// Red team: `::ffff:a.b.c.d` is an IPv4 host, but it was read as an
+    /// IPv6 prefix: a block of it went into the IPv6 set and dropped
+    /// nothing, it passed an IPv4 allowlist (families never contain each
+    /// other), and an allowlist entry written that way protected nothing.
+    #[test]
+    fn ipv4_mapped_text_is_ipv4_and_its_v6_encoding_is_refused() {
+        for (mapped, v4) in [
+            ("::ffff:192.0.2.7", "192.0.2.7/32"),
+            ("::ffff:127.0.0.1/128", "127.0.0.1/32"),
+            ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+            ("::ffff:0.0.0.0/96", "0.0.0.0/0"),
+        ] {
+            let p: Prefix = mapped.parse().expect(mapped);
+            assert!(p.is_v4(), "{mapped}");
+            assert_eq!(p.to_string(), v4);
+        }
+        let lo: Prefix = "127.0.0.0/8".parse().expect("lo");
+        assert!(lo.contains(&"::ffff:127.0.0.1".parse().expect("mapped")));
+        // Broader than the mapped range: stays IPv6.
+        assert!(!"::fffe:0:0/95".parse::<Prefix>().expect("v6").is_v4());
+        // The same host as family 6 on the wire: a second encoding.
+        let ip: Ipv6Addr = "::ffff:192.0.2.7".parse().expect("ip");
+        let a = u128::from(ip);
+        assert_eq!(
+            Prefix::from_fields((a >> 64) as u64, a as u64, 128 | 6 << 8),
+            Err(PrefixError::Mapped)
+        );
+        assert_eq!(
+            Prefix::from_fields(0, 0xffff_0000_0000, 96 | 6 << 8),
+            Err(PrefixError::Mapped)
+        );
+        assert!(Prefix::from_fields(0, 0, 95 | 6 << 8).is_ok());
+    }
+
     #[test]
     fn containment_and_ranges() {
         let a: Prefix = "10.0.0.0/8".parse().expect("a");
         let b: Prefix = "10.1.0.0/16".parse().expect("b");
-        let c: Prefix = "::ffff:10.1.0.0/112".parse().expect("c");
+        let c: Prefix = "::10.1.0.0/112".parse().expect("c");
         assert!(a.contains(&b) && !b.contains(&a) && a.contains(&a));
         assert!(!a.contains(&c), "families never contain each other");
         let (lo, hi) = b.range();
