@@ -418,3 +418,37 @@ fn a_short_lived_unblock_does_not_let_the_block_come_back_after_a_restart() {
         held(&a2, t2)
     );
 }
+
+/// Red team: a signed datagram captured on the segment is replayed to a
+/// node that restarted (its replay windows start empty, so the first
+/// datagram it hears from a peer is taken as fresh). A `BLOCK` the
+/// cluster lifted since comes back on that node for the rest of its TTL.
+#[test]
+fn a_captured_block_datagram_replayed_to_a_restarted_node_is_refused() {
+    let t0 = Instant::now();
+    let mut a = Node::new(params(1, true), t0, WALL, WALL);
+    let mut b = Node::new(params(2, true), t0, WALL, WALL);
+    assert!(send_local(&mut a, t0, &block(Code::BLOCK, "192.0.2.0/24", 3_600_000, "")).is_empty());
+    a.flush();
+    let mut captured = Vec::new();
+    assert!(a.poll_transmit(&mut captured));
+    b.receive(t0, &captured).expect("accepted");
+    let t1 = t0 + Duration::from_secs(60);
+    assert!(send_local(&mut a, t1, &block(Code::UNBLOCK, "192.0.2.0/24", 0, "")).is_empty());
+    deliver(&mut a, &mut b, t1);
+    assert!(held(&b, t1).is_empty(), "lifted on b");
+    // b restarts ten minutes later (same store replayed: block, unblock).
+    let saved = rows(&mut a);
+    let t2 = t0 + Duration::from_secs(600);
+    let wall2 = WALL + 600_000_000;
+    let mut b2 = Node::new(params(2, true), t2, wall2, wall2);
+    b2.replay(t2, "n2", saved.iter().map(|r| ("n1", *r)));
+    assert!(held(&b2, t2).is_empty(), "the store agrees: lifted");
+    // The attacker replays the captured datagram before a's next one.
+    let _ = b2.receive(t2, &captured);
+    assert!(
+        held(&b2, t2).is_empty(),
+        "a replayed datagram brought a lifted block back: {:?}",
+        held(&b2, t2)
+    );
+}
