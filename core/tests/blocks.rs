@@ -428,7 +428,12 @@ fn a_captured_block_datagram_replayed_to_a_restarted_node_is_refused() {
     let t0 = Instant::now();
     let mut a = Node::new(params(1, true), t0, WALL, WALL);
     let mut b = Node::new(params(2, true), t0, WALL, WALL);
-    assert!(send_local(&mut a, t0, &block(Code::BLOCK, "192.0.2.0/24", 3_600_000, "")).is_empty());
+    assert!(send_local(
+        &mut a,
+        t0,
+        &block(Code::BLOCK, "192.0.2.0/24", 3_600_000, "")
+    )
+    .is_empty());
     a.flush();
     let mut captured = Vec::new();
     assert!(a.poll_transmit(&mut captured));
