@@ -684,6 +684,11 @@ impl Node {
             .held()
     }
 
+    /// The longest a block is held, sent or saved here (`max_ttl`).
+    pub fn max_block_ttl(&self) -> Duration {
+        self.block_rules.max_ttl
+    }
+
     /// The blocks this node holds (what the enforcer reads).
     pub fn blocks(&self) -> &BlockTable {
         &self.blocks
@@ -888,14 +893,26 @@ impl Node {
                 if let Some(Err(_)) = self.enforce_rules.as_ref().map(|e| e.check(prefix)) {
                     return Err(LocalError::BlockRefused);
                 }
+                // Saved and sent as held: a row longer than `max_ttl`
+                // would bring the block back on a node restarted after
+                // the cluster dropped it.
+                let max = u32::try_from(self.block_rules.max_ttl.as_millis()).unwrap_or(u32::MAX);
+                r.ttl_ms = r.ttl_ms.min(max);
             }
-            // 0: remembered as long as what is left of the block it lifts.
-            Action::Unblock { prefix } if r.ttl_ms == 0 => {
+            // Remembered at least as long as what is left of the block it
+            // lifts (0: exactly that): an unblock the store forgets first
+            // lets a restarted node replay the block alone.
+            Action::Unblock { prefix } => {
                 let left = self
                     .blocks
                     .get(now, prefix)
                     .map_or(self.default_ttl, |b| b.expires - now);
-                r.ttl_ms = u32::try_from(left.as_millis().max(1_000)).unwrap_or(u32::MAX);
+                let left = u32::try_from(left.as_millis().max(1_000)).unwrap_or(u32::MAX);
+                r.ttl_ms = if r.ttl_ms == 0 {
+                    left
+                } else {
+                    r.ttl_ms.max(left)
+                };
             }
             _ => {}
         }
@@ -1540,6 +1557,7 @@ impl Node {
             }
         };
         let h = d.header;
+        let wall = self.wall_us(now);
         if h.sender == self.id {
             if h.incarnation == self.incarnation {
                 self.counters.own_looped += 1;
@@ -1577,6 +1595,11 @@ impl Node {
             self.counters.replay_rejected += 1;
             return Err(Refused::Replay(verdict));
         }
+        // The first datagram this run hears from a peer passes any replay
+        // window (it starts empty): a datagram captured on the segment and
+        // replayed then would bring back a block lifted since. A block is
+        // sealed at once, so a genuine one is fresh; an old one is refused.
+        let first_contact = matches!(verdict, ReplayVerdict::Fresh { restarted: false });
         peer.datagrams += 1;
         peer.records += h.count as u64;
         peer.last_seen = now;
@@ -1607,6 +1630,11 @@ impl Node {
                 }
                 Ok(Action::RemoteBlock { cluster, .. }) if cluster == self.cluster => {
                     self.refuse(RecordRefusal::RelayForm);
+                }
+                Ok(Action::Block { .. } | Action::Unblock { .. })
+                    if first_contact && r.timing_us.saturating_add(self.clock_skew_us) < wall =>
+                {
+                    self.refuse(RecordRefusal::TooOld);
                 }
                 Ok(action) => {
                     let ttl = match self.life_left(now, &r, &action) {

@@ -197,9 +197,9 @@ pub enum Miss {
     BadAddress,
     /// The address is on the ignore list.
     Ignored,
-    /// A block rule matched a line from a transport not trusted to block
-    /// (a UDP source address can be forged): not counted at all, so forged
-    /// lines cannot fill a bucket that a genuine line then trips.
+    /// A rule matched a line from a transport not trusted to act (a UDP
+    /// source address can be forged): not counted at all, so forged lines
+    /// cannot fill a bucket that a genuine line then trips.
     Untrusted,
 }
 
@@ -551,23 +551,24 @@ impl<B: Buckets> Responder<B> {
         self.observe_from(now, host, program, msg, true)
     }
 
-    /// [`Responder::observe`] for a line whose sender may not trigger
-    /// blocks (`may_block` false): a block rule's match is then
-    /// [`Miss::Untrusted`] and counts nowhere.
+    /// [`Responder::observe`] for a line whose sender may not be trusted
+    /// (`trusted` false, e.g. a forgeable UDP source): a match is then
+    /// [`Miss::Untrusted`] and counts nowhere, whatever the rule's action
+    /// (a forged line must not block, raise a mode or mark).
     pub fn observe_from(
         &mut self,
         now: Instant,
         host: &str,
         program: &str,
         msg: &str,
-        may_block: bool,
+        trusted: bool,
     ) -> Outcome {
         let hit = match self.rules.find(host, program, msg) {
             Ok(h) => h,
             Err(m) => return Outcome::Miss(m),
         };
         let r = &self.rules.rules[hit.rule];
-        if !may_block && matches!(r.action, ActionSpec::Block { .. }) {
+        if !trusted {
             return Outcome::Miss(Miss::Untrusted);
         }
         let shape = BucketShape {
@@ -885,7 +886,7 @@ mod tests {
     }
 
     #[test]
-    fn forged_transport_never_counts_toward_a_block() {
+    fn forged_transport_never_counts_toward_any_rule() {
         let mut b = rule("b", SSHD, 2); // capacity 1: the 2nd event acts
         b.action = ActionSpec::Block {
             ttl: Duration::from_secs(60),
@@ -906,10 +907,11 @@ mod tests {
         // So the first trusted line starts the bucket from empty.
         let o = r.observe_from(t0, "h", "sshd", bad, true);
         assert!(matches!(o, Outcome::Counted { level: 1, .. }), "{o:?}");
-        // A rule that does not block still counts from an untrusted line.
+        // Nor does a rule that marks or raises a mode: a forged line
+        // must not act at all.
         let mark = "Invalid user x from 9.9.9.9";
         let o = r.observe_from(t0, "h", "sshd", mark, false);
-        assert!(matches!(o, Outcome::Counted { level: 1, .. }), "{o:?}");
+        assert_eq!(o, Outcome::Miss(Miss::Untrusted));
     }
 
     #[test]

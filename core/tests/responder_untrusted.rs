@@ -1,9 +1,8 @@
 //! Red team: what a forged UDP syslog line can make the responder do.
-//! `[syslog] udp_may_block = false` keeps UDP lines from counting toward
-//! a block rule because a UDP source address can be forged from anywhere
-//! on the path; the same forged lines can still raise a resource's
-//! protection mode for every user of it, cluster-wide (and mark an
-//! innocent address suspicious): they are not gated at all.
+//! With `[syslog] trust_udp = false` (the default) a UDP line counts
+//! toward no rule, whatever its action: a forged line must not block, nor
+//! raise a resource's protection mode cluster-wide, nor mark an innocent
+//! address suspicious.
 // A test needs a base instant; the code under test never reads the clock.
 #![allow(clippy::disallowed_methods)]
 
@@ -25,7 +24,7 @@ fn spec(action: ActionSpec) -> RuleSpec {
     }
 }
 
-/// Lines as the worker passes them for a datagram (`may_block` false):
+/// Lines as the worker passes them for a datagram (`trusted` false):
 /// how many of them reach an action.
 fn forged(action: ActionSpec) -> (usize, usize) {
     let t0 = Instant::now();

@@ -783,10 +783,19 @@ pub(crate) fn api(shared: &Shared, method: &str, path: &str, body: &[u8]) -> cra
             r.ttl_ms = ttl_ms;
             r.op = shoal_wire::Op::SEND_SAVE;
             match inject(shared, r) {
-                Ok(()) => Response::json(
-                    201,
-                    &serde_json::json!({ "prefix": p.to_string(), "ttl_ms": ttl_ms }),
-                ),
+                Ok(()) => {
+                    // The TTL held, not the one asked: the node caps it at
+                    // its max_ttl (and sends and saves it so).
+                    let max = shared.with_node(|n| n.max_block_ttl()).as_millis();
+                    let held = u64::from(ttl_ms).min(u64::try_from(max).unwrap_or(u64::MAX));
+                    Response::json(
+                        201,
+                        &serde_json::json!({
+                            "prefix": p.to_string(),
+                            "ttl_ms": held,
+                        }),
+                    )
+                }
                 Err(e) => refused(e),
             }
         }

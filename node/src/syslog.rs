@@ -74,12 +74,12 @@ pub struct SyslogSection {
     /// start.
     #[serde(default = "default_buckets")]
     pub buckets: usize,
-    /// Whether a line that came over UDP may count toward a block rule.
-    /// Off by default: a UDP source address can be forged from anywhere
-    /// on the path, and `allow` cannot tell; turn it on only where spoofed
-    /// sources are filtered before they reach the node (BCP 38, rp_filter).
+    /// Whether a line that came over UDP may count toward any rule. Off
+    /// by default: a UDP source address can be forged from anywhere on the
+    /// path, and `allow` cannot tell; turn it on only where spoofed sources
+    /// are filtered before they reach the node (BCP 38, rp_filter).
     #[serde(default)]
-    pub udp_may_block: bool,
+    pub trust_udp: bool,
 }
 
 fn default_max_message() -> usize {
@@ -370,9 +370,8 @@ pub(crate) fn start(
 ) -> Result<SyslogEdge, std::io::Error> {
     let allow = Arc::new(cfg.allow_list().map_err(std::io::Error::other)?);
     check_block_rules(&rules, shared)?;
-    let blocks = (0..rules.len()).any(|i| matches!(rules.action(i), ActionSpec::Block { .. }));
-    if blocks && cfg.udp.is_some() && !cfg.udp_may_block {
-        warn!("block rules count only lines that came over TCP: UDP sources can be forged (set [syslog] udp_may_block = true where they cannot)");
+    if cfg.udp.is_some() && !cfg.trust_udp {
+        warn!("rules count only lines that came over TCP: UDP sources can be forged (set [syslog] trust_udp = true where they cannot)");
     }
     let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(cfg.queue);
     let mut threads = Vec::new();
@@ -410,9 +409,9 @@ pub(crate) fn start(
     let responder = Responder::new(rules, buckets);
     shared.with_node(Node::enable_responder_rates);
     let s = Arc::clone(shared);
-    let udp_may_block = cfg.udp_may_block;
+    let trust_udp = cfg.trust_udp;
     threads.push(spawn("shoal-syslog", move || {
-        worker(&s, rx, responder, udp_may_block)
+        worker(&s, rx, responder, trust_udp)
     })?);
     Ok(SyslogEdge { threads })
 }
@@ -795,7 +794,7 @@ fn exchange(
     }
 }
 
-fn worker(s: &Shared, rx: Receiver<Msg>, mut responder: Responder, udp_may_block: bool) {
+fn worker(s: &Shared, rx: Receiver<Msg>, mut responder: Responder, trust_udp: bool) {
     let st = &s.io.syslog;
     let mut from_text = String::new();
     let mut inbox = Vec::new();
@@ -834,8 +833,8 @@ fn worker(s: &Shared, rx: Receiver<Msg>, mut responder: Responder, udp_may_block
             line.host
         };
         let now = Instant::now();
-        let may_block = udp_may_block || !m.udp;
-        match responder.observe_from(now, host, line.app, line.msg, may_block) {
+        let trusted = trust_udp || !m.udp;
+        match responder.observe_from(now, host, line.app, line.msg, trusted) {
             Outcome::Miss(Miss::NoRule) => inc(&st.unmatched),
             Outcome::Miss(Miss::Ignored) => inc(&st.ignored),
             Outcome::Miss(Miss::Untrusted) => inc(&st.untrusted),

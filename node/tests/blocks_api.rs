@@ -68,6 +68,18 @@ fn a_block_posted_in_one_cluster_is_held_in_the_other_and_lifted_there() {
     );
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["ttl_ms"], 600_000);
+    // A TTL past the node's max_ttl is cut to it (and sent and saved so):
+    // the answer says what is held.
+    let (status, v) = call(
+        &a[0],
+        "POST",
+        "/v1/blocks",
+        Some(TOKEN),
+        r#"{"prefix":"203.0.113.0/24","ttl_s":4294967,"reason":"long"}"#,
+    );
+    assert_eq!(status, 201, "{v}");
+    let held = v["ttl_ms"].as_u64().expect("ttl_ms");
+    assert!(held < 4_294_967_000, "held as asked past max_ttl: {v}");
     // Held by the other node of cluster 1 (multicast) and by both nodes of
     // cluster 2 (forwarders and the queue).
     for n in [&a[1], &b[0], &b[1]] {

@@ -76,13 +76,20 @@ fn cluster_rules(
     let dir = tempdir(name);
     let rules = dir.join("rules.toml");
     std::fs::write(&rules, rules_text).expect("rules");
+    // Loopback cannot be forged from outside: UDP lines are trusted here
+    // unless the test says otherwise.
+    let trust = if syslog.contains("trust_udp") {
+        ""
+    } else {
+        "trust_udp = true\n"
+    };
     let (group, port) = unique_group();
     let nodes = (1..=n)
         .map(|id| {
             let sp = free_port();
             let mut spec = NodeSpec::loopback(id, group, port, &dir);
             spec.extra = format!(
-                "[syslog]\nudp = \"127.0.0.1:{sp}\"\ntcp = \"127.0.0.1:{sp}\"\nrules = \"{}\"\nmax_message = 1024\nframe_timeout_ms = 500\n{syslog}\n{extra}",
+                "[syslog]\nudp = \"127.0.0.1:{sp}\"\ntcp = \"127.0.0.1:{sp}\"\nrules = \"{}\"\nmax_message = 1024\nframe_timeout_ms = 500\n{trust}{syslog}\n{extra}",
                 rules.display()
             );
             let node = NodeProcess::spawn(Path::new(BIN), &spec).expect("node starts");
@@ -619,7 +626,7 @@ fn a_block_is_sent_saved_and_held_again_after_kill_9_and_a_restart() {
 }
 
 #[test]
-fn udp_lines_never_count_toward_a_block_unless_the_operator_trusts_udp() {
+fn udp_lines_never_count_toward_a_rule_unless_the_operator_trusts_udp() {
     if !have_logger() {
         common::skip(
             "responder::block_udp_untrusted",
@@ -631,7 +638,7 @@ fn udp_lines_never_count_toward_a_block_unless_the_operator_trusts_udp() {
         "responder-block-udp",
         1,
         BLOCK_RULES,
-        "allow = [\"127.0.0.0/8\"]\n",
+        "allow = [\"127.0.0.0/8\"]\ntrust_udp = false\n",
         "",
     );
     let n = &nodes[0];
@@ -723,7 +730,7 @@ fn a_block_from_the_rules_crosses_to_the_other_cluster() {
                 spec.extra = verdicts(store);
                 if syslog {
                     spec.extra.push_str(&format!(
-                        "[syslog]\nudp = \"127.0.0.1:{sp}\"\nallow = [\"127.0.0.0/8\"]\nrules = \"{}\"\nudp_may_block = true\n",
+                        "[syslog]\nudp = \"127.0.0.1:{sp}\"\nallow = [\"127.0.0.0/8\"]\nrules = \"{}\"\ntrust_udp = true\n",
                         rules.display()
                     ));
                 }

@@ -276,7 +276,7 @@ impl Cluster {
                     "[enforce]\nmin_prefix_v4 = 24\nreconcile_ms = 3000\nretry_ms = 500\n\n\
                      [syslog]\nudp = \"{a}:{SYSLOG_PORT}\"\ntcp = \"{a}:{SYSLOG_PORT}\"\n\
                      allow = [\"10.213.{s}.0/24\"]\nrules = \"{r}\"\nmax_message = 1024\n\
-                     udp_may_block = true\n",
+                     trust_udp = true\n",
                     a = lan.addr(k),
                     s = lan.subnet,
                     r = rules_path.display()

@@ -471,7 +471,7 @@ fn latency(a: &Args, dir: &Path) -> anyhow::Result<()> {
         let sp = free_port();
         let mut spec = NodeSpec::loopback(id, group, port, dir);
         spec.extra = format!(
-            "[syslog]\nudp = \"127.0.0.1:{sp}\"\nallow = [\"127.0.0.0/8\"]\nrules = \"{}\"\n",
+            "[syslog]\nudp = \"127.0.0.1:{sp}\"\nallow = [\"127.0.0.0/8\"]\nrules = \"{}\"\ntrust_udp = true\n",
             rules.display()
         );
         nodes.push((NodeProcess::spawn(&a.bin, &spec)?, sp));
