@@ -88,6 +88,69 @@ struct Slot<T> {
     queued: Instant,
 }
 
+/// A resource's gauges, one per origin, with running sums so that the
+/// common question (every gauge fresh) is answered without a walk: a
+/// resource of a 64-node cluster holds 64 gauges, and walking them on
+/// every record and every evaluation made the cost per record grow with
+/// the cluster. The origins sit in their own array so that finding one
+/// reads a few cache lines, not every gauge.
+#[derive(Debug)]
+struct LoadSlot {
+    origins: Vec<u32>,
+    gauges: Vec<Gauge>,
+    /// Sum of every gauge held, fresh or not (u128: never saturates).
+    sum: u128,
+    /// This node's gauge, 0 when it has none.
+    local: u64,
+    /// No held gauge was updated before this (a lower bound of the
+    /// oldest `at`, exact after a walk). While it is fresh, so is every
+    /// gauge, and `sum` is the answer.
+    oldest_at: Instant,
+    queued: Instant,
+}
+
+impl LoadSlot {
+    /// The view from the running sums, when every gauge is fresh.
+    fn fast_view(&self, now: Instant, stale: Duration) -> Option<(LoadView, Instant)> {
+        if self.gauges.is_empty() || now.saturating_duration_since(self.oldest_at) > stale {
+            return None;
+        }
+        Some((
+            LoadView {
+                total: u64::try_from(self.sum).unwrap_or(u64::MAX),
+                local: self.local,
+                nodes: self.gauges.len() as u32,
+            },
+            self.oldest_at + stale + STALE_STEP,
+        ))
+    }
+
+    /// Drops the stale gauges and makes the sums and `oldest_at` exact.
+    /// Returns how many were dropped.
+    fn drop_stale(&mut self, now: Instant, stale: Duration, self_id: u32) -> usize {
+        let before = self.gauges.len();
+        let mut i = 0;
+        while i < self.gauges.len() {
+            if now.saturating_duration_since(self.gauges[i].at) > stale {
+                self.gauges.swap_remove(i);
+                self.origins.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        self.sum = self.gauges.iter().map(|g| u128::from(g.value)).sum();
+        self.local = self
+            .gauges
+            .iter()
+            .find(|g| g.origin == self_id)
+            .map_or(0, |g| g.value);
+        if let Some(oldest) = self.gauges.iter().map(|g| g.at).min() {
+            self.oldest_at = oldest;
+        }
+        before - self.gauges.len()
+    }
+}
+
 type Timers = BinaryHeap<Reverse<(Instant, u64)>>;
 
 /// Outcome of applying a record to the state, for the caller's counters.
@@ -103,7 +166,7 @@ pub enum Applied {
 pub struct ClusterState {
     limits: StateLimits,
     self_id: u32,
-    loads: Map<u64, Slot<Gauge>>,
+    loads: Map<u64, LoadSlot>,
     modes: Map<u64, Slot<Claim>>,
     load_timers: Timers,
     mode_timers: Timers,
@@ -151,30 +214,51 @@ impl ClusterState {
     pub fn apply_load(&mut self, now: Instant, origin: u32, resource: u64, value: u64) -> Applied {
         // One hash for a known resource (the common case: gauges are
         // reported again and again); a second only to insert a new one.
+        let stale = self.limits.load_stale;
         let full = self.loads.len() >= self.limits.max_resources;
-        let gauges = match self.loads.get_mut(&resource) {
-            Some(slot) => &mut slot.items,
+        let slot = match self.loads.get_mut(&resource) {
+            Some(slot) => slot,
             None if full => return Applied::ResourceTableFull,
             None => {
-                let stale_at = now + self.limits.load_stale + STALE_STEP;
+                let stale_at = now + stale + STALE_STEP;
                 self.load_timers.push(Reverse((stale_at, resource)));
-                let slot = self.loads.entry(resource).or_insert(Slot {
-                    items: Vec::with_capacity(1),
+                self.loads.entry(resource).or_insert(LoadSlot {
+                    origins: Vec::with_capacity(1),
+                    gauges: Vec::with_capacity(1),
+                    sum: 0,
+                    local: 0,
+                    oldest_at: now,
                     queued: stale_at,
-                });
-                &mut slot.items
+                })
             }
         };
-        match gauges.iter_mut().find(|g| g.origin == origin) {
-            Some(g) => {
+        // The bound ran out: once per stale period, drop what went stale
+        // and make it exact, so the next questions take the fast path.
+        if now.saturating_duration_since(slot.oldest_at) > stale {
+            slot.drop_stale(now, stale, self.self_id);
+        }
+        match slot.origins.iter().position(|&o| o == origin) {
+            Some(i) => {
+                let g = &mut slot.gauges[i];
+                slot.sum = slot.sum - u128::from(g.value) + u128::from(value);
                 g.value = value;
                 g.at = now;
             }
-            None => gauges.push(Gauge {
-                origin,
-                value,
-                at: now,
-            }),
+            None => {
+                if slot.gauges.is_empty() {
+                    slot.oldest_at = now;
+                }
+                slot.origins.push(origin);
+                slot.gauges.push(Gauge {
+                    origin,
+                    value,
+                    at: now,
+                });
+                slot.sum += u128::from(value);
+            }
+        }
+        if origin == self.self_id {
+            slot.local = value;
         }
         Applied::Ok
     }
@@ -289,26 +373,31 @@ impl ClusterState {
     }
 
     /// The load view and when it next changes by itself (the first of its
-    /// fresh gauges turns stale), `None` when it cannot.
+    /// fresh gauges turns stale), `None` when it cannot. O(1) while every
+    /// gauge of the resource is fresh; the time may then be earlier than
+    /// the exact one (a lower bound, never later), which only makes a
+    /// caller look again early.
     pub fn load_until(&self, now: Instant, resource: u64) -> (LoadView, Option<Instant>) {
+        let stale = self.limits.load_stale;
+        let Some(slot) = self.loads.get(&resource) else {
+            return (LoadView::default(), None);
+        };
+        if let Some((view, at)) = slot.fast_view(now, stale) {
+            return (view, Some(at));
+        }
         let mut view = LoadView::default();
         let mut oldest: Option<Instant> = None;
-        if let Some(slot) = self.loads.get(&resource) {
-            for g in &slot.items {
-                if now.saturating_duration_since(g.at) <= self.limits.load_stale {
-                    view.total = view.total.saturating_add(g.value);
-                    view.nodes += 1;
-                    if g.origin == self.self_id {
-                        view.local = g.value;
-                    }
-                    oldest = Some(oldest.map_or(g.at, |o| o.min(g.at)));
+        for g in &slot.gauges {
+            if now.saturating_duration_since(g.at) <= stale {
+                view.total = view.total.saturating_add(g.value);
+                view.nodes += 1;
+                if g.origin == self.self_id {
+                    view.local = g.value;
                 }
+                oldest = Some(oldest.map_or(g.at, |o| o.min(g.at)));
             }
         }
-        (
-            view,
-            oldest.map(|o| o + self.limits.load_stale + STALE_STEP),
-        )
+        (view, oldest.map(|o| o + stale + STALE_STEP))
     }
 
     pub fn mode(&self, now: Instant, resource: u64) -> ModeView {
@@ -369,18 +458,12 @@ impl ClusterState {
             if slot.queued != t {
                 continue;
             }
-            let before = slot.items.len();
-            slot.items
-                .retain(|g| now.saturating_duration_since(g.at) <= stale);
-            removed += before - slot.items.len();
-            match slot.items.iter().map(|g| g.at).min() {
-                Some(oldest) => {
-                    slot.queued = oldest + stale + STALE_STEP;
-                    self.load_timers.push(Reverse((slot.queued, resource)));
-                }
-                None => {
-                    self.loads.remove(&resource);
-                }
+            removed += slot.drop_stale(now, stale, self.self_id);
+            if slot.gauges.is_empty() {
+                self.loads.remove(&resource);
+            } else {
+                slot.queued = slot.oldest_at + stale + STALE_STEP;
+                self.load_timers.push(Reverse((slot.queued, resource)));
             }
         }
         while left > 0 {
@@ -575,6 +658,66 @@ mod tests {
         assert_eq!(s.purge_some(at, 1_000), (0, false));
         assert_eq!(s.purge(t0 + Duration::from_secs(1)), 1);
         assert_eq!(s.counts().0, 0);
+    }
+
+    /// The running sums answer exactly what a walk over every gauge
+    /// answers, through updates, silences, purges and origins coming and
+    /// going; the time they give is never later than the exact one.
+    #[test]
+    fn running_sums_match_a_walk_of_every_gauge() {
+        let limits = StateLimits {
+            load_stale: Duration::from_millis(500),
+            max_resources: 100,
+            session_capacity: 10,
+            default_ttl: Duration::from_secs(10),
+            clock_skew: Duration::from_millis(500),
+        };
+        let t0 = Instant::now();
+        let mut s = ClusterState::new(1, limits.clone(), SeededState::new(1));
+        // The reference: every (resource, origin) gauge as (value, at).
+        let mut truth: std::collections::BTreeMap<(u64, u32), (u64, Instant)> =
+            Default::default();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut now = t0;
+        for step in 0..20_000 {
+            now += Duration::from_micros(next() % 3_000);
+            let (r, o) = (next() % 4, (next() % 6) as u32);
+            let v = if next() % 50 == 0 { u64::MAX } else { next() % 1_000 };
+            s.apply_load(now, o, r, v);
+            truth.insert((r, o), (v, now));
+            if step % 97 == 0 {
+                s.purge_some(now, 3);
+            }
+            let q = now + Duration::from_millis(next() % 700);
+            for r in 0..4 {
+                let mut want = LoadView::default();
+                let mut oldest: Option<Instant> = None;
+                for (&(_, o), &(v, at)) in truth.range((r, 0)..(r + 1, 0)) {
+                    if q.saturating_duration_since(at) <= limits.load_stale {
+                        want.total = want.total.saturating_add(v);
+                        want.nodes += 1;
+                        if o == 1 {
+                            want.local = v;
+                        }
+                        oldest = Some(oldest.map_or(at, |m| m.min(at)));
+                    }
+                }
+                let (got, until) = s.load_until(q, r);
+                assert_eq!(got, want, "step {step} resource {r}");
+                let exact = oldest.map(|o| o + limits.load_stale + STALE_STEP);
+                match (until, exact) {
+                    (Some(u), Some(e)) => assert!(u <= e, "step {step}: {u:?} after {e:?}"),
+                    (None, None) => {}
+                    other => panic!("step {step} resource {r}: {other:?}"),
+                }
+            }
+        }
     }
 
     const LEGIT: u64 = shoal_wire::Record::MARK_LEGITIMATE;
