@@ -42,9 +42,9 @@ pub const REMOTE_UNBLOCK: u64 = 1 << 16;
 pub const MAX_LOCAL_RECORDS: usize = 64;
 /// Most claim timers run by one [`Node::handle_timeout`]: a burst of
 /// keep-alives is cut into slices so the filter's queries get in between.
-const CLAIM_SLICE: usize = 1024;
+const CLAIM_SLICE: usize = 128;
 /// Most resources and marks one purge slice looks at.
-const PURGE_SLICE: usize = 4096;
+const PURGE_SLICE: usize = 512;
 /// Mode records kept for the forwarder when no `[verdicts]` section says.
 pub const DEFAULT_RELAY_CAPACITY: usize = 4096;
 /// How often stale state is purged (in slices; each is cheap when little
