@@ -673,8 +673,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = ClusterState::new(1, limits.clone(), SeededState::new(1));
         // The reference: every (resource, origin) gauge as (value, at).
-        let mut truth: std::collections::BTreeMap<(u64, u32), (u64, Instant)> =
-            Default::default();
+        let mut truth: std::collections::BTreeMap<(u64, u32), (u64, Instant)> = Default::default();
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             x ^= x << 13;
@@ -686,7 +685,11 @@ mod tests {
         for step in 0..20_000 {
             now += Duration::from_micros(next() % 3_000);
             let (r, o) = (next() % 4, (next() % 6) as u32);
-            let v = if next() % 50 == 0 { u64::MAX } else { next() % 1_000 };
+            let v = if next() % 50 == 0 {
+                u64::MAX
+            } else {
+                next() % 1_000
+            };
             s.apply_load(now, o, r, v);
             truth.insert((r, o), (v, now));
             if step % 97 == 0 {
