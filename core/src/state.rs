@@ -253,7 +253,7 @@ impl ClusterState {
         };
         if slot.sum != u64::MAX {
             // Never below zero: `old` is part of the sum.
-            slot.sum = (slot.sum - old).checked_add(value).unwrap_or(u64::MAX);
+            slot.sum = (slot.sum - old).saturating_add(value);
         }
         if origin == self.self_id {
             slot.local = value;
