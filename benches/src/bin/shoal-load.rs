@@ -739,8 +739,17 @@ fn print_latency(label: &str, run: usize, l: &Latency) {
     );
 }
 
+/// The machine's load average (`/proc/loadavg`), printed with the
+/// figures: on a shared host they mean little without it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    let load_at_start = load_average();
     if !a.bin.exists() {
         bail!(
             "{} not found: build it with `cargo build --release -p shoal-node`",
@@ -837,7 +846,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    println!("\nmedians of {} runs:", a.runs);
+    println!(
+        "\nmedians of {} runs (load average at start {load_at_start}, at end {}):",
+        a.runs,
+        load_average()
+    );
     let m = |v: &[Throughput], f: &dyn Fn(&Throughput) -> f64| median(v.iter().map(f).collect());
     let ml = |v: &[Latency], f: &dyn Fn(&Latency) -> f64| median(v.iter().map(f).collect());
     if !tp.is_empty() {
