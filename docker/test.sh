@@ -23,6 +23,7 @@ TEST=docker/test.sh
 need_tools dockerd:docker.io docker-compose:docker-compose debootstrap:debootstrap curl:curl
 
 start=$SECONDS
+bash packaging/rootfs.sh >/dev/null || skip "no Debian rootfs (debootstrap from the apt mirror failed: see above)"
 D=$(pwd)/target/docker-test.$$
 P=shoaldemo$$
 dc() { docker-compose -p "$P" -f docker/compose.yml "$@"; }

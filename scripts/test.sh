@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests
 # need (gcc for the C client, iproute2 and python3 for the namespace tests,
-# Tarantool 2.6 for the stores), then runs every test of the workspace and each
-# benchmark once as a smoke test.
+# Tarantool 2.6 for the stores, debootstrap and docker for the packaging
+# tests), then runs every test of the workspace, each benchmark once as a
+# smoke test, and the packaging tests (packaging/deb/test.sh,
+# packaging/systemd/test.sh, docker/test.sh) on the release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,20 +21,16 @@ command -v python3 >/dev/null || need+=(python3)
 # The enforcement namespace test damages the kernel's sets by hand with nft.
 command -v nft >/dev/null || need+=(nftables)
 # Packaging (packaging/, docker/): unit checks, the alert rules against a
-# live node, the .deb in a debootstrapped rootfs, the compose demo on a
-# private dockerd, the status page in headless Chromium.
+# live node, the status page in headless Chromium, the .deb in a
+# debootstrapped rootfs (chroot, and under systemd in a container), the
+# compose demo on a private dockerd.
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
-# The .deb and docker tests (debootstrap, release builds, a private
-# dockerd) run only with SHOAL_PACKAGING=1 (the long run; .ci/run leaves them out): they take
-# minutes from a cold cache and need the Debian mirror.
-if [[ ${SHOAL_PACKAGING:-} == 1 ]]; then
-  command -v debootstrap >/dev/null || need+=(debootstrap)
-  command -v dockerd >/dev/null || need+=(docker.io)
-  command -v docker-compose >/dev/null || need+=(docker-compose)
-  command -v curl >/dev/null || need+=(curl)
-fi
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v curl >/dev/null || need+=(curl)
 if ((${#need[@]})); then
   if ((EUID == 0)) && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -55,8 +53,11 @@ fi
 # pass or fail. Under SHOAL_REQUIRE_ALL=1 (.ci/run) such a test fails instead.
 SHOAL_SKIP_LOG=$(mktemp)
 export SHOAL_SKIP_LOG
+bg_pids=()
 report_skips() {
-  local rc=$?
+  local rc=$? pid
+  # A background preparation still running when a test failed.
+  for pid in "${bg_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   if [[ -s $SHOAL_SKIP_LOG ]]; then
     echo "== $(wc -l <"$SHOAL_SKIP_LOG") test(s) SKIPPED, not run:" >&2
     cat "$SHOAL_SKIP_LOG" >&2
@@ -69,25 +70,38 @@ report_skips() {
   exit "$rc"
 }
 trap report_skips EXIT
-# The Debian rootfs the .deb and docker tests need is built meanwhile (it
-# waits on the network, the tests on the CPU); rootfs.sh caches it.
-rootfs_pid=
-if [[ ${SHOAL_PACKAGING:-} == 1 ]] && ((EUID == 0)) && command -v debootstrap >/dev/null; then
-  bash packaging/rootfs.sh tarantool >/dev/null 2>"${TMPDIR:-/tmp}/shoal-rootfs.log" &
-  rootfs_pid=$!
+# Meanwhile, in the background, what the packaging tests need besides
+# the release build: the Debian rootfs (debootstrap waits on the mirror;
+# packaging/rootfs.sh caches it) and the pinned cargo-deb (cargo install,
+# ~100 s of CPU once per machine). Their logs are printed if they fail;
+# the tests then try again in the foreground and skip (a failure under
+# SHOAL_REQUIRE_ALL=1) if that fails too. SHOAL_PACKAGING=0 leaves the
+# packaging tests out (a quick local run; a failure under
+# SHOAL_REQUIRE_ALL=1).
+bg_log=$(mktemp -d)
+if [[ ${SHOAL_PACKAGING:-1} != 0 ]] && ((EUID == 0)); then
+  bash packaging/rootfs.sh >/dev/null 2>"$bg_log/rootfs" &
+  bg_pids+=($!)
+  bash packaging/deb/cargo-deb.sh 2>"$bg_log/cargo-deb" &
+  bg_pids+=($!)
 fi
 cargo test --workspace --locked
-# The packages and images (root; otherwise SKIPPED like the tests above):
-# the .deb installed into a clean Debian rootfs, then the two-cluster
-# compose demo. The Debian rootfs is built once and cached
-# (packaging/rootfs.sh, /var/cache/shoal-rootfs): a failure shows again there.
-if [[ ${SHOAL_PACKAGING:-} == 1 ]]; then
-  [[ -z $rootfs_pid ]] || wait "$rootfs_pid" || cat "${TMPDIR:-/tmp}/shoal-rootfs.log" >&2
-  bash packaging/deb/test.sh
-  bash docker/test.sh
-else
-  # Switched off on purpose, so not a failure under SHOAL_REQUIRE_ALL=1.
-  echo "SKIPPED: packaging/deb/test.sh and docker/test.sh: SHOAL_PACKAGING is not 1" >&2
-fi
-# Every benchmark built and run once, so they cannot rot.
+# Every benchmark built and run once, so they cannot rot; this is also
+# the release build the packages and images are made from.
 cargo bench --workspace --locked -- --test
+if [[ ${SHOAL_PACKAGING:-1} != 0 ]]; then
+  for pid in "${bg_pids[@]}"; do wait "$pid" || cat "$bg_log"/* >&2; done
+  rm -rf "$bg_log"
+  # The .deb in a chroot (no systemd), then under systemd as PID 1
+  # (start, restart, upgrade, remove, purge), then the compose demo.
+  t=$SECONDS
+  bash packaging/deb/test.sh
+  bash packaging/systemd/test.sh
+  bash docker/test.sh
+  echo "packaging tests: $((SECONDS - t)) s" >&2
+else
+  rm -rf "$bg_log"
+  msg="SKIPPED: packaging/deb/test.sh, packaging/systemd/test.sh, docker/test.sh: SHOAL_PACKAGING=0"
+  echo "$msg" >&2
+  echo "$msg" >>"$SHOAL_SKIP_LOG"
+fi

@@ -18,9 +18,10 @@ TEST=packaging/deb/test.sh
 need_tools debootstrap:debootstrap
 
 start=$SECONDS
+bash packaging/deb/cargo-deb.sh || skip "cargo-deb could not be installed from the registry (see above)"
 deb=$(bash packaging/deb/build.sh)
 [[ -f $deb ]] || fail "no .deb built"
-tarball=$(bash packaging/rootfs.sh)
+tarball=$(bash packaging/rootfs.sh) || skip "no Debian rootfs (debootstrap from the apt mirror failed: see above)"
 echo "built $deb and the rootfs in $((SECONDS - start)) s" >&2
 
 R=$(pwd)/target/deb-test.$$

@@ -34,9 +34,10 @@ TEST=packaging/systemd/test.sh
 need_tools dockerd:docker.io debootstrap:debootstrap
 
 start=$SECONDS
+bash packaging/deb/cargo-deb.sh || skip "cargo-deb could not be installed from the registry (see above)"
 deb=$(bash packaging/deb/build.sh)
 [[ -f $deb ]] || fail "no .deb built"
-tarball=$(bash packaging/rootfs.sh)
+tarball=$(bash packaging/rootfs.sh) || skip "no Debian rootfs (debootstrap from the apt mirror failed: see above)"
 W=$(pwd)/target/systemd-test.$$
 C=shoalsd$$
 cleanup() {
