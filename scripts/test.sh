@@ -27,10 +27,13 @@ command -v nft >/dev/null || need+=(nftables)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
-command -v debootstrap >/dev/null || need+=(debootstrap)
-command -v dockerd >/dev/null || need+=(docker.io)
-command -v docker-compose >/dev/null || need+=(docker-compose)
-command -v curl >/dev/null || need+=(curl)
+# Installed in the background while the tests build (below): they are
+# first needed after the benchmarks.
+need_bg=()
+command -v debootstrap >/dev/null || need_bg+=(debootstrap)
+command -v dockerd >/dev/null || need_bg+=(docker.io)
+command -v docker-compose >/dev/null || need_bg+=(docker-compose)
+command -v curl >/dev/null || need_bg+=(curl)
 if ((${#need[@]})); then
   if ((EUID == 0)) && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -71,7 +74,8 @@ report_skips() {
 }
 trap report_skips EXIT
 # Meanwhile, in the background, what the packaging tests need besides
-# the release build: the Debian rootfs (debootstrap waits on the mirror;
+# the release build: docker and debootstrap (apt-get, after the update
+# above), the Debian rootfs (debootstrap waits on the mirror;
 # packaging/rootfs.sh caches it) and the pinned cargo-deb (cargo install,
 # ~100 s of CPU once per machine). Their logs are printed if they fail;
 # the tests then try again in the foreground and skip (a failure under
@@ -80,7 +84,14 @@ trap report_skips EXIT
 # SHOAL_REQUIRE_ALL=1).
 bg_log=$(mktemp -d)
 if [[ ${SHOAL_PACKAGING:-1} != 0 ]] && ((EUID == 0)); then
-  bash packaging/rootfs.sh >/dev/null 2>"$bg_log/rootfs" &
+  {
+    if ((${#need_bg[@]})) && command -v apt-get >/dev/null; then
+      { apt-get update -qq -o DPkg::Lock::Timeout=600 \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
+          "${need_bg[@]}" >/dev/null; } || echo "apt-get install ${need_bg[*]} failed" >&2
+    fi
+    bash packaging/rootfs.sh >/dev/null
+  } 2>"$bg_log/rootfs" &
   bg_pids+=($!)
   bash packaging/deb/cargo-deb.sh 2>"$bg_log/cargo-deb" &
   bg_pids+=($!)
