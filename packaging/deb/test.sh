@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The .deb in a clean Debian: builds it (packaging/deb/build.sh), unpacks
-# the cached bookworm rootfs with Debian's tarantool (packaging/rootfs.sh)
+# the cached bookworm rootfs (packaging/rootfs.sh: minbase, tarantool)
 # under target/, installs the package with `chroot dpkg -i`, checks what
 # it put where and with which permissions, then, in a network namespace of
 # its own, starts a store instance from the installed instance files with
@@ -8,8 +8,9 @@
 # installed example config, sends it a save record, and finds it in the
 # store. Then `dpkg -r` (the conffile stays) and `dpkg --purge` (config,
 # state, user and groups go), with no systemd running: the maintainer
-# scripts' systemctl calls are skipped there. Needs root; without it prints SKIPPED (a failure under
-# SHOAL_REQUIRE_ALL=1, as in .ci/run). Removes everything it made.
+# scripts' systemctl calls are skipped there. Needs root; without it
+# prints SKIPPED (a failure under SHOAL_REQUIRE_ALL=1, as in .ci/run).
+# Removes everything it made.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TEST=packaging/deb/test.sh
