@@ -17,7 +17,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DOCKER=${DOCKER:-docker}
 
-cargo build --release --locked --quiet -p shoal-node --bin shoal -p shoal-expirer
+# Two builds: `--bin` would filter out the module (a library) too.
+cargo build --release --locked --quiet -p shoal-node --bin shoal
+cargo build --release --locked --quiet -p shoal-expirer
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 

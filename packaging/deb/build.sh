@@ -12,6 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash packaging/deb/cargo-deb.sh
-cargo build --release --locked --quiet -p shoal-node --bin shoal -p shoal-expirer >&2
+# Two builds: `--bin` would filter out the module (a library) too.
+cargo build --release --locked --quiet -p shoal-node --bin shoal >&2
+cargo build --release --locked --quiet -p shoal-expirer >&2
 cargo deb -p shoal-node --no-build --strip --fast --quiet --output target/debian/ >/dev/null
 ls -t target/debian/shoal_*_amd64.deb | head -1
