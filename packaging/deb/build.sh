@@ -11,6 +11,11 @@
 # linked one (glibc, libgcc_s): the package depends on bookworm's libc6.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# The binary links the build machine's glibc: it must not be newer than
+# bookworm's (2.36), the package's Depends and the images' Debian.
+glibc=$(getconf GNU_LIBC_VERSION | awk '{print $2}')
+[[ $(printf '%s\n' "$glibc" 2.36 | sort -V | tail -1) == 2.36 ]] \
+  || { echo "glibc $glibc is newer than bookworm's 2.36: build on Debian bookworm" >&2; exit 1; }
 bash packaging/deb/cargo-deb.sh
 # Two builds: `--bin` would filter out the module (a library) too.
 cargo build --release --locked --quiet -p shoal-node --bin shoal >&2
