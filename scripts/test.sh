@@ -61,6 +61,7 @@ report_skips() {
   local rc=$? pid
   # A background preparation still running when a test failed.
   for pid in "${bg_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [[ -z ${bg_log:-} ]] || rm -rf "$bg_log"
   if [[ -s $SHOAL_SKIP_LOG ]]; then
     echo "== $(wc -l <"$SHOAL_SKIP_LOG") test(s) SKIPPED, not run:" >&2
     cat "$SHOAL_SKIP_LOG" >&2
@@ -97,8 +98,9 @@ if [[ ${SHOAL_PACKAGING:-1} != 0 ]] && ((EUID == 0)); then
   bg_pids+=($!)
 fi
 cargo test --workspace --locked
-# Every benchmark built and run once, so they cannot rot; this is also
-# the release build the packages and images are made from.
+# Every benchmark built and run once, so they cannot rot; the packages
+# and images reuse its release build (only the binary and the module are
+# left to build).
 cargo bench --workspace --locked -- --test
 if [[ ${SHOAL_PACKAGING:-1} != 0 ]]; then
   for pid in "${bg_pids[@]}"; do wait "$pid" || cat "$bg_log"/* >&2; done
