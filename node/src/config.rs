@@ -13,7 +13,7 @@ use shoal_core::ratelimit::{KeyKind, LimitRule, Scope};
 use shoal_core::{
     BacklogLimits, Level, ModeRules, NodeParams, Rule, StateLimits, DEFAULT_RELAY_CAPACITY,
 };
-use shoal_wire::{MacKey, MacKeys, HEADER_LEN, MAX_DATAGRAM};
+use shoal_wire::{MacKey, MacKeys, Prefix, HEADER_LEN, MAX_DATAGRAM};
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -1281,6 +1281,33 @@ impl StoreSection {
 }
 
 impl Config {
+    /// What no block may cover on this node, besides `[enforce]
+    /// allowlist`: the sync interface's address and its network (the
+    /// cluster's peers; unless `protect_sync_network = false`), and the stores this node talks to (given as IP
+    /// literals; host names are not resolved here). A block of any of them
+    /// would cut the node off from its cluster or its store.
+    pub fn protected_prefixes(&self) -> Vec<Prefix> {
+        let mut out = vec![Prefix::from(self.multicast.interface)];
+        if self
+            .enforce
+            .as_ref()
+            .is_some_and(|e| e.protect_sync_network)
+        {
+            out.extend(interface_network(self.multicast.interface));
+        }
+        let stores = self
+            .store
+            .iter()
+            .flat_map(|s| s.masters.iter())
+            .chain(self.verdicts.iter().map(|v| &v.store));
+        for hp in stores {
+            if let Ok(sa) = hp.parse::<SocketAddr>() {
+                out.extend(Prefix::new(sa.ip(), if sa.is_ipv4() { 32 } else { 128 }).ok());
+            }
+        }
+        out
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = read_bounded(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
@@ -1650,6 +1677,45 @@ fn validate_rule(key: &str, r: &RuleSection) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The network `addr` is configured with on this host (its interface's
+/// netmask), if an interface holds it.
+fn interface_network(addr: Ipv4Addr) -> Option<Prefix> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below; every
+    // node is read only while the list is alive.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the live list.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_netmask.is_null() {
+            continue;
+        }
+        // SAFETY: non-null sockaddrs of the list; the family is checked
+        // before reading them as IPv4.
+        let (a, m) = unsafe {
+            if i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET {
+                continue;
+            }
+            let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+            let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
+            (a.sin_addr.s_addr, m.sin_addr.s_addr)
+        };
+        if Ipv4Addr::from(u32::from_be(a)) == addr {
+            let len = u32::from_be(m).leading_ones() as u8;
+            found = Prefix::masked(addr.into(), len).ok();
+            break;
+        }
+    }
+    // SAFETY: the list getifaddrs gave, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1666,6 +1732,28 @@ interface = "127.0.0.1"
 [local]
 socket = "/tmp/shoal.sock"
 "#;
+
+    #[test]
+    fn protected_prefixes_cover_the_sync_network_and_the_stores() {
+        let stores =
+            "[store]\nmasters = [\"10.9.8.7:3301\", \"tt.example:3301\"]\npassword = \"x\"\n";
+        let with = |enforce: &str| {
+            let text = format!(
+                "{MINIMAL}{stores}[auth]\nkey_id = 1\nsecret = \"0123456789abcdef0123456789abcdef\"\n{enforce}"
+            );
+            Config::parse(&text).expect("valid").protected_prefixes()
+        };
+        let s = |v: Vec<Prefix>| v.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        // 127.0.0.1 is on lo, 127.0.0.0/8 on every Linux host.
+        assert_eq!(
+            s(with("[enforce]\n")),
+            ["127.0.0.1/32", "127.0.0.0/8", "10.9.8.7/32"]
+        );
+        assert_eq!(
+            s(with("[enforce]\nprotect_sync_network = false\n")),
+            ["127.0.0.1/32", "10.9.8.7/32"]
+        );
+    }
 
     fn err(text: &str) -> String {
         Config::parse(text)

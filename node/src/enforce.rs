@@ -57,10 +57,15 @@ pub struct EnforceSection {
     #[serde(default = "default_priority")]
     pub priority: i32,
     /// Prefixes never blocked (management networks, the cluster's own
-    /// addresses, the sync network). Loopback and `multicast.interface`
-    /// are always added.
+    /// addresses). Loopback, `multicast.interface`, the stores' addresses
+    /// and (with `protect_sync_network`) the interface's network are
+    /// always added.
     #[serde(default)]
     pub allowlist: Vec<String>,
+    /// Never block the network `multicast.interface` is on (the cluster's
+    /// peers). Off only where attackers share that network (tests).
+    #[serde(default = "default_true")]
+    pub protect_sync_network: bool,
     #[serde(default = "default_min_v4")]
     pub min_prefix_v4: u8,
     #[serde(default = "default_min_v6")]
@@ -117,6 +122,10 @@ fn default_max_elements() -> usize {
 fn default_max_blocks() -> usize {
     65_536
 }
+fn default_true() -> bool {
+    true
+}
+
 fn default_max_ttl_ms() -> u64 {
     7 * 24 * 3600 * 1000
 }

@@ -340,7 +340,7 @@ fn send_block(
     if code == Code::BLOCK {
         if let Some(e) = &cfg.enforce {
             // The same rules the node applies, said here with the reason.
-            if let Err(r) = e.rules(&[cfg.multicast.interface.into()]).check(&p) {
+            if let Err(r) = e.rules(&cfg.protected_prefixes()).check(&p) {
                 bail!("refused: {r}");
             }
         }

@@ -203,7 +203,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
     let mut node = Node::new(params, Instant::now(), wall_us(), incarnation);
     if let Some(e) = &cfg.enforce {
         node.set_block_rules(e.block_rules());
-        node.set_enforce_rules(e.rules(&[cfg.multicast.interface.into()]));
+        node.set_enforce_rules(e.rules(&cfg.protected_prefixes()));
     }
     node.set_limits(Instant::now(), cfg.limit_rules(), seed)?;
     for l in node.limit_snapshots() {

@@ -195,7 +195,7 @@ fn a_block_drops_the_attacker_on_every_node_and_survives_what_goes_wrong() {
         spec.interface = lan.addr(k);
         spec.netns = Some(lan.ns(k));
         spec.extra = format!(
-            "[enforce]\nmin_prefix_v4 = 24\nreconcile_ms = {}\nretry_ms = 500\n",
+            "[enforce]\nmin_prefix_v4 = 24\nprotect_sync_network = false\nreconcile_ms = {}\nretry_ms = 500\n",
             RECONCILE.as_millis()
         );
         spec

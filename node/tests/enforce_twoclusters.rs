@@ -383,6 +383,12 @@ fn a_block_in_one_cluster_drops_the_attacker_on_every_node_of_both() {
         "before any block the attacker reaches every filter node of both clusters"
     );
 
+    // A peer on the sync network is never blocked: the node refuses it
+    // with the reason (a block of it would cut the cluster apart).
+    let (status, body) = post_block(&s.a[0], &s.a[1].addr.to_string(), 60);
+    assert_eq!(status, 422, "a block of the peer {}: {body}", s.a[1].addr);
+    assert!(body.contains("allowlist"), "{body}");
+
     const TTL: Duration = Duration::from_secs(25);
     let (status, body) = post_block(&s.a[0], &ATTACKER.to_string(), TTL.as_secs());
     assert_eq!(status, 201, "{body}");

@@ -211,7 +211,7 @@ fn kernel_meter_admits_rate_plus_burst_per_source_then_escalates_to_a_block() {
     const TTL: Duration = Duration::from_millis(5_000);
     const RECONCILE: Duration = Duration::from_millis(1_000);
     let extra = format!(
-        "[enforce]\nreconcile_ms = {}\n\n[[limits]]\nname = \"conn\"\nkey = \"addr\"\nrate = {RATE}\nburst = {BURST}\nkernel = true\nescalate = {{ after_ms = {}, ttl_ms = {} }}\n",
+        "[enforce]\nprotect_sync_network = false\nreconcile_ms = {}\n\n[[limits]]\nname = \"conn\"\nkey = \"addr\"\nrate = {RATE}\nburst = {BURST}\nkernel = true\nescalate = {{ after_ms = {}, ttl_ms = {} }}\n",
         RECONCILE.as_millis(),
         AFTER.as_millis(),
         TTL.as_millis()
@@ -397,7 +397,7 @@ fn figure_kernel_meter_admitted_vs_configured() {
     for rate in [10.0f64, 50.0, 200.0] {
         let burst = (rate / 2.0).round();
         let extra = format!(
-            "[enforce]\n\n[[limits]]\nname = \"conn\"\nkey = \"addr\"\nrate = {rate}\nburst = {burst}\nidle_ms = 1000\nkernel = true\n"
+            "[enforce]\nprotect_sync_network = false\n\n[[limits]]\nname = \"conn\"\nkey = \"addr\"\nrate = {rate}\nburst = {burst}\nidle_ms = 1000\nkernel = true\n"
         );
         let node =
             NodeProcess::spawn(Path::new(BIN), &node_spec(&lan, &dir, extra)).expect("node starts");

@@ -273,7 +273,7 @@ impl Cluster {
                 spec.interface = lan.addr(k);
                 spec.netns = Some(lan.ns(k));
                 spec.extra = format!(
-                    "[enforce]\nmin_prefix_v4 = 24\nreconcile_ms = 3000\nretry_ms = 500\n\n\
+                    "[enforce]\nmin_prefix_v4 = 24\nprotect_sync_network = false\nreconcile_ms = 3000\nretry_ms = 500\n\n\
                      [syslog]\nudp = \"{a}:{SYSLOG_PORT}\"\ntcp = \"{a}:{SYSLOG_PORT}\"\n\
                      allow = [\"10.213.{s}.0/24\"]\nrules = \"{r}\"\nmax_message = 1024\n\
                      trust_udp = true\n",
