@@ -12,10 +12,7 @@
 // Timing and probing real packets need the clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -26,8 +23,10 @@ use shoal_wire::{Code, Op, Prefix, Record};
 
 mod common;
 mod lan;
+mod nskit;
 
 use lan::Lan;
+use nskit::{http_port, netns_lock, udp_echo, Attacker};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 const UDP_PORT: u16 = 9977;
@@ -45,98 +44,6 @@ fn skip_reason() -> Option<String> {
         }
     }
     None
-}
-
-/// Runs `f` in a thread that joined namespace `ns` (sockets made there
-/// stay in it wherever they are used from).
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = File::open(&path).expect("netns file");
-        // SAFETY: joins this thread (only) to the namespace of a valid fd.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("namespace thread")
-}
-
-/// A UDP echo on `addr` in namespace `ns`, answering until the process
-/// ends.
-fn udp_echo(ns: &str, addr: Ipv4Addr) {
-    let sock = in_ns(ns, move || {
-        UdpSocket::bind((addr, UDP_PORT)).expect("bind echo")
-    });
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let _ = sock.send_to(&buf[..n], from);
-        }
-    });
-}
-
-/// The attacker's sockets, made in its namespace.
-struct Attacker {
-    udp: UdpSocket,
-    ns: String,
-}
-
-impl Attacker {
-    /// Whether UDP and TCP from the attacker get an answer from `target`
-    /// (`http` its node's HTTP port). Both must agree; a disagreement is
-    /// probed again (twice at most), since an element can expire between
-    /// the UDP and the TCP probe of one round.
-    fn gets_through(&self, target: Ipv4Addr, http: u16) -> bool {
-        for _ in 0..2 {
-            let (udp, tcp) = self.probe(target, http);
-            if udp == tcp {
-                return udp;
-            }
-        }
-        let (udp, tcp) = self.probe(target, http);
-        assert_eq!(
-            udp, tcp,
-            "UDP and TCP disagree for {target} three times running"
-        );
-        udp
-    }
-
-    fn probe(&self, target: Ipv4Addr, http: u16) -> (bool, bool) {
-        let wait = Duration::from_millis(250);
-        let _ = self.udp.set_read_timeout(Some(wait));
-        let mut buf = [0u8; 64];
-        while self.udp.recv_from(&mut buf).is_ok() {} // drain late echoes
-        let _ = self.udp.set_read_timeout(Some(wait));
-        // Up to three probes, as TCP resends its SYN: a first datagram can
-        // be lost while the neighbour entry resolves on a fresh bridge.
-        let token = std::process::id().to_le_bytes();
-        let udp = (0..3).any(|_| {
-            self.udp.send_to(&token, (target, UDP_PORT)).is_ok()
-                && matches!(self.udp.recv_from(&mut buf), Ok((n, _)) if buf[..n] == token[..])
-        });
-        let addr = SocketAddr::from((target, http));
-        let tcp = in_ns(&self.ns, move || {
-            TcpStream::connect_timeout(&addr, wait).is_ok_and(|mut s| {
-                let _ = s.set_read_timeout(Some(wait));
-                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                    .is_ok()
-                    && {
-                        let mut b = [0u8; 12];
-                        s.read_exact(&mut b).is_ok()
-                    }
-            })
-        });
-        (udp, tcp)
-    }
-}
-
-fn http_port(n: &NodeProcess) -> u16 {
-    n.admin
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port")
 }
 
 fn shoal_in(ns: &str, args: &[&str]) -> Output {
@@ -168,14 +75,6 @@ fn set_has(ns: &str, prefix: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).contains(prefix)
 }
 
-/// Held for the whole test: released when the file is closed.
-fn netns_lock() -> File {
-    let f = File::create("/tmp/shoal-netns.lock").expect("lock file");
-    // SAFETY: flock on a valid fd.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-    f
-}
-
 #[test]
 fn a_block_drops_the_attacker_on_every_node_and_survives_what_goes_wrong() {
     if let Some(why) = skip_reason() {
@@ -204,14 +103,9 @@ fn a_block_drops_the_attacker_on_every_node_and_survives_what_goes_wrong() {
         .map(|k| NodeProcess::spawn(Path::new(BIN), &spec(k)).expect("node starts"))
         .collect();
     for k in 1..=3 {
-        udp_echo(&lan.ns(k), lan.addr(k));
+        udp_echo(&lan.ns(k), lan.addr(k), UDP_PORT);
     }
-    let attacker = Attacker {
-        udp: in_ns(&lan.ns(4), || {
-            UdpSocket::bind("0.0.0.0:0").expect("attacker")
-        }),
-        ns: lan.ns(4),
-    };
+    let attacker = Attacker::new(&lan.ns(4), lan.addr(4), UDP_PORT);
     let all = |nodes: &[NodeProcess], through: bool| {
         nodes
             .iter()

@@ -22,7 +22,6 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -33,7 +32,10 @@ use shoal_node::testkit::{unique_group, wait_until, NodeProcess, NodeSpec};
 use shoal_tarantool::testkit::{console, instance_script};
 use shoal_wire::{Code, Op, Prefix, Record};
 
+use nskit::{in_ns, netns_lock, udp_echo};
+
 mod common;
+mod nskit;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 const API_TOKEN: &str = "enforce-2c-token-0123456789";
@@ -87,14 +89,6 @@ fn skip_reason() -> Option<String> {
         }
     }
     None
-}
-
-/// Held for the whole test: released when the file is closed.
-fn netns_lock() -> File {
-    let f = File::create("/tmp/shoal-netns.lock").expect("lock file");
-    // SAFETY: flock on a valid fd.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-    f
 }
 
 /// The two clusters' namespaces, stores and the attacker; torn down when
@@ -214,39 +208,10 @@ fn cluster(dir: &Path, side: &str, cluster: u32) -> Vec<Filter> {
                  [enforce]\nmin_prefix_v4 = 24\nreconcile_ms = 5000\n"
             );
             let node = NodeProcess::spawn(Path::new(BIN), &spec).expect("node starts");
-            udp_echo(&ns, addr);
+            udp_echo(&ns, addr, UDP_PORT);
             Filter { node, ns, addr }
         })
         .collect()
-}
-
-/// Runs `f` in a thread that joined namespace `ns` (sockets made there
-/// stay in it wherever they are used from).
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = File::open(&path).expect("netns file");
-        // SAFETY: joins this thread (only) to the namespace of a valid fd.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("namespace thread")
-}
-
-/// A UDP echo on `addr` in namespace `ns`, answering until the process
-/// ends.
-fn udp_echo(ns: &str, addr: Ipv4Addr) {
-    let sock = in_ns(ns, move || {
-        UdpSocket::bind((addr, UDP_PORT)).expect("bind echo")
-    });
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let _ = sock.send_to(&buf[..n], from);
-        }
-    });
 }
 
 /// Whether UDP and TCP from the attacker's namespace get an answer from

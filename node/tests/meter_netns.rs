@@ -24,9 +24,7 @@
 // Pacing connections and deadlines need the clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -36,8 +34,10 @@ use shoal_node::testkit::{wait_until, NodeProcess, NodeSpec};
 
 mod common;
 mod lan;
+mod nskit;
 
 use lan::Lan;
+use nskit::{in_ns, netns_lock};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 const PORT: u16 = 9_311;
@@ -56,28 +56,6 @@ fn skip_reason() -> Option<String> {
         }
     }
     None
-}
-
-/// Held for the whole test: released when the file is closed.
-fn netns_lock() -> File {
-    let f = File::create("/tmp/shoal-netns.lock").expect("lock file");
-    // SAFETY: flock on a valid fd.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-    f
-}
-
-/// Runs `f` in a thread that joined namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = File::open(&path).expect("netns file");
-        // SAFETY: joins this thread (only) to the namespace of a valid fd.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("namespace thread")
 }
 
 /// Accepted connections: (source, when).

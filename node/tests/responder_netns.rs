@@ -24,10 +24,7 @@
 // Probing real packets needs the clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -36,8 +33,10 @@ use shoal_node::testkit::{wait_until, NodeProcess, NodeSpec};
 
 mod common;
 mod lan;
+mod nskit;
 
 use lan::Lan;
+use nskit::{http_port, in_ns, netns_lock, udp_echo, Attacker};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 /// The echo each node's namespace answers on (the attacker's UDP probe).
@@ -86,100 +85,6 @@ fn skip_reason() -> Option<String> {
         }
     }
     None
-}
-
-/// Held for the whole test: released when the file is closed.
-fn netns_lock() -> File {
-    let f = File::create("/tmp/shoal-netns.lock").expect("lock file");
-    // SAFETY: flock on a valid fd.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-    f
-}
-
-/// Runs `f` in a thread that joined namespace `ns` (sockets made there
-/// stay in it wherever they are used from).
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = File::open(&path).expect("netns file");
-        // SAFETY: joins this thread (only) to the namespace of a valid fd.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("namespace thread")
-}
-
-/// A UDP echo on `addr` in namespace `ns`, answering until the process
-/// ends.
-fn udp_echo(ns: &str, addr: Ipv4Addr) {
-    let sock = in_ns(ns, move || {
-        UdpSocket::bind((addr, ECHO_PORT)).expect("bind echo")
-    });
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let _ = sock.send_to(&buf[..n], from);
-        }
-    });
-}
-
-/// One attacker: its namespace and a UDP socket made there.
-struct Attacker {
-    udp: UdpSocket,
-    ns: String,
-    addr: Ipv4Addr,
-}
-
-impl Attacker {
-    fn new(lan: &Lan, k: u32) -> Attacker {
-        Attacker {
-            udp: in_ns(&lan.ns(k), || {
-                UdpSocket::bind("0.0.0.0:0").expect("attacker")
-            }),
-            ns: lan.ns(k),
-            addr: lan.addr(k),
-        }
-    }
-
-    /// Whether UDP to the node's echo, and TCP to its HTTP port, get an
-    /// answer: (udp, tcp).
-    fn probe(&self, target: Ipv4Addr, http: u16) -> (bool, bool) {
-        let wait = Duration::from_millis(250);
-        let _ = self.udp.set_read_timeout(Some(Duration::from_millis(1)));
-        let mut buf = [0u8; 64];
-        while self.udp.recv_from(&mut buf).is_ok() {} // drain late echoes
-        let _ = self.udp.set_read_timeout(Some(wait));
-        // Up to three probes, as TCP resends its SYN: a first datagram can
-        // be lost while a neighbour entry resolves on a fresh bridge.
-        let token = std::process::id().to_le_bytes();
-        let udp = (0..3).any(|_| {
-            self.udp.send_to(&token, (target, ECHO_PORT)).is_ok()
-                && matches!(self.udp.recv_from(&mut buf), Ok((n, _)) if buf[..n] == token[..])
-        });
-        let addr = SocketAddr::from((target, http));
-        let tcp = in_ns(&self.ns, move || {
-            TcpStream::connect_timeout(&addr, wait).is_ok_and(|mut s| {
-                let _ = s.set_read_timeout(Some(wait));
-                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                    .is_ok()
-                    && {
-                        let mut b = [0u8; 12];
-                        s.read_exact(&mut b).is_ok()
-                    }
-            })
-        });
-        (udp, tcp)
-    }
-}
-
-fn http_port(n: &NodeProcess) -> u16 {
-    n.admin
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port")
 }
 
 /// Whether UDP and TCP of `a` both reach (`through`) or both fail to reach
@@ -285,7 +190,7 @@ impl Cluster {
             })
             .collect();
         for k in 1..=3 {
-            udp_echo(&lan.ns(k), lan.addr(k));
+            udp_echo(&lan.ns(k), lan.addr(k), ECHO_PORT);
         }
         Cluster { lan, nodes, dir }
     }
@@ -412,8 +317,8 @@ fn a_brute_force_over_three_nodes_is_dropped_by_every_kernel_until_the_ttl() {
     let c = Cluster::up("shr", RULES, 3);
     let (lan, nodes) = (&c.lan, &c.nodes);
     let router = lan.ns(ROUTER);
-    let a = Attacker::new(lan, ATTACKER_A);
-    let b = Attacker::new(lan, ATTACKER_B);
+    let a = Attacker::new(&lan.ns(ATTACKER_A), lan.addr(ATTACKER_A), ECHO_PORT);
+    let b = Attacker::new(&lan.ns(ATTACKER_B), lan.addr(ATTACKER_B), ECHO_PORT);
     assert!(all_nodes(lan, nodes, &a, true), "A gets through at first");
     assert!(all_nodes(lan, nodes, &b, true), "B gets through at first");
 
