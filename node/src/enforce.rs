@@ -38,8 +38,10 @@ use crate::server::Shared;
 /// longer than `reconcile_ms` (reads then take a tenth of the time).
 const READ_SHARE: u32 = 9;
 
-/// How often the thread looks at the blocks' generation: the bound on the
-/// delay from a block applied in the node to its batch being sent.
+/// How often the thread looks at the blocks' generation when nobody wakes
+/// it: a change made under the node's lock unparks it at once (see
+/// `Shared::wake_enforcer`); this bounds the delay otherwise (retries,
+/// TTL changes, a read-back's answer).
 const POLL: Duration = Duration::from_millis(5);
 
 /// `[enforce]`: this node drops the cluster's blocks in its kernel.
@@ -342,6 +344,7 @@ pub(crate) fn start(
             .name("shoal-enforce".into())
             .spawn(move || {
                 let _e = span.enter();
+                let _ = shared.enforce_thread.set(std::thread::current());
                 run(enforcer, nft.as_mut(), reader, &shared, &stop, reconcile);
                 if let (Some(n), true) = (nft.as_mut(), remove) {
                     match n.remove_table() {
@@ -441,7 +444,7 @@ fn run(
             || next_change.is_some_and(|t| now >= t)
             || enf.retry_at().is_some_and(|t| now >= t);
         if !due || !enf.ready(now) {
-            std::thread::sleep(POLL);
+            std::thread::park_timeout(POLL);
             continue;
         }
         blocks.clear();

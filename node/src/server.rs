@@ -84,6 +84,9 @@ pub(crate) struct Shared {
     dest: SocketAddr,
     /// The enforcer's rules and stats, once it runs (`[enforce]`).
     pub(crate) enforce: std::sync::OnceLock<EnforceView>,
+    /// The enforcer's thread, unparked when the blocks change so a block
+    /// reaches the kernel without waiting for its poll.
+    pub(crate) enforce_thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
 /// What the API and the metrics read of the enforcer.
@@ -99,6 +102,13 @@ impl Shared {
         self.shutdown.load(Ordering::Relaxed)
     }
 
+    /// Tells the enforcer the blocks changed (a no-op without one).
+    pub(crate) fn wake_enforcer(&self) {
+        if let Some(t) = self.enforce_thread.get() {
+            t.unpark();
+        }
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Node> {
         // A panic while holding the lock is a bug; the state is still the
         // best we have, so keep serving it.
@@ -111,9 +121,13 @@ impl Shared {
         let mut outbox = Outbox::new();
         let r = {
             let mut node = self.lock();
+            let gen = node.blocks().generation();
             let r = f(&mut node);
             if node.backlog().is_some_and(|b| b.queued() > 0) {
                 self.store_wake.notify_one();
+            }
+            if node.blocks().generation() != gen {
+                self.wake_enforcer();
             }
             node.take_transmit(&mut outbox);
             r
@@ -223,6 +237,7 @@ pub fn run(cfg: Config) -> Result<(), ServerError> {
         multicast: mc.socket,
         dest: mc.dest,
         enforce: std::sync::OnceLock::new(),
+        enforce_thread: std::sync::OnceLock::new(),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -495,6 +510,7 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
     let mut reply = Vec::with_capacity(4096);
     let mut outbox = Outbox::new();
     let mut deadline = s.lock().poll_timeout();
+    let mut blocks_gen = s.lock().blocks().generation();
     while !s.shutdown.load(Ordering::Relaxed) {
         let wait = deadline
             .saturating_duration_since(Instant::now())
@@ -569,6 +585,10 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
                 }
                 node.take_transmit(&mut outbox);
                 deadline = node.poll_timeout();
+                if node.blocks().generation() != blocks_gen {
+                    blocks_gen = node.blocks().generation();
+                    s.wake_enforcer();
+                }
             }
             s.send_all(&mut tx, &outbox);
             if let Some((_, peer)) = got {
