@@ -155,8 +155,10 @@ impl Topology {
     }
 }
 
-impl Drop for Topology {
-    fn drop(&mut self) {
+impl Topology {
+    /// Stops the stores (their pid files are in their directories: before
+    /// those are removed). Stopping twice is harmless.
+    fn stop_stores(&self) {
         for d in &self.stores {
             let _ = Command::new("bash")
                 .arg(instance_script())
@@ -164,6 +166,12 @@ impl Drop for Topology {
                 .arg(d)
                 .status();
         }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.stop_stores();
         // Deleting the namespace deletes its veths and their host ends.
         let _ = ip(&format!("netns del {}", self.attacker));
         for side in ["a", "b"] {
@@ -304,6 +312,9 @@ impl Drop for Setup {
     fn drop(&mut self) {
         self.a.clear();
         self.b.clear();
+        // The stores' pid files live under `dir`: stop them first, or
+        // they outlive the test.
+        self.t.stop_stores();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
