@@ -57,9 +57,9 @@ mod token;
 pub use controller::{Decision, Level, ModeController, ModeRules, Rule};
 pub use hash::{Map, SeededState};
 pub use node::{
-    BacklogSnapshot, Counters, LocalError, Node, NodeParams, NodeSnapshot, PeerSnapshot, PeerStats,
-    RecordRefusal, Refused, DEFAULT_RELAY_CAPACITY, MAX_LOCAL_RECORDS, REMOTE_UNBLOCK,
-    RESPONDER_INBOX,
+    queries_only, BacklogSnapshot, Counters, LocalError, Node, NodeParams, NodeSnapshot,
+    PeerSnapshot, PeerStats, RecordRefusal, Refused, DEFAULT_RELAY_CAPACITY, MAX_LOCAL_RECORDS,
+    REMOTE_UNBLOCK, RESPONDER_INBOX,
 };
 pub use outbox::Outbox;
 pub use relay::{Relay, RelayCounters, RelayMsg};

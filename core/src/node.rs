@@ -40,6 +40,24 @@ pub const REMOTE_UNBLOCK: u64 = 1 << 16;
 
 /// Most records a filter may put in one local datagram.
 pub const MAX_LOCAL_RECORDS: usize = 64;
+
+/// True when a 64-byte local record asks a question (`QUERY_*`).
+fn is_query(record: &[u8]) -> bool {
+    matches!(
+        Code(u16::from_le_bytes([record[24], record[25]])).kind(),
+        CodeKind::QueryLoad | CodeKind::QueryMode | CodeKind::QuerySession | CodeKind::QueryLimit
+    )
+}
+
+/// True when a filter's datagram holds only queries (and is well formed
+/// enough to be read as records): answering it changes no load, mode or
+/// mark, so the driver may answer it ahead of other filters' reports.
+pub fn queries_only(req: &[u8]) -> bool {
+    !req.is_empty()
+        && req.len() % RECORD_LEN == 0
+        && req.len() / RECORD_LEN <= MAX_LOCAL_RECORDS
+        && req.chunks_exact(RECORD_LEN).all(is_query)
+}
 /// Most claim timers run by one [`Node::handle_timeout`]: a burst of
 /// keep-alives is cut into slices so the filter's queries get in between.
 const CLAIM_SLICE: usize = 128;
@@ -755,15 +773,7 @@ impl Node {
             self.push_reply(reply, now, Code::REPLY_ERROR, 0, [e as u64, 0, 0, 0]);
             return;
         }
-        let has_query = req.chunks_exact(RECORD_LEN).any(|c| {
-            matches!(
-                Code(u16::from_le_bytes([c[24], c[25]])).kind(),
-                CodeKind::QueryLoad
-                    | CodeKind::QueryMode
-                    | CodeKind::QuerySession
-                    | CodeKind::QueryLimit
-            )
-        });
+        let has_query = req.chunks_exact(RECORD_LEN).any(is_query);
         for (i, chunk) in req.chunks_exact(RECORD_LEN).enumerate() {
             let parsed = Record::decode_slice(chunk).map_err(|_| LocalError::BadRecord);
             let seq = u64::from_le_bytes(chunk[8..16].try_into().unwrap_or_default());

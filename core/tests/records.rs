@@ -87,3 +87,19 @@ fn each_kind_of_received_record_is_applied_skipped_or_counted_as_documented() {
     assert_eq!(n.mode(now, 14).level, 0);
     assert_eq!(n.mark(now, 14).mark, 0);
 }
+
+#[test]
+fn queries_only_is_true_for_well_formed_datagrams_of_questions_alone() {
+    use shoal_core::queries_only;
+    let q = |c, k| Record::new(c, [k, 0, 0, 0]).to_bytes();
+    let mut two = q(Code::QUERY_LOAD, 1).to_vec();
+    two.extend_from_slice(&q(Code::QUERY_MODE, 2));
+    assert!(queries_only(&two));
+    let mut mixed = two.clone();
+    mixed.extend_from_slice(&q(Code::LOAD, 3));
+    assert!(!queries_only(&mixed), "a report inside");
+    assert!(!queries_only(&[]), "empty");
+    assert!(!queries_only(&two[..100]), "not whole records");
+    let many: Vec<u8> = (0..65).flat_map(|k| q(Code::QUERY_LOAD, k)).collect();
+    assert!(!queries_only(&many), "more records than a filter may send");
+}

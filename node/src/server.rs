@@ -17,7 +17,6 @@
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -496,6 +495,28 @@ fn wait_readable(fds: [std::os::fd::RawFd; 2], wait: Duration) -> [bool; 2] {
 /// Cluster datagrams taken per `recvmmsg`.
 const RX_BATCH: usize = 32;
 
+/// Filter datagrams taken per `recvmmsg`: more than the kernel queues on
+/// one Unix datagram socket by default (`net.unix.max_dgram_qlen`, 10), so
+/// one call usually empties it and frees every blocked sender at once.
+const LOCAL_BATCH: usize = 16;
+
+/// Largest filter datagram read whole; longer ones are cut and refused
+/// (the most a filter may send is `MAX_LOCAL_RECORDS` records).
+const LOCAL_SLOT: usize = 65_536;
+
+/// The order in which to serve a batch of filter datagrams: first those
+/// that only ask (`query[i]`) and whose sender reported nothing earlier
+/// in the batch, then the rest as they came. A filter waiting for an answer does
+/// not queue behind other filters' reports (a flood of them, in an
+/// attack), and each filter still sees its own reports before its later
+/// questions. `same(i, j)`: datagrams i and j came from one sender.
+fn serve_order(query: &[bool], same: impl Fn(usize, usize) -> bool, order: &mut Vec<usize>) {
+    order.clear();
+    let first = |i: usize| query[i] && !(0..i).any(|j| !query[j] && same(i, j));
+    order.extend((0..query.len()).filter(|&i| first(i)));
+    order.extend((0..query.len()).filter(|&i| !first(i)));
+}
+
 /// The hot thread: both sockets, the node's timers and the sends.
 fn io_loop(s: &Shared, sock: &UnixDatagram) {
     // Non-blocking: a filter that never reads its replies must not stall
@@ -505,10 +526,12 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
     }
     let fds = [sock.as_raw_fd(), s.multicast.as_raw_fd()];
     let mut rx = transport::Rx::new(RX_BATCH);
+    let mut local_rx = transport::Rx::with_senders(LOCAL_BATCH, LOCAL_SLOT);
     let mut tx = transport::Tx::new(s.dest);
-    let mut buf = vec![0u8; 65_536];
     let mut reply = Vec::with_capacity(4096);
     let mut outbox = Outbox::new();
+    let mut query = Vec::with_capacity(LOCAL_BATCH);
+    let mut order = Vec::with_capacity(LOCAL_BATCH);
     let mut deadline = s.lock().poll_timeout();
     let mut blocks_gen = s.lock().blocks().generation();
     while !s.shutdown.load(Ordering::Relaxed) {
@@ -517,7 +540,7 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
             .min(Duration::from_millis(100));
         // Which sockets may have input: only those are read, so a node
         // that only receives pays one `recvmmsg` per wake-up, not a failed
-        // `recv` on its filter's socket too.
+        // one on its filter's socket too.
         let [mut local_ready, mut cluster_ready] = if wait.is_zero() {
             [true; 2]
         } else {
@@ -547,33 +570,43 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
                 // A short batch means the queue ran dry.
                 cluster_ready = cluster == RX_BATCH;
             }
-            let mut got = None;
+            let mut local = 0;
             if local_ready {
-                got = match sock.recv_from(&mut buf) {
-                    Ok((n, peer)) => Some((n, peer)),
+                local = match local_rx.recv(sock) {
+                    Ok(n) => n,
                     Err(e) => {
                         if e.kind() != ErrorKind::WouldBlock {
                             debug!(error = %e, "local receive failed");
                         }
-                        None
+                        0
                     }
                 };
-                local_ready = got.is_some();
+                local_ready = local == LOCAL_BATCH;
             }
+            query.clear();
+            query.extend((0..local).map(|i| shoal_core::queries_only(local_rx.datagram(i))));
+            serve_order(
+                &query,
+                |i, j| local_rx.sender(i) == local_rx.sender(j),
+                &mut order,
+            );
             let drained = !cluster_ready && !local_ready;
             let now = Instant::now();
             {
                 let mut node = s.lock();
+                // Questions first (see `serve_order`), then what the
+                // cluster sent, then the filters' reports.
+                let asked = order.iter().take_while(|&&i| query[i]).count();
+                for &i in &order[..asked] {
+                    serve_local(s, &mut node, sock, &local_rx, i, now, &mut reply);
+                }
                 for d in rx.datagrams(cluster) {
                     if let Err(refused) = node.receive(now, d) {
                         debug!(reason = %refused, len = d.len(), "datagram refused");
                     }
                 }
-                if let Some((n, _)) = &got {
-                    node.handle_local(now, &buf[..*n], &mut reply);
-                    if node.backlog().is_some_and(|b| b.queued() > 0) {
-                        s.store_wake.notify_one();
-                    }
+                for &i in &order[asked..] {
+                    serve_local(s, &mut node, sock, &local_rx, i, now, &mut reply);
                 }
                 if now >= node.poll_timeout() {
                     node.handle_timeout(now);
@@ -591,16 +624,31 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
                 }
             }
             s.send_all(&mut tx, &outbox);
-            if let Some((_, peer)) = got {
-                let named = peer.as_pathname().is_some() || peer.as_abstract_name().is_some();
-                if !reply.is_empty() && named && sock.send_to_addr(&reply, &peer).is_err() {
-                    IoStats::inc(&s.io.local_reply_errors);
-                }
-            }
             if drained || s.shutdown.load(Ordering::Relaxed) {
                 break;
             }
         }
+    }
+}
+
+/// Hands filter datagram `i` to the node and sends its reply, if any, to
+/// a sender that has an address.
+fn serve_local(
+    s: &Shared,
+    node: &mut Node,
+    sock: &UnixDatagram,
+    rx: &transport::Rx,
+    i: usize,
+    now: Instant,
+    reply: &mut Vec<u8>,
+) {
+    node.handle_local(now, rx.datagram(i), reply);
+    if node.backlog().is_some_and(|b| b.queued() > 0) {
+        s.store_wake.notify_one();
+    }
+    let to = rx.sender(i);
+    if !reply.is_empty() && !to.is_empty() && transport::send_to_unix(sock, reply, to).is_err() {
+        IoStats::inc(&s.io.local_reply_errors);
     }
 }
 
@@ -773,4 +821,26 @@ async fn api_route(api: &Api, req: Request) -> Response {
         );
     }
     api.handle(&req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serve_order;
+
+    fn order(query: &[bool], sender: &[u8]) -> Vec<usize> {
+        let mut o = Vec::new();
+        serve_order(query, |i, j| sender[i] == sender[j], &mut o);
+        o
+    }
+
+    #[test]
+    fn questions_go_first_unless_their_sender_reported_earlier() {
+        // 0: A reports, 1: B asks, 2: A asks (after its report), 3: C asks.
+        assert_eq!(order(&[false, true, true, true], b"ABAC"), vec![1, 3, 0, 2]);
+        // A sender's questions keep their order among themselves.
+        assert_eq!(order(&[true, true, false], b"AAB"), vec![0, 1, 2]);
+        assert_eq!(order(&[true, false, true], b"ABA"), vec![0, 2, 1]);
+        assert_eq!(order(&[], b""), Vec::<usize>::new());
+        assert_eq!(order(&[false, false], b"AB"), vec![0, 1]);
+    }
 }

@@ -120,27 +120,49 @@ fn size_rcvbuf(s: &Socket, want: usize) -> std::io::Result<RcvBuf> {
     })
 }
 
-/// Receive slots, each big enough for any datagram.
+/// Receive slots, each big enough for any datagram, and (for the
+/// filter's Unix socket) each datagram's sender.
 pub(crate) struct Rx {
     bufs: Vec<u8>,
+    slot: usize,
     lens: Vec<usize>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
+    /// One address per slot when senders are kept, else empty.
+    names: Vec<libc::sockaddr_un>,
 }
 
 impl Rx {
+    /// Slots for cluster datagrams (senders not kept).
     pub(crate) fn new(slots: usize) -> Rx {
+        Rx::build(slots, MAX_DATAGRAM, false)
+    }
+
+    /// Slots of `slot` bytes for a Unix datagram socket, keeping each
+    /// sender's address so a reply can go back to it.
+    pub(crate) fn with_senders(slots: usize, slot: usize) -> Rx {
+        Rx::build(slots, slot, true)
+    }
+
+    fn build(slots: usize, slot: usize, senders: bool) -> Rx {
         let mut rx = Rx {
-            bufs: vec![0; slots * MAX_DATAGRAM],
+            bufs: vec![0; slots * slot],
+            slot,
             lens: vec![0; slots],
             iovs: Vec::with_capacity(slots),
             hdrs: Vec::with_capacity(slots),
+            // SAFETY: an all-zero sockaddr_un is a valid (unnamed) address.
+            names: if senders {
+                vec![unsafe { std::mem::zeroed() }; slots]
+            } else {
+                Vec::new()
+            },
         };
         for i in 0..slots {
             rx.iovs.push(libc::iovec {
                 // SAFETY: in bounds: slot i of `slots` slots.
-                iov_base: unsafe { rx.bufs.as_mut_ptr().add(i * MAX_DATAGRAM) }.cast(),
-                iov_len: MAX_DATAGRAM,
+                iov_base: unsafe { rx.bufs.as_mut_ptr().add(i * slot) }.cast(),
+                iov_len: slot,
             });
         }
         for i in 0..slots {
@@ -148,6 +170,9 @@ impl Rx {
             let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
             h.msg_hdr.msg_iov = &mut rx.iovs[i];
             h.msg_hdr.msg_iovlen = 1;
+            if senders {
+                h.msg_hdr.msg_name = (&mut rx.names[i] as *mut libc::sockaddr_un).cast();
+            }
             rx.hdrs.push(h);
         }
         rx
@@ -155,10 +180,17 @@ impl Rx {
 
     /// Takes what is queued, without waiting: the number of datagrams
     /// (0 when none), or the error.
-    pub(crate) fn recv(&mut self, sock: &UdpSocket) -> std::io::Result<usize> {
-        // SAFETY: every header points at its own iovec, and every
-        // iovec at its own slot of `bufs`; all live as long as `self`,
-        // which the call borrows mutably; the count is their length.
+    pub(crate) fn recv(&mut self, sock: &impl AsRawFd) -> std::io::Result<usize> {
+        if !self.names.is_empty() {
+            // The kernel shortens it to each sender's address.
+            for h in &mut self.hdrs {
+                h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as u32;
+            }
+        }
+        // SAFETY: every header points at its own iovec (and, when kept,
+        // its own address), and every iovec at its own slot of `bufs`; all
+        // live as long as `self`, which the call borrows mutably; the
+        // count is their length.
         let n = unsafe {
             libc::recvmmsg(
                 sock.as_raw_fd(),
@@ -180,8 +212,53 @@ impl Rx {
 
     /// The first `n` datagrams of the last [`recv`](Self::recv).
     pub(crate) fn datagrams(&self, n: usize) -> impl Iterator<Item = &[u8]> + '_ {
-        (0..n).map(move |i| &self.bufs[i * MAX_DATAGRAM..i * MAX_DATAGRAM + self.lens[i]])
+        (0..n).map(move |i| self.datagram(i))
     }
+
+    /// Datagram `i` of the last [`recv`](Self::recv).
+    pub(crate) fn datagram(&self, i: usize) -> &[u8] {
+        &self.bufs[i * self.slot..i * self.slot + self.lens[i]]
+    }
+
+    /// The address datagram `i` came from, as the bytes `sendto` takes;
+    /// empty when the sender has no name to reply to (an unbound socket)
+    /// or senders are not kept.
+    pub(crate) fn sender(&self, i: usize) -> &[u8] {
+        let Some(name) = self.names.get(i) else {
+            return &[];
+        };
+        let len = (self.hdrs[i].msg_hdr.msg_namelen as usize).min(std::mem::size_of_val(name));
+        // Only the family: an unnamed sender.
+        if len <= std::mem::size_of::<libc::sa_family_t>() {
+            return &[];
+        }
+        // SAFETY: `len` bytes of a live sockaddr_un, within its size.
+        unsafe { std::slice::from_raw_parts((name as *const libc::sockaddr_un).cast(), len) }
+    }
+}
+
+/// Sends `bytes` to the Unix address `to` (from [`Rx::sender`]) without
+/// waiting.
+pub(crate) fn send_to_unix(sock: &impl AsRawFd, bytes: &[u8], to: &[u8]) -> std::io::Result<()> {
+    if to.is_empty() || to.len() > std::mem::size_of::<libc::sockaddr_un>() {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    // SAFETY: `bytes` and `to` are live slices of the lengths passed; `to`
+    // holds a sockaddr_un prefix as the kernel wrote it.
+    let rc = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT,
+            to.as_ptr().cast(),
+            to.len() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Send scratch: iovecs and headers rebuilt per call, capacity kept.

@@ -135,3 +135,59 @@ fn live_node_answers_the_documented_query() {
     assert_eq!(r.fields, [7, 1500, 1500, 1], "total, local, nodes");
     assert!(r.timing_us > 1_700_000_000_000_000, "wall-clock µs");
 }
+
+/// The node reads its filters' datagrams in batches and answers questions
+/// ahead of other filters' reports; a filter's own reports still come
+/// before its later questions. A second filter floods reports while the
+/// first sends a report and, without waiting, a question about it: every
+/// answer holds the report.
+#[test]
+fn a_question_sees_the_same_filters_report_sent_just_before() {
+    let dir = std::env::temp_dir().join(format!("shoal-it-localorder-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (group, port) = unique_group();
+    let node = NodeProcess::spawn(Path::new(BIN), &NodeSpec::loopback(1, group, port, &dir))
+        .expect("node starts");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let mut c = node.client().expect("client");
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let batch: Vec<Record> = (0..64)
+                .map(|i| Record::new(Code::LOAD, [1_000_000 + i, 5, 0, 0]))
+                .collect();
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if c.send(&batch).is_ok() {
+                    sent += 1;
+                }
+            }
+            sent
+        })
+    };
+    let client = node.client().expect("client");
+    let mut stale = Vec::new();
+    for i in 0..400u64 {
+        let key = 10 + i;
+        client
+            .send_raw(&Record::new(Code::LOAD, [key, 1000 + i, 0, 0]).to_bytes())
+            .expect("send load");
+        client
+            .send_raw(&Record::new(Code::QUERY_LOAD, [key, 0, 0, 0]).to_bytes())
+            .expect("send query");
+        let bytes = client
+            .recv_raw(Duration::from_secs(2))
+            .expect("an answer within 2 s");
+        let r = Record::decode_slice(&bytes).expect("one record");
+        if r.fields[2] != 1000 + i {
+            stale.push((key, r.fields));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flooded = flood.join().expect("flooder");
+    assert!(flooded > 100, "the flood ran ({flooded} datagrams)");
+    assert!(
+        stale.is_empty(),
+        "answers without the report sent just before: {stale:?}"
+    );
+}

@@ -11,11 +11,16 @@
 //! - `latency`: at a paced background rate (`--rate`) a probe record every
 //!   10 ms is sent to node 1 and node 2 is polled until the probe's value
 //!   is visible in its cluster total. p50/p99/max.
+//!   With `--wire`, a passive receiver on the group also times when node
+//!   1's datagram carrying the probe is on the wire, which splits the
+//!   figure into node 1's part and the peer's part plus the poll.
 //! - `bare`: the same two measurements on a bare loop (one sender thread,
 //!   two receiver threads with their own sockets joined to a group), and
 //!   Shoal's figures as ratios to it: latency at `--rate`, CPU per
 //!   delivered record in the throughput run.
-//! - `rates`: Shoal's and the bare loop's latency at each of `--rates`.
+//! - `rates`: Shoal's and the bare loop's latency at each of `--rates`,
+//!   and a bare relay's: the same hops as Shoal (filter -> Unix socket ->
+//!   relay -> multicast -> peer, polled with Unix queries) with no logic.
 //! - `claims`: for each of `--claims`, node 1 first holds that many active
 //!   mode claims, then intake (throughput) and the p99 of local queries
 //!   on node 1 under a paced `--rate` background.
@@ -95,6 +100,10 @@ struct Args {
     /// set when absent, so binaries without the key still start).
     #[arg(long)]
     max_changes: Option<u32>,
+    /// Also time when node 1's datagram with the probe reaches the group
+    /// (a passive receiver; its own cost is part of the run).
+    #[arg(long)]
+    wire: bool,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -139,9 +148,17 @@ fn metric(n: &NodeProcess, sample: &str) -> f64 {
 }
 
 fn start_cluster(bin: &Path, tag: &str, extra: &str) -> anyhow::Result<Vec<NodeProcess>> {
+    start_cluster_on(bin, tag, extra, unique_group())
+}
+
+fn start_cluster_on(
+    bin: &Path,
+    tag: &str,
+    extra: &str,
+    (group, port): (Ipv4Addr, u16),
+) -> anyhow::Result<Vec<NodeProcess>> {
     let dir = std::env::temp_dir().join(format!("shoal-load-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let (group, port) = unique_group();
     (1..=3)
         .map(|id| {
             let mut spec = NodeSpec::loopback(id, group, port, &dir);
@@ -260,6 +277,8 @@ struct Latency {
     max_us: f64,
     samples: usize,
     background: f64,
+    /// Send -> node 1's datagram on the group, p50 / p99 µs (Shoal only).
+    wire: Option<(f64, f64)>,
 }
 
 fn percentiles(mut samples: Vec<f64>, background: f64) -> Latency {
@@ -276,6 +295,7 @@ fn percentiles(mut samples: Vec<f64>, background: f64) -> Latency {
         max_us: samples.last().copied().unwrap_or(f64::NAN),
         samples: samples.len(),
         background,
+        wire: None,
     }
 }
 
@@ -349,12 +369,15 @@ impl Drop for Background {
 }
 
 fn latency(a: &Args, rate: u64) -> anyhow::Result<Latency> {
-    let nodes = start_cluster(&a.bin, "lat", "")?;
+    let group = unique_group();
+    let nodes = start_cluster_on(&a.bin, "lat", "", group)?;
     const PROBE: u64 = u64::MAX - 1;
+    let wire = a.wire.then(|| WireWatch::start(group, PROBE)).transpose()?;
     let bg = Background::start(&nodes[0], rate)?;
     let mut probe = nodes[0].client()?;
     let mut watch = nodes[1].client()?;
     let mut samples = Vec::new();
+    let mut on_wire = Vec::new();
     let started = Instant::now();
     let mut value = 0u64;
     while started.elapsed().as_secs_f64() < a.seconds {
@@ -368,10 +391,85 @@ fn latency(a: &Args, rate: u64) -> anyhow::Result<Latency> {
         });
         if seen {
             samples.push(t0.elapsed().as_secs_f64() * 1e6);
+            if let Some(at) = wire.as_ref().and_then(|w| w.seen(value)) {
+                on_wire.push(at.saturating_duration_since(t0).as_secs_f64() * 1e6);
+            }
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    Ok(percentiles(samples, bg.finish()))
+    let mut l = percentiles(samples, bg.finish());
+    if wire.is_some() {
+        let w = percentiles(on_wire, 0.0);
+        l.wire = Some((w.p50_us, w.p99_us));
+    }
+    Ok(l)
+}
+
+/// A passive receiver joined to the cluster's group: when node 1's
+/// datagram carrying a probe value reached a socket on the group (what
+/// nodes 2 and 3 are woken by), so a run splits into node 1's part and
+/// the receiving node's part plus the poll.
+struct WireWatch {
+    stop: Arc<AtomicBool>,
+    rx: mpsc::Receiver<(u64, Instant)>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WireWatch {
+    fn start((group, port): (Ipv4Addr, u16), probe: u64) -> anyhow::Result<WireWatch> {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.bind(&SocketAddrV4::new(group, port).into())?;
+        s.join_multicast_v4(&group, &Ipv4Addr::LOCALHOST)?;
+        s.set_recv_buffer_size(8 << 20)?;
+        s.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let sock: UdpSocket = s.into();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let st = Arc::clone(&stop);
+        let key = probe.to_le_bytes();
+        let handle = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while !st.load(Ordering::Relaxed) {
+                let Ok(n) = sock.recv(&mut buf) else { continue };
+                let at = Instant::now();
+                // Records start after the 40-byte header; fields[0] at 32,
+                // fields[1] at 40 of each 64-byte record.
+                for r in buf[..n].get(40..).unwrap_or(&[]).chunks_exact(64) {
+                    if r[32..40] == key {
+                        let v = u64::from_le_bytes(r[40..48].try_into().unwrap_or_default());
+                        let _ = tx.send((v, at));
+                    }
+                }
+            }
+        });
+        Ok(WireWatch {
+            stop,
+            rx,
+            handle: Some(handle),
+        })
+    }
+
+    /// When the datagram with probe value `v` was first seen, if it was.
+    fn seen(&self, v: u64) -> Option<Instant> {
+        let mut found = None;
+        while let Ok((got, at)) = self.rx.try_recv() {
+            if got == v && found.is_none() {
+                found = Some(at);
+            }
+        }
+        found
+    }
+}
+
+impl Drop for WireWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// Like `wait_until` but polling every ~10 µs (plus the query's round
@@ -561,6 +659,126 @@ fn bare_latency(a: &Args, rate: u64) -> anyhow::Result<Latency> {
     Ok(percentiles(samples, background))
 }
 
+/// The path a record takes through Shoal with none of Shoal's logic, as
+/// the yardstick of `rates`: a relay thread (node 1) takes the filter's
+/// datagrams on a Unix socket and multicasts them in datagrams of up to
+/// 20 records; a peer thread (node 2) takes the group's datagrams, keeps
+/// the probe's last value and answers a Unix query for it; a receiver
+/// thread (node 3) only counts. Timed exactly like [`latency`]: a probe
+/// sent to the relay, the peer polled until its answer holds it. The
+/// difference to Shoal is Shoal's own work, not the hops of the design.
+fn relay_latency(a: &Args, rate: u64) -> anyhow::Result<Latency> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixDatagram;
+    const PROBE: u64 = u64::MAX - 1;
+    let dir = std::env::temp_dir().join(format!("shoal-load-relay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let b = bare_sockets()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let [peer_udp, r2] = b.recv;
+    let node3 = bare_receiver(r2, Arc::clone(&stop), None);
+    let relay_sock = UnixDatagram::bind(dir.join("relay.sock"))?;
+    relay_sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let relay = {
+        let (udp, dest, stop) = (b.send, b.dest, Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            let mut d = vec![0u8; datagram_len(PER_DATAGRAM)];
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(n) = relay_sock.recv(&mut buf) else {
+                    continue;
+                };
+                for chunk in buf[..n].chunks(64 * PER_DATAGRAM) {
+                    let len = 40 + chunk.len() + 20;
+                    d[40..40 + chunk.len()].copy_from_slice(chunk);
+                    let _ = udp.send_to(&d[..len], dest);
+                }
+            }
+        })
+    };
+    let peer_local = UnixDatagram::bind(dir.join("peer.sock"))?;
+    let peer = {
+        let stop = Arc::clone(&stop);
+        let key = PROBE.to_le_bytes();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            let mut value = 0u64;
+            let (udp_fd, local_fd) = (peer_udp.as_raw_fd(), peer_local.as_raw_fd());
+            peer_udp.set_nonblocking(true).ok();
+            peer_local.set_nonblocking(true).ok();
+            while !stop.load(Ordering::Relaxed) {
+                let mut fds = [udp_fd, local_fd].map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                // SAFETY: two valid pollfds.
+                unsafe { libc::poll(fds.as_mut_ptr(), 2, 50) };
+                while let Ok(n) = peer_udp.recv(&mut buf) {
+                    for r in buf[..n].get(40..).unwrap_or(&[]).chunks_exact(64) {
+                        if r[32..40] == key {
+                            value = u64::from_le_bytes(r[40..48].try_into().unwrap_or_default());
+                        }
+                    }
+                }
+                while let Ok((_, from)) = peer_local.recv_from(&mut buf) {
+                    if let Some(path) = from.as_pathname() {
+                        let _ = peer_local.send_to(&value.to_le_bytes(), path);
+                    }
+                }
+            }
+        })
+    };
+    let bg = {
+        let c = UnixDatagram::unbound()?;
+        c.connect(dir.join("relay.sock"))?;
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut bytes = Vec::with_capacity(64 * 64);
+            paced(rate, &stop, |batch| {
+                bytes.clear();
+                for r in batch {
+                    bytes.extend_from_slice(&r.to_bytes());
+                }
+                c.send(&bytes).is_ok()
+            })
+        })
+    };
+    let probe = UnixDatagram::unbound()?;
+    probe.connect(dir.join("relay.sock"))?;
+    let watch = UnixDatagram::bind(dir.join("watch.sock"))?;
+    watch.connect(dir.join("peer.sock"))?;
+    watch.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut value = 0u64;
+    let mut answer = [0u8; 8];
+    while started.elapsed().as_secs_f64() < a.seconds {
+        value += 1;
+        let t0 = Instant::now();
+        probe.send(&Record::new(Code::LOAD, [PROBE, value, 0, 0]).to_bytes())?;
+        let seen = wait_until_spin(Duration::from_secs(1), || {
+            watch.send(&[0u8; 8]).is_ok()
+                && watch.recv(&mut answer).is_ok()
+                && u64::from_le_bytes(answer) == value
+        });
+        if seen {
+            samples.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = bg.join().unwrap_or(0);
+    let background = sent as f64 / started.elapsed().as_secs_f64();
+    for h in [relay, peer] {
+        let _ = h.join();
+    }
+    let _ = node3.join();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(percentiles(samples, background))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -733,8 +951,11 @@ fn print_throughput(label: &str, run: usize, t: &Throughput) {
 }
 
 fn print_latency(label: &str, run: usize, l: &Latency) {
+    let wire = l.wire.map_or(String::new(), |(p50, p99)| {
+        format!("; on the wire p50 {p50:.0} us, p99 {p99:.0} us")
+    });
     println!(
-        "run {run} {label} at {:.0} rec/s background: p50 {:.0} us, p99 {:.0} us, max {:.0} us ({} probes)",
+        "run {run} {label} at {:.0} rec/s background: p50 {:.0} us, p99 {:.0} us, max {:.0} us ({} probes){wire}",
         l.background, l.p50_us, l.p99_us, l.max_us, l.samples
     );
 }
@@ -809,9 +1030,11 @@ fn main() -> anyhow::Result<()> {
             for run in 1..=a.runs {
                 let s = latency(&a, rate)?;
                 let b = bare_latency(&a, rate)?;
+                let r = relay_latency(&a, rate)?;
                 print_latency(&format!("rate {rate} shoal"), run, &s);
                 print_latency(&format!("rate {rate} bare"), run, &b);
-                runs.push((s, b));
+                print_latency(&format!("rate {rate} relay"), run, &r);
+                runs.push((s, b, r));
             }
             rates.push((rate, runs));
         }
@@ -921,20 +1144,25 @@ fn main() -> anyhow::Result<()> {
         );
     }
     if !rates.is_empty() {
-        println!("  latency by rate (shoal p50 / p99 | bare p50 / p99 | p99 ratio):");
+        println!("  latency by rate (shoal p50 / p99 | bare p50 / p99 | p99 x bare | relay p50 / p99 | p99 x relay):");
         for (rate, runs) in &rates {
             let s: Vec<Latency> = runs.iter().map(|r| r.0).collect();
             let b: Vec<Latency> = runs.iter().map(|r| r.1).collect();
-            let ratio = median(runs.iter().map(|(s, b)| s.p99_us / b.p99_us).collect());
+            let r: Vec<Latency> = runs.iter().map(|r| r.2).collect();
+            let ratio = median(runs.iter().map(|(s, b, _)| s.p99_us / b.p99_us).collect());
+            let relay = median(runs.iter().map(|(s, _, r)| s.p99_us / r.p99_us).collect());
             println!(
-                "    {:>9} rec/s (achieved {:>9.0}): {:>5.0} / {:>5.0} us | {:>5.0} / {:>5.0} us | {:.2}x",
+                "    {:>9} rec/s (achieved {:>9.0}): {:>5.0} / {:>5.0} us | {:>5.0} / {:>5.0} us | {:.2}x | {:>5.0} / {:>5.0} us | {:.2}x",
                 rate,
                 ml(&s, &|l| l.background),
                 ml(&s, &|l| l.p50_us),
                 ml(&s, &|l| l.p99_us),
                 ml(&b, &|l| l.p50_us),
                 ml(&b, &|l| l.p99_us),
-                ratio
+                ratio,
+                ml(&r, &|l| l.p50_us),
+                ml(&r, &|l| l.p99_us),
+                relay
             );
         }
     }
