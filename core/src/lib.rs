@@ -55,7 +55,7 @@ pub mod syslog;
 mod token;
 
 pub use controller::{Decision, Level, ModeController, ModeRules, Rule};
-pub use hash::{Map, SeededState};
+pub use hash::{Map, SeededState, ShardedMap};
 pub use node::{
     queries_only, BacklogSnapshot, Counters, LocalError, Node, NodeParams, NodeSnapshot,
     PeerSnapshot, PeerStats, RecordRefusal, Refused, DEFAULT_RELAY_CAPACITY, MAX_LOCAL_RECORDS,

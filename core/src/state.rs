@@ -12,7 +12,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::hash::{Map, SeededState};
+use crate::hash::{Map, SeededState, ShardedMap};
 
 /// Bounds and lifetimes of the state tables.
 #[derive(Debug, Clone)]
@@ -162,8 +162,8 @@ pub enum Applied {
 pub struct ClusterState {
     limits: StateLimits,
     self_id: u32,
-    loads: Map<u64, LoadSlot>,
-    modes: Map<u64, Slot<Claim>>,
+    loads: ShardedMap<LoadSlot>,
+    modes: ShardedMap<Slot<Claim>>,
     load_timers: Timers,
     mode_timers: Timers,
     marks: Map<u64, Mark>,
@@ -180,15 +180,13 @@ const STALE_STEP: Duration = Duration::from_micros(1);
 
 impl ClusterState {
     pub fn new(self_id: u32, limits: StateLimits, hasher: SeededState) -> ClusterState {
-        let cap = limits.max_resources;
         ClusterState {
             limits,
             self_id,
-            // Sized for the bound up front: growing a table of a million
-            // resources rehashes it all at once, a stall of tens of ms
-            // under exactly the flood that fills it.
-            loads: Map::with_capacity_and_hasher(cap, hasher),
-            modes: Map::with_capacity_and_hasher(cap, hasher),
+            // Sharded: memory follows the live resources, and growing
+            // rehashes one shard at a time (see `ShardedMap`).
+            loads: ShardedMap::new(hasher),
+            modes: ShardedMap::new(hasher),
             load_timers: BinaryHeap::new(),
             mode_timers: BinaryHeap::new(),
             marks: Map::with_hasher(hasher),
@@ -218,13 +216,16 @@ impl ClusterState {
             None => {
                 let stale_at = now + stale + STALE_STEP;
                 self.load_timers.push(Reverse((stale_at, resource)));
-                self.loads.entry(resource).or_insert(LoadSlot {
-                    gauges: Vec::with_capacity(1),
-                    sum: 0,
-                    local: 0,
-                    oldest_at: now,
-                    queued: stale_at,
-                })
+                self.loads.insert_new(
+                    resource,
+                    LoadSlot {
+                        gauges: Vec::with_capacity(1),
+                        sum: 0,
+                        local: 0,
+                        oldest_at: now,
+                        queued: stale_at,
+                    },
+                )
             }
         };
         // The bound ran out: once per stale period, drop what went stale
@@ -288,10 +289,13 @@ impl ClusterState {
             None if full => return Applied::ResourceTableFull,
             None => {
                 self.mode_timers.push(Reverse((expires, resource)));
-                let slot = self.modes.entry(resource).or_insert(Slot {
-                    items: Vec::with_capacity(1),
-                    queued: expires,
-                });
+                let slot = self.modes.insert_new(
+                    resource,
+                    Slot {
+                        items: Vec::with_capacity(1),
+                        queued: expires,
+                    },
+                );
                 &mut slot.items
             }
         };

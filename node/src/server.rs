@@ -594,18 +594,14 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
             let now = Instant::now();
             {
                 let mut node = s.lock();
-                // Questions first (see `serve_order`), then what the
-                // cluster sent, then the filters' reports.
-                let asked = order.iter().take_while(|&&i| query[i]).count();
-                for &i in &order[..asked] {
-                    serve_local(s, &mut node, sock, &local_rx, i, now, &mut reply);
-                }
+                // What the cluster sent (so answers include it), then
+                // the questions (see `serve_order`), then the reports.
                 for d in rx.datagrams(cluster) {
                     if let Err(refused) = node.receive(now, d) {
                         debug!(reason = %refused, len = d.len(), "datagram refused");
                     }
                 }
-                for &i in &order[asked..] {
+                for &i in &order {
                     serve_local(s, &mut node, sock, &local_rx, i, now, &mut reply);
                 }
                 if now >= node.poll_timeout() {
