@@ -504,6 +504,54 @@ const LOCAL_BATCH: usize = 16;
 /// (the most a filter may send is `MAX_LOCAL_RECORDS` records).
 const LOCAL_SLOT: usize = 65_536;
 
+/// Which of the hot thread's two sockets to read in the next round of a
+/// wake-up. A socket is read again while its last batch came back full
+/// (more may be queued); neither may starve the other: a filter that
+/// never lets its socket drain still lets the cluster's datagrams in every
+/// 16th round, and a busy cluster socket (a peer's flood, a backlog after
+/// a stall) has the filters' socket read in every round, so their
+/// questions do not wait for the cluster's queue to run dry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Readiness {
+    local: bool,
+    cluster: bool,
+    round: u32,
+}
+
+impl Readiness {
+    /// From what `ppoll` said was readable.
+    fn new(local: bool, cluster: bool) -> Readiness {
+        Readiness {
+            local,
+            cluster,
+            round: 0,
+        }
+    }
+
+    fn next_round(&mut self) {
+        self.round += 1;
+        if self.round % 16 == 0 {
+            self.cluster = true;
+        }
+    }
+
+    /// The cluster socket gave `n` datagrams of at most `batch`.
+    fn cluster_took(&mut self, n: usize, batch: usize) {
+        self.cluster = n == batch;
+        self.local |= self.cluster;
+    }
+
+    /// The filters' socket gave `n` datagrams of at most `batch`.
+    fn local_took(&mut self, n: usize, batch: usize) {
+        self.local = n == batch;
+    }
+
+    /// Neither socket has more queued: time to seal and sleep.
+    fn drained(&self) -> bool {
+        !self.local && !self.cluster
+    }
+}
+
 /// The order in which to serve a batch of filter datagrams: first those
 /// that only ask (`query[i]`) and whose sender reported nothing earlier
 /// in the batch, then the rest as they came. A filter waiting for an answer does
@@ -541,22 +589,17 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
         // Which sockets may have input: only those are read, so a node
         // that only receives pays one `recvmmsg` per wake-up, not a failed
         // one on its filter's socket too.
-        let [mut local_ready, mut cluster_ready] = if wait.is_zero() {
+        let [local, cluster] = if wait.is_zero() {
             [true; 2]
         } else {
             wait_readable(fds, wait)
         };
+        let mut ready = Readiness::new(local, cluster);
         // Serve everything queued on both sockets, then seal what is left.
-        let mut round = 0u32;
         loop {
-            round += 1;
-            if round % 16 == 0 {
-                // A filter that never lets its socket drain must not keep
-                // the cluster's datagrams waiting: look again now and then.
-                cluster_ready = true;
-            }
+            ready.next_round();
             let mut cluster = 0;
-            if cluster_ready {
+            if ready.cluster {
                 cluster = match rx.recv(&s.multicast) {
                     Ok(n) => n,
                     Err(e) => {
@@ -567,11 +610,10 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
                         0
                     }
                 };
-                // A short batch means the queue ran dry.
-                cluster_ready = cluster == RX_BATCH;
+                ready.cluster_took(cluster, RX_BATCH);
             }
             let mut local = 0;
-            if local_ready {
+            if ready.local {
                 local = match local_rx.recv(sock) {
                     Ok(n) => n,
                     Err(e) => {
@@ -581,7 +623,7 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
                         0
                     }
                 };
-                local_ready = local == LOCAL_BATCH;
+                ready.local_took(local, LOCAL_BATCH);
             }
             query.clear();
             query.extend((0..local).map(|i| shoal_core::queries_only(local_rx.datagram(i))));
@@ -590,7 +632,7 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
                 |i, j| local_rx.sender(i) == local_rx.sender(j),
                 &mut order,
             );
-            let drained = !cluster_ready && !local_ready;
+            let drained = ready.drained();
             let now = Instant::now();
             {
                 let mut node = s.lock();
@@ -821,7 +863,52 @@ async fn api_route(api: &Api, req: Request) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::serve_order;
+    use super::{serve_order, Readiness};
+
+    /// Runs `rounds` rounds where each socket's batch comes back full when
+    /// its flag says so; returns which rounds read which socket.
+    fn rounds(start: (bool, bool), full: (bool, bool), n: u32) -> (Vec<u32>, Vec<u32>, bool) {
+        let mut r = Readiness::new(start.0, start.1);
+        let (mut local, mut cluster) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            r.next_round();
+            if r.cluster {
+                cluster.push(r.round);
+                r.cluster_took(if full.1 { 32 } else { 3 }, 32);
+            }
+            if r.local {
+                local.push(r.round);
+                r.local_took(if full.0 { 16 } else { 0 }, 16);
+            }
+            if r.drained() {
+                break;
+            }
+        }
+        (local, cluster, r.drained())
+    }
+
+    #[test]
+    fn a_flooded_cluster_socket_does_not_starve_the_filters() {
+        // ppoll saw only the cluster socket; it stays full for 40 rounds:
+        // the filters' socket is read in every one of them.
+        let (local, cluster, drained) = rounds((false, true), (false, true), 40);
+        assert_eq!(cluster.len(), 40);
+        assert_eq!(local, (1..=40).collect::<Vec<_>>());
+        assert!(!drained);
+    }
+
+    #[test]
+    fn a_flooded_filter_socket_does_not_starve_the_cluster() {
+        let (local, cluster, _) = rounds((true, false), (true, false), 48);
+        assert_eq!(local.len(), 48);
+        assert_eq!(cluster, vec![16, 32, 48]);
+    }
+
+    #[test]
+    fn a_wake_up_ends_when_both_run_dry() {
+        let (local, cluster, drained) = rounds((true, true), (false, false), 10);
+        assert_eq!((local, cluster, drained), (vec![1], vec![1], true));
+    }
 
     fn order(query: &[bool], sender: &[u8]) -> Vec<usize> {
         let mut o = Vec::new();

@@ -104,6 +104,11 @@ struct Args {
     /// (a passive receiver; its own cost is part of the run).
     #[arg(long)]
     wire: bool,
+    /// Run the threads that time (the probe and poll loop, the query
+    /// loops) at SCHED_FIFO priority 1, so a figure holds the nodes' delay
+    /// and not the harness's own wait for a core (needs root).
+    #[arg(long)]
+    rt_probes: bool,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -376,6 +381,7 @@ fn latency(a: &Args, rate: u64) -> anyhow::Result<Latency> {
     let bg = Background::start(&nodes[0], rate)?;
     let mut probe = nodes[0].client()?;
     let mut watch = nodes[1].client()?;
+    let _rt = Realtime::enter(a.rt_probes);
     let mut samples = Vec::new();
     let mut on_wire = Vec::new();
     let started = Instant::now();
@@ -632,6 +638,7 @@ fn bare_latency(a: &Args, rate: u64) -> anyhow::Result<Latency> {
     let mut samples = Vec::new();
     let mut id = 0u64;
     let mut probe = vec![0u8; datagram_len(1)];
+    let _rt = Realtime::enter(a.rt_probes);
     while started.elapsed().as_secs_f64() < a.seconds {
         id += 1;
         probe[0] = 1;
@@ -750,6 +757,7 @@ fn relay_latency(a: &Args, rate: u64) -> anyhow::Result<Latency> {
     let watch = UnixDatagram::bind(dir.join("watch.sock"))?;
     watch.connect(dir.join("peer.sock"))?;
     watch.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let _rt = Realtime::enter(a.rt_probes);
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut value = 0u64;
@@ -777,6 +785,38 @@ fn relay_latency(a: &Args, rate: u64) -> anyhow::Result<Latency> {
     let _ = node3.join();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(percentiles(samples, background))
+}
+
+/// SCHED_FIFO priority 1 for the calling thread while alive (`--rt-probes`),
+/// back to SCHED_OTHER on drop; a no-op when not asked for.
+struct Realtime(bool);
+
+impl Realtime {
+    fn enter(on: bool) -> Realtime {
+        if !on {
+            return Realtime(false);
+        }
+        let p = libc::sched_param { sched_priority: 1 };
+        // SAFETY: the calling thread (0), a valid policy and parameter.
+        let ok = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) } == 0;
+        if !ok {
+            eprintln!(
+                "--rt-probes: SCHED_FIFO refused ({}); timing at normal priority",
+                std::io::Error::last_os_error()
+            );
+        }
+        Realtime(ok)
+    }
+}
+
+impl Drop for Realtime {
+    fn drop(&mut self) {
+        if self.0 {
+            let p = libc::sched_param { sched_priority: 0 };
+            // SAFETY: as above.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &p) };
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -838,9 +878,11 @@ fn query_loop(
     key: u64,
     seconds: f64,
     stop: Arc<AtomicBool>,
+    rt: bool,
 ) -> anyhow::Result<std::thread::JoinHandle<(Vec<f64>, u64)>> {
     let mut c = node.client()?;
     Ok(std::thread::spawn(move || {
+        let _rt = Realtime::enter(rt);
         let mut samples = Vec::new();
         let mut failed = 0;
         let started = Instant::now();
@@ -890,7 +932,7 @@ fn claims_run(a: &Args, n: u64) -> anyhow::Result<ClaimsRun> {
     // claims are kept alive.
     let bg = Background::start(&nodes[0], a.rate)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let q = query_loop(&nodes[0], CLAIMED, a.seconds, stop)?;
+    let q = query_loop(&nodes[0], CLAIMED, a.seconds, stop, a.rt_probes)?;
     let (samples, query_failed) = q.join().unwrap_or_default();
     let query = percentiles(samples, bg.finish());
     Ok(ClaimsRun {
@@ -919,8 +961,8 @@ fn flood_run(a: &Args) -> anyhow::Result<FloodRun> {
     let nodes = start_cluster(&a.bin, "flood", &modes_config(a))?;
     let stop = Arc::new(AtomicBool::new(false));
     let long = 1e9;
-    let q1 = query_loop(&nodes[0], 7, long, Arc::clone(&stop))?;
-    let q2 = query_loop(&nodes[1], 7, long, Arc::clone(&stop))?;
+    let q1 = query_loop(&nodes[0], 7, long, Arc::clone(&stop), a.rt_probes)?;
+    let q2 = query_loop(&nodes[1], 7, long, Arc::clone(&stop), a.rt_probes)?;
     let cpu0 = cpu_seconds(nodes[0].pid());
     let t0 = Instant::now();
     let sent = trip(&nodes[0], CLAIMED, a.flood, a.flood_rate)?;
