@@ -59,8 +59,9 @@ const SHARDS: usize = 64;
 /// every lookup misses the cache and the TLB (a fifth of a receiving
 /// node's CPU at 1,000 resources). Why not one table that grows: growing
 /// rehashes every entry at once, a stall of tens of ms under the very
-/// flood that fills it. Here memory follows the live entries and a growth
-/// step rehashes one shard, 1/64 of them. The key is hashed once; the
+/// flood that fills it. Here memory follows the most entries held so far
+/// (a shard does not shrink when entries go) and a growth step rehashes
+/// one shard, 1/64 of them. The key is hashed once; the
 /// shard comes from bits the tables themselves do not use.
 #[derive(Debug)]
 pub struct ShardedMap<V> {

@@ -51,7 +51,9 @@ fn is_query(record: &[u8]) -> bool {
 
 /// True when a filter's datagram holds only queries (and is well formed
 /// enough to be read as records): answering it changes no load, mode or
-/// mark, so the driver may answer it ahead of other filters' reports.
+/// mark (a `QUERY_LIMIT` does take from its limit's budget, which has no
+/// order between filters either), so the driver may answer it ahead of
+/// other filters' reports.
 pub fn queries_only(req: &[u8]) -> bool {
     !req.is_empty()
         && req.len() % RECORD_LEN == 0

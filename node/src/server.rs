@@ -500,39 +500,28 @@ const RX_BATCH: usize = 32;
 /// one call usually empties it and frees every blocked sender at once.
 const LOCAL_BATCH: usize = 16;
 
-/// Largest filter datagram read whole; longer ones are cut and refused
-/// (the most a filter may send is `MAX_LOCAL_RECORDS` records).
+/// Largest filter datagram read whole; longer ones are cut to it and
+/// still refused, as too many records (a filter may send at most
+/// `MAX_LOCAL_RECORDS`, 4 KiB): the slot must stay well above that.
 const LOCAL_SLOT: usize = 65_536;
+const _: () = assert!(LOCAL_SLOT > (shoal_core::MAX_LOCAL_RECORDS + 1) * shoal_wire::RECORD_LEN);
 
 /// Which of the hot thread's two sockets to read in the next round of a
 /// wake-up. A socket is read again while its last batch came back full
-/// (more may be queued); neither may starve the other: a filter that
-/// never lets its socket drain still lets the cluster's datagrams in every
-/// 16th round, and a busy cluster socket (a peer's flood, a backlog after
-/// a stall) has the filters' socket read in every round, so their
-/// questions do not wait for the cluster's queue to run dry.
+/// (more may be queued), and a full batch on either has the other read in
+/// the same round too: neither a filter flood nor a busy cluster socket (a
+/// peer's flood, a backlog after a stall) keeps the other waiting for its
+/// queue to run dry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Readiness {
     local: bool,
     cluster: bool,
-    round: u32,
 }
 
 impl Readiness {
     /// From what `ppoll` said was readable.
     fn new(local: bool, cluster: bool) -> Readiness {
-        Readiness {
-            local,
-            cluster,
-            round: 0,
-        }
-    }
-
-    fn next_round(&mut self) {
-        self.round += 1;
-        if self.round % 16 == 0 {
-            self.cluster = true;
-        }
+        Readiness { local, cluster }
     }
 
     /// The cluster socket gave `n` datagrams of at most `batch`.
@@ -544,6 +533,7 @@ impl Readiness {
     /// The filters' socket gave `n` datagrams of at most `batch`.
     fn local_took(&mut self, n: usize, batch: usize) {
         self.local = n == batch;
+        self.cluster |= self.local;
     }
 
     /// Neither socket has more queued: time to seal and sleep.
@@ -576,7 +566,9 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
     let mut rx = transport::Rx::new(RX_BATCH);
     let mut local_rx = transport::Rx::with_senders(LOCAL_BATCH, LOCAL_SLOT);
     let mut tx = transport::Tx::new(s.dest);
-    let mut reply = Vec::with_capacity(4096);
+    // One reply buffer per filter datagram of a batch: the replies go out
+    // after the batch's multicast and outside the node's lock.
+    let mut replies: Vec<Vec<u8>> = (0..LOCAL_BATCH).map(|_| Vec::with_capacity(4096)).collect();
     let mut outbox = Outbox::new();
     let mut query = Vec::with_capacity(LOCAL_BATCH);
     let mut order = Vec::with_capacity(LOCAL_BATCH);
@@ -586,9 +578,9 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(100));
-        // Which sockets may have input: only those are read, so a node
-        // that only receives pays one `recvmmsg` per wake-up, not a failed
-        // one on its filter's socket too.
+        // Which sockets may have input: only those are read at first, so
+        // a node woken by one datagram pays one `recvmmsg`, not a failed
+        // one on the other socket too.
         let [local, cluster] = if wait.is_zero() {
             [true; 2]
         } else {
@@ -597,7 +589,6 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
         let mut ready = Readiness::new(local, cluster);
         // Serve everything queued on both sockets, then seal what is left.
         loop {
-            ready.next_round();
             let mut cluster = 0;
             if ready.cluster {
                 cluster = match rx.recv(&s.multicast) {
@@ -644,7 +635,10 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
                     }
                 }
                 for &i in &order {
-                    serve_local(s, &mut node, sock, &local_rx, i, now, &mut reply);
+                    node.handle_local(now, local_rx.datagram(i), &mut replies[i]);
+                    if node.backlog().is_some_and(|b| b.queued() > 0) {
+                        s.store_wake.notify_one();
+                    }
                 }
                 if now >= node.poll_timeout() {
                     node.handle_timeout(now);
@@ -662,31 +656,21 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
                 }
             }
             s.send_all(&mut tx, &outbox);
+            // Answers last: when a filter has its answer, the records it
+            // sent before are already on their way to the cluster.
+            for &i in &order {
+                let (reply, to) = (&replies[i], local_rx.sender(i));
+                if !reply.is_empty()
+                    && !to.is_empty()
+                    && transport::send_to_unix(sock, reply, to).is_err()
+                {
+                    IoStats::inc(&s.io.local_reply_errors);
+                }
+            }
             if drained || s.shutdown.load(Ordering::Relaxed) {
                 break;
             }
         }
-    }
-}
-
-/// Hands filter datagram `i` to the node and sends its reply, if any, to
-/// a sender that has an address.
-fn serve_local(
-    s: &Shared,
-    node: &mut Node,
-    sock: &UnixDatagram,
-    rx: &transport::Rx,
-    i: usize,
-    now: Instant,
-    reply: &mut Vec<u8>,
-) {
-    node.handle_local(now, rx.datagram(i), reply);
-    if node.backlog().is_some_and(|b| b.queued() > 0) {
-        s.store_wake.notify_one();
-    }
-    let to = rx.sender(i);
-    if !reply.is_empty() && !to.is_empty() && transport::send_to_unix(sock, reply, to).is_err() {
-        IoStats::inc(&s.io.local_reply_errors);
     }
 }
 
@@ -865,19 +849,18 @@ async fn api_route(api: &Api, req: Request) -> Response {
 mod tests {
     use super::{serve_order, Readiness};
 
-    /// Runs `rounds` rounds where each socket's batch comes back full when
-    /// its flag says so; returns which rounds read which socket.
+    /// Runs up to `n` rounds where each socket's batch comes back full
+    /// when its flag says so; returns the rounds that read each socket.
     fn rounds(start: (bool, bool), full: (bool, bool), n: u32) -> (Vec<u32>, Vec<u32>, bool) {
         let mut r = Readiness::new(start.0, start.1);
         let (mut local, mut cluster) = (Vec::new(), Vec::new());
-        for _ in 0..n {
-            r.next_round();
+        for round in 1..=n {
             if r.cluster {
-                cluster.push(r.round);
+                cluster.push(round);
                 r.cluster_took(if full.1 { 32 } else { 3 }, 32);
             }
             if r.local {
-                local.push(r.round);
+                local.push(round);
                 r.local_took(if full.0 { 16 } else { 0 }, 16);
             }
             if r.drained() {
@@ -899,9 +882,11 @@ mod tests {
 
     #[test]
     fn a_flooded_filter_socket_does_not_starve_the_cluster() {
-        let (local, cluster, _) = rounds((true, false), (true, false), 48);
-        assert_eq!(local.len(), 48);
-        assert_eq!(cluster, vec![16, 32, 48]);
+        // ppoll saw only the filters' socket: from the first full batch
+        // on, the cluster's is read in every round too.
+        let (local, cluster, _) = rounds((true, false), (true, false), 40);
+        assert_eq!(local.len(), 40);
+        assert_eq!(cluster, (2..=40).collect::<Vec<_>>());
     }
 
     #[test]

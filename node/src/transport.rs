@@ -120,8 +120,10 @@ fn size_rcvbuf(s: &Socket, want: usize) -> std::io::Result<RcvBuf> {
     })
 }
 
-/// Receive slots, each big enough for any datagram, and (for the
-/// filter's Unix socket) each datagram's sender.
+/// Receive slots and (for the filter's Unix socket) each datagram's
+/// sender. A datagram longer than its slot is cut to the slot: cluster
+/// slots hold any datagram, filter slots (64 KiB) far more than a filter
+/// may send, so a cut one is still refused as too long.
 pub(crate) struct Rx {
     bufs: Vec<u8>,
     slot: usize,
@@ -165,13 +167,20 @@ impl Rx {
                 iov_len: slot,
             });
         }
+        // Pointers from one base pointer per buffer, taken once all are
+        // filled: the headers keep them while `Rx` lives (moving `Rx`
+        // moves no buffer).
+        let iovs = rx.iovs.as_mut_ptr();
+        let names = rx.names.as_mut_ptr();
         for i in 0..slots {
             // SAFETY: an all-zero msghdr is a valid empty header.
             let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_iov = &mut rx.iovs[i];
+            // SAFETY: i < slots = the length of `iovs` (and of `names`
+            // when senders are kept).
+            h.msg_hdr.msg_iov = unsafe { iovs.add(i) };
             h.msg_hdr.msg_iovlen = 1;
             if senders {
-                h.msg_hdr.msg_name = (&mut rx.names[i] as *mut libc::sockaddr_un).cast();
+                h.msg_hdr.msg_name = unsafe { names.add(i) }.cast();
             }
             rx.hdrs.push(h);
         }
