@@ -225,6 +225,16 @@ fn local_api_rejects_bad_input_and_keeps_serving() {
     c.send_raw(&vec![0u8; 65 * 64]).expect("send");
     let r = c.recv_raw(WAIT).expect("error reply");
     assert_eq!(Record::decode_slice(&r[..64]).expect("record").fields[0], 4);
+    // Longer than the node's receive slot (cut by the kernel to 64 KiB):
+    // still too many records (reason 4), one error back.
+    c.send_raw(&vec![0u8; 1563 * 64]).expect("send");
+    let r = c.recv_raw(WAIT).expect("error reply");
+    assert_eq!(r.len(), 64, "one error record");
+    assert_eq!(Record::decode_slice(&r).expect("record").fields[0], 4);
+    // Empty (reason 1).
+    c.send_raw(&[]).expect("send");
+    let r = c.recv_raw(WAIT).expect("error reply");
+    assert_eq!(Record::decode_slice(&r).expect("record").fields[0], 1);
     // An unknown code next to a query: an error in place, then the answer.
     let mut q = Record::new(Code::QUERY_LOAD, [1, 0, 0, 0]);
     q.seq = 5;
@@ -250,11 +260,11 @@ fn local_api_rejects_bad_input_and_keeps_serving() {
         == Some(2.0)));
     assert_eq!(
         n.metric("shoal_local_rejected_total{reason=\"bad_length\"}"),
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(
         n.metric("shoal_local_rejected_total{reason=\"too_many_records\"}"),
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(
         n.metric("shoal_local_rejected_total{reason=\"unknown_code\"}"),
