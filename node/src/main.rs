@@ -34,6 +34,11 @@ enum Cmd {
     Check {
         #[arg(short, long)]
         config: PathBuf,
+        /// Print only `config ok` (and warnings): for the unit's
+        /// `ExecStartPre`, so every start does not copy the resolved
+        /// config into the journal.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Print peers with their loss, and resources with totals and modes.
     Status {
@@ -170,10 +175,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             shoal_node::run(cfg)?;
         }
-        Cmd::Check { config } => {
+        Cmd::Check { config, quiet } => {
             let cfg = Config::load(&config)?;
             let pre = cfg.preflight()?;
-            check_report(&cfg, &pre).context("writing the report")?;
+            check_report(&cfg, &pre, quiet).context("writing the report")?;
         }
         Cmd::Rules {
             what:
@@ -365,7 +370,7 @@ fn send_block(
     }
 }
 
-fn check_report(cfg: &Config, pre: &Preflight) -> anyhow::Result<()> {
+fn check_report(cfg: &Config, pre: &Preflight, quiet: bool) -> anyhow::Result<()> {
     let path = &cfg.local.socket;
     let socket = match &pre.socket {
         SocketPath::Free => "free".to_string(),
@@ -380,9 +385,11 @@ fn check_report(cfg: &Config, pre: &Preflight) -> anyhow::Result<()> {
         },
     };
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{cfg:#?}")?;
-    writeln!(out, "{pre:#?}")?;
-    writeln!(out, "local.socket {}: {socket}", path.display())?;
+    if !quiet {
+        writeln!(out, "{cfg:#?}")?;
+        writeln!(out, "{pre:#?}")?;
+        writeln!(out, "local.socket {}: {socket}", path.display())?;
+    }
     writeln!(out, "config ok")?;
     out.flush()?;
     if cfg.auth.is_none() {

@@ -263,6 +263,14 @@ fn check_prints_no_secret() {
         !err.contains("no [auth]"),
         "signed cluster: no warning: {err}"
     );
+    // --quiet (the unit's ExecStartPre): the verdict only.
+    let out = Command::new(BIN)
+        .args(["check", "--quiet", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run shoal check --quiet");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "config ok\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
