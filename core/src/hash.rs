@@ -51,6 +51,9 @@ pub type Map<K, V> = HashMap<K, V, SeededState>;
 /// Tables of a [`ShardedMap`]; a power of two.
 const SHARDS: usize = 64;
 
+/// A shard this small is never shrunk (not worth a rehash).
+const SHRINK_FROM: usize = 64;
+
 /// A map of `u64` keys (resources) split by the keyed hash into
 /// [`SHARDS`] tables that each grow on their own.
 ///
@@ -59,9 +62,9 @@ const SHARDS: usize = 64;
 /// every lookup misses the cache and the TLB (a fifth of a receiving
 /// node's CPU at 1,000 resources). Why not one table that grows: growing
 /// rehashes every entry at once, a stall of tens of ms under the very
-/// flood that fills it. Here memory follows the most entries held so far
-/// (a shard does not shrink when entries go) and a growth step rehashes
-/// one shard, 1/64 of them. The key is hashed once; the
+/// flood that fills it. Here memory follows the live entries (a shard
+/// shrinks again when an eighth full) and a growth step rehashes one
+/// shard, 1/64 of them. The key is hashed once; the
 /// shard comes from bits the tables themselves do not use.
 #[derive(Debug)]
 pub struct ShardedMap<V> {
@@ -121,9 +124,24 @@ impl<V> ShardedMap<V> {
 
     pub fn remove(&mut self, key: &u64) -> Option<V> {
         let (h, s) = self.locate(*key);
-        let e = self.shards[s].find_entry(h, |e| e.0 == *key).ok()?;
+        let state = self.state;
+        let t = &mut self.shards[s];
+        let e = t.find_entry(h, |e| e.0 == *key).ok()?;
         self.len -= 1;
-        Some(e.remove().0 .1)
+        let v = e.remove().0 .1;
+        // Give back what a flood grew once it has gone: at an eighth of
+        // its capacity a shard is rebuilt at twice what it holds (a
+        // rehash of that little; growing back takes +75 %, no flapping).
+        if t.capacity() > SHRINK_FROM && t.len() * 8 < t.capacity() {
+            t.shrink_to(t.len() * 2, |e| state.hash_one(e.0));
+        }
+        Some(v)
+    }
+
+    /// Entries the shards have room for without growing (for tests and
+    /// the memory an operator may ask about).
+    pub fn capacity(&self) -> usize {
+        self.shards.iter().map(|t| t.capacity()).sum()
     }
 
     /// Every key, shard by shard (an order the hash key decides).
@@ -170,6 +188,28 @@ mod tests {
         }
         // Every shard is used: the shard bits are not constant.
         assert!(m.shards.iter().all(|t| !t.is_empty()));
+    }
+
+    #[test]
+    fn sharded_map_gives_memory_back_after_a_flood() {
+        let mut m: ShardedMap<u64> = ShardedMap::new(SeededState::new(3));
+        for k in 0..200_000u64 {
+            m.insert_new(k, k);
+        }
+        let flooded = m.capacity();
+        assert!(flooded >= 200_000);
+        for k in 1_000..200_000u64 {
+            assert_eq!(m.remove(&k), Some(k));
+        }
+        assert_eq!(m.len(), 1_000);
+        assert!(
+            m.capacity() * 20 < flooded,
+            "{} of {flooded} kept",
+            m.capacity()
+        );
+        for k in 0..1_000u64 {
+            assert_eq!(m.get(&k), Some(&k));
+        }
     }
 
     #[test]
