@@ -591,29 +591,19 @@ fn io_loop(s: &Shared, sock: &UnixDatagram) {
         loop {
             let mut cluster = 0;
             if ready.cluster {
-                cluster = match rx.recv(&s.multicast) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        if e.kind() != ErrorKind::WouldBlock {
-                            IoStats::inc(&s.io.recv_errors);
-                            debug!(error = %e, "multicast receive failed");
-                        }
-                        0
-                    }
-                };
+                cluster = rx.recv(&s.multicast).unwrap_or_else(|e| {
+                    IoStats::inc(&s.io.recv_errors);
+                    debug!(error = %e, "multicast receive failed");
+                    0
+                });
                 ready.cluster_took(cluster, RX_BATCH);
             }
             let mut local = 0;
             if ready.local {
-                local = match local_rx.recv(sock) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        if e.kind() != ErrorKind::WouldBlock {
-                            debug!(error = %e, "local receive failed");
-                        }
-                        0
-                    }
-                };
+                local = local_rx.recv(sock).unwrap_or_else(|e| {
+                    debug!(error = %e, "local receive failed");
+                    0
+                });
                 ready.local_took(local, LOCAL_BATCH);
             }
             query.clear();

@@ -188,7 +188,7 @@ impl Rx {
     }
 
     /// Takes what is queued, without waiting: the number of datagrams
-    /// (0 when none), or the error.
+    /// (0 when none is queued), or the error.
     pub(crate) fn recv(&mut self, sock: &impl AsRawFd) -> std::io::Result<usize> {
         if !self.names.is_empty() {
             // The kernel shortens it to each sender's address.
@@ -210,7 +210,11 @@ impl Rx {
             )
         };
         if n < 0 {
-            return Err(std::io::Error::last_os_error());
+            let e = std::io::Error::last_os_error();
+            return match e.kind() {
+                std::io::ErrorKind::WouldBlock => Ok(0),
+                _ => Err(e),
+            };
         }
         let n = n as usize;
         for i in 0..n {
